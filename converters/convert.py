@@ -1,0 +1,288 @@
+"""Swift <-> PEFT conversion: a plan (layout, keys, configs, or a refusal), then a copy.
+
+Planning reads only configs and safetensors headers. Executing writes each weights file as a
+new header plus the untouched tensor bytes, into a temporary folder beside the destination that
+is renamed into place at the end: a failed conversion leaves nothing behind.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Mapping, Sequence
+
+from . import config as configs
+from .config import CONFIG_NAME, SIDECAR_NAME
+from .errors import (
+    FormatError, NotACheckpointError, OutputError, RefusedError, UnsupportedTunerError,
+)
+from .keys import TensorKey
+from .layout import (
+    DEFAULT_ADAPTER, SAFETENSORS_NAME, Adapter, Checkpoint, Format, _check_name, detect,
+)
+from .methods import GRAMMAR, explain_swift_only, SWIFT_ONLY_TUNERS
+from .safetensors_io import copy_range
+from .tensors import WeightsFile
+
+SWIFT_MARKER = "configuration.json"
+#: Written into every safetensors file we produce when the source had no metadata.
+DEFAULT_METADATA = {"format": "pt"}
+
+
+@dataclass
+class AdapterPlan:
+    """What one output adapter will be: where, which config, which tensor under which key."""
+
+    source: Adapter
+    name: str                      # name in the output (after --rename)
+    folder: str                    # relative output folder ("" for the PEFT root)
+    config: dict
+    sidecar: dict
+    weights: WeightsFile
+    renames: list[tuple[str, str]]  # (source key, output key), in source order
+    dropped: list[str] = field(default_factory=list)  # keys of other adapters leaked into this file
+
+
+@dataclass
+class ConversionPlan:
+    source: Checkpoint
+    target: Format
+    adapters: list[AdapterPlan]
+    extra_files: list[Path]
+    notices: list[str]
+
+
+@dataclass(frozen=True)
+class ConversionResult:
+    destination: Path
+    target: Format
+    adapters: tuple[str, ...]
+    tensors: int
+    bytes: int
+    notices: tuple[str, ...]
+
+
+def parse_renames(pairs: Sequence[str]) -> dict[str, str]:
+    """`OLD=NEW` strings -> {old: new}."""
+    renames: dict[str, str] = {}
+    for pair in pairs:
+        old, sep, new = pair.partition("=")
+        if not sep or not old or not new:
+            raise NotACheckpointError(f"--rename expects OLD=NEW, got {pair!r}")
+        renames[old] = new
+    return renames
+
+
+def _swift_type_refusal(adapter: Adapter) -> UnsupportedTunerError:
+    kind = adapter.type_name or "<none>"
+    why = explain_swift_only(kind) if kind in SWIFT_ONLY_TUNERS else (
+        "it is not a LoRA-family tuner this converter knows")
+    return UnsupportedTunerError(
+        f"adapter {adapter.name!r} is a Swift {kind} tuner: {why}; only LoRA-family adapters convert to PEFT",
+        adapter.config_path)
+
+
+def _target_config(adapter: Adapter, target: Format) -> tuple[dict, dict]:
+    """(config, sidecar) for `adapter` in the target format, or a refusal."""
+    method = adapter.method
+    if adapter.config.get("swift_type") is not None:
+        if method is None:
+            raise _swift_type_refusal(adapter)
+        if target == "swift":
+            return dict(adapter.config), dict(adapter.sidecar)
+        peft, sidecar = configs.swift_to_peft(adapter.config, adapter=adapter.name, config_path=adapter.config_path)
+        return peft, {**adapter.sidecar, **sidecar}
+    if method is None:
+        raise UnsupportedTunerError(
+            f"adapter {adapter.name!r} is a PEFT {adapter.type_name} adapter; swiftreg converts LoRA-family "
+            "adapters (LoRA, DoRA, rsLoRA) and carries SHiRA", adapter.config_path)
+    if target == "peft":
+        return dict(adapter.config), dict(adapter.sidecar)
+    if method.swift_type is None:
+        raise UnsupportedTunerError(
+            f"adapter {adapter.name!r} is a PEFT {method.peft_type} adapter and ms-swift has no "
+            f"{method.peft_type} tuner; keep it in PEFT format", adapter.config_path)
+    return configs.peft_to_swift(adapter.config, adapter.sidecar, method.swift_type), {}
+
+
+def _parse_key(adapter: Adapter, source_format: Format, key: str) -> TensorKey:
+    if source_format == "peft":
+        parsed = GRAMMAR.parse_peft(key)
+        if parsed is None:
+            raise NotACheckpointError(
+                f"adapter {adapter.name!r}: key {key!r} lacks the 'base_model.model.' prefix, so PEFT would load "
+                "nothing from this file", adapter.weights)
+        return parsed
+    if any(part.startswith("loramodule_") for part in key.split(".")):
+        raise RefusedError(
+            f"adapter {adapter.name!r}: key {key!r} is ms-swift 1.1-1.3's own LoRA layout (loramodule_), "
+            "which no current library loads; re-save it with a newer ms-swift first", adapter.weights)
+    return GRAMMAR.parse_swift(key)
+
+
+def _plan_adapter(adapter: Adapter, source_format: Format, target: Format, name: str,
+                  peft_version: str | None, notices: list[str]) -> AdapterPlan:
+    config, sidecar = _target_config(adapter, target)
+    method = adapter.method
+    assert method is not None
+    if peft_version:
+        config, dropped_fields = configs.for_peft_version(
+            config, peft_version, config_class=method.config_class, adapter=adapter.name,
+            config_path=adapter.config_path)
+        if dropped_fields:
+            notices.append(f"adapter {name!r}: dropped default-valued fields PEFT {peft_version} does not know: "
+                           f"{', '.join(sorted(dropped_fields))}")
+    if adapter.weights is None:
+        raise NotACheckpointError(
+            f"adapter {adapter.name!r} has no {SAFETENSORS_NAME} or adapter_model.bin", adapter.folder)
+    weights = WeightsFile.open(adapter.weights)
+    renames: list[tuple[str, str]] = []
+    dropped: list[str] = []
+    seen: dict[str, str] = {}
+    own_name = adapter.name
+    for info in weights.infos():
+        parsed = _parse_key(adapter, source_format, info.name)
+        if parsed.adapter is not None and parsed.adapter != own_name:
+            dropped.append(info.name)
+            continue
+        if parsed.role is not None and target == "swift" and not parsed.role.swift:
+            raise UnsupportedTunerError(f"key {info.name!r} has no Swift form", adapter.weights)
+        new_key = parsed.swift(name) if target == "swift" else parsed.peft()
+        if new_key in seen:
+            raise RefusedError(
+                f"adapter {adapter.name!r}: keys {seen[new_key]!r} and {info.name!r} both map to {new_key!r}",
+                adapter.weights)
+        seen[new_key] = info.name
+        renames.append((info.name, new_key))
+    if dropped:
+        notices.append(
+            f"adapter {adapter.name!r}: left out {len(dropped)} keys of other adapters that ms-swift's "
+            f"substring match leaked into {adapter.weights.name} (e.g. {dropped[0]!r})")
+    if target == "swift" and any(k.role is not None and k.role.name.startswith("lora_embedding")
+                                 for k in (GRAMMAR.parse_swift(new) for _, new in renames)):
+        notices.append(
+            f"adapter {name!r} has embedding LoRA: ms-swift 4.6's Swift.from_pretrained cannot load embedding "
+            "LoRA from Swift format (its loader re-inserts the adapter name after 'lora_embedding_A.' and drops "
+            "the tensors with only a log line); load the PEFT form in ms-swift instead, which goes through PEFT")
+    folder = "" if target == "peft" and name == DEFAULT_ADAPTER else name
+    return AdapterPlan(adapter, name, folder, config, sidecar, weights, renames, dropped)
+
+
+def plan(source: Checkpoint, target: Format, *, adapters: Sequence[str] | None = None,
+         renames: Mapping[str, str] | None = None, peft_version: str | None = None) -> ConversionPlan:
+    """Everything the conversion will write, decided before a byte is written."""
+    renames = dict(renames or {})
+    notices: list[str] = []
+    chosen = [source.adapter(n) for n in adapters] if adapters else list(source.adapters)
+    for old in renames:
+        source.adapter(old)
+    if target == "peft" and source.extra_states is not None:
+        raise RefusedError(
+            "has extra_states/: modules saved outside any tuner (extra_state_keys) have no place in a PEFT "
+            "checkpoint", source.extra_states)
+    out_names = [renames.get(a.name, a.name) for a in chosen]
+    for name in out_names:
+        _check_name(name, source.path)
+    if len(set(out_names)) != len(out_names):
+        raise OutputError(f"two adapters would both be named {next(n for n in out_names if out_names.count(n) > 1)!r}")
+    plans = [_plan_adapter(a, source.format, target, n, peft_version, notices) for a, n in zip(chosen, out_names)]
+    if target == "peft" and DEFAULT_ADAPTER not in out_names:
+        notices.append(
+            f"no adapter is named {DEFAULT_ADAPTER!r}, so the output root holds no adapter: load one with "
+            f"PeftModel.from_pretrained(model, DST, subfolder=...) or rename it (--rename {out_names[0]}=default)")
+    if source.skipped_pickles:
+        notices.append("left out pickle files (never opened): "
+                       + ", ".join(p.name for p in source.skipped_pickles))
+    return ConversionPlan(source, target, plans, list(source.extra_files), notices)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_bytes(path: Path, data: bytes) -> None:
+    with open(path, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _copy_file(src: Path, dst: Path) -> None:
+    with open(src, "rb") as fin, open(dst, "wb") as fout:
+        copy_range(fin.fileno(), fout.fileno(), 0, os.fstat(fin.fileno()).st_size)
+        os.fsync(fout.fileno())
+
+
+def _write_adapter(p: AdapterPlan, folder: Path) -> int:
+    folder.mkdir(parents=True, exist_ok=True)
+    _write_bytes(folder / CONFIG_NAME, configs.dump_json(p.config))
+    if p.sidecar:
+        _write_bytes(folder / SIDECAR_NAME, configs.dump_json(p.sidecar))
+    out = folder / SAFETENSORS_NAME
+    if p.weights.header is not None:
+        by_name = p.weights.header.by_name
+        from .safetensors_io import write_renamed
+        write_renamed(p.weights.header, out, [(by_name[old], new) for old, new in p.renames],
+                      metadata=p.weights.header.metadata or DEFAULT_METADATA)
+    else:
+        from .legacy_bin import save_safetensors
+        assert p.weights.state is not None
+        save_safetensors({new: p.weights.state[old] for old, new in p.renames}, out, DEFAULT_METADATA)
+    return out.stat().st_size
+
+
+def execute(conversion: ConversionPlan, destination: str | Path, *, overwrite: bool = False) -> ConversionResult:
+    """Write the plan to `destination` atomically."""
+    dst = Path(destination).absolute()
+    src = conversion.source.path.absolute()
+    if dst == src or src in dst.parents:
+        raise OutputError("destination must be outside the source checkpoint (conversion never works in place)", dst)
+    if dst.exists() and not overwrite:
+        raise OutputError("already exists; choose a new path or pass --overwrite", dst)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", suffix=".partial", dir=dst.parent))
+    try:
+        total = 0
+        for p in conversion.adapters:
+            total += _write_adapter(p, tmp / p.folder if p.folder else tmp)
+        for extra in conversion.extra_files:
+            _copy_file(extra, tmp / extra.name)
+        if conversion.target == "swift" and not (tmp / SWIFT_MARKER).exists():
+            _write_bytes(tmp / SWIFT_MARKER, b"{}")
+        for folder in {tmp / p.folder for p in conversion.adapters} | {tmp}:
+            _fsync_dir(folder)
+        if dst.exists():
+            retired = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", suffix=".old", dir=dst.parent))
+            os.rename(dst, retired / "old")
+            os.rename(tmp, dst)
+            shutil.rmtree(retired, ignore_errors=True)
+        else:
+            os.rename(tmp, dst)
+        _fsync_dir(dst.parent)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return ConversionResult(
+        destination=dst,
+        target=conversion.target,
+        adapters=tuple(p.name for p in conversion.adapters),
+        tensors=sum(len(p.renames) for p in conversion.adapters),
+        bytes=total,
+        notices=tuple(conversion.notices),
+    )
+
+
+def convert(source: str | Path, destination: str | Path, to: Format, *, adapters: Sequence[str] | None = None,
+            renames: Mapping[str, str] | None = None, peft_version: str | None = None,
+            overwrite: bool = False) -> ConversionResult:
+    """Convert the checkpoint at `source` into `to` format at `destination`."""
+    if to not in ("swift", "peft"):
+        raise FormatError(f"unknown target format {to!r}; use 'swift' or 'peft'")
+    conversion = plan(detect(source), to, adapters=adapters, renames=renames, peft_version=peft_version)
+    return execute(conversion, destination, overwrite=overwrite)

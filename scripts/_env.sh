@@ -1,0 +1,46 @@
+# Shared by scripts/demo and scripts/test: build (once) and reuse the two virtual environments.
+#   .venv/                                  the main environment, in the checkout
+#   $SWIFTREG_CACHE/venvs/oracle-<hash>/    ms-swift's environment, outside the checkout, keyed by
+#                                           requirements/oracle.txt so every clone reuses it
+set -euo pipefail
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+CACHE=${SWIFTREG_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/swiftreg}
+BASE_PYTHON=${SWIFTREG_BASE_PYTHON:-$(command -v python3.11 || command -v python3)}
+export PIP_DISABLE_PIP_VERSION_CHECK=1
+
+say() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
+
+fingerprint() { cat "$@" | sha256sum | cut -c1-16; }
+
+ensure_main_env() {
+  local stamp_value
+  stamp_value=$(fingerprint "$ROOT/requirements/dev.txt" "$ROOT/pyproject.toml")
+  if [ "$(cat "$ROOT/.venv/.swiftreg-stamp" 2>/dev/null)" != "$stamp_value" ]; then
+    say "building .venv (main environment)"
+    # venvs are not relocatable: build it at its final path.
+    rm -rf "$ROOT/.venv"
+    "$BASE_PYTHON" -m venv "$ROOT/.venv"
+    "$ROOT/.venv/bin/python" -m pip install -q --upgrade pip >/dev/null
+    "$ROOT/.venv/bin/python" -m pip install -q "torch==2.13.0"
+    "$ROOT/.venv/bin/python" -m pip install -q -r "$ROOT/requirements/dev.txt"
+    "$ROOT/.venv/bin/python" -m pip install -q --no-deps -e "$ROOT"
+    echo "$stamp_value" > "$ROOT/.venv/.swiftreg-stamp"
+  fi
+  export PATH="$ROOT/.venv/bin:$PATH"
+}
+
+ensure_oracle_env() {
+  local dir="$CACHE/venvs/oracle-$(fingerprint "$ROOT/requirements/oracle.txt")"
+  if [ ! -x "$dir/bin/python" ] || [ ! -f "$dir/.swiftreg-ready" ]; then
+    say "building the ms-swift oracle environment in $dir (once per requirements/oracle.txt)"
+    mkdir -p "$CACHE/venvs"
+    rm -rf "$dir"
+    "$BASE_PYTHON" -m venv "$dir"
+    "$dir/bin/python" -m pip install -q --upgrade pip >/dev/null
+    "$dir/bin/python" -m pip install -q "torch==2.13.0"
+    "$dir/bin/python" -m pip install -q -r "$ROOT/requirements/oracle.txt"
+    "$dir/bin/python" -c "import swift.tuners, peft; assert peft.__version__ == '0.18.0', peft.__version__"
+    touch "$dir/.swiftreg-ready"
+  fi
+  export SWIFTREG_ORACLE_PYTHON="$dir/bin/python"
+}
