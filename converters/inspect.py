@@ -45,10 +45,15 @@ def summarize_adapter(adapter: Adapter, fmt: str) -> AdapterSummary:
     c = adapter.config
     infos = WeightsFile.open(adapter.weights).infos() if adapter.weights else []
     modules = set()
+    own = []  # leaving out keys ms-swift leaked from other adapters into this file
     for info in infos:
         parsed = GRAMMAR.parse_peft(info.name) if fmt == "peft" else GRAMMAR.parse_swift(info.name)
-        if parsed is not None and parsed.role is not None and parsed.adapter in (None, adapter.name):
+        if parsed is not None and parsed.adapter not in (None, adapter.name):
+            continue
+        own.append(info)
+        if parsed is not None and parsed.role is not None:
             modules.add(parsed.module)
+    infos = own
     return AdapterSummary(
         name=adapter.name,
         tuner_type=adapter.tuner_type,

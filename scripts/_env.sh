@@ -42,5 +42,5 @@ ensure_oracle_env() {
     "$dir/bin/python" -c "import swift.tuners, peft; assert peft.__version__ == '0.18.0', peft.__version__"
     touch "$dir/.swiftreg-ready"
   fi
-  export SWIFTREG_ORACLE_PYTHON="$dir/bin/python"
+  export SWIFTREG_SWIFT_PYTHON="$dir/bin/python"
 }

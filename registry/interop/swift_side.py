@@ -1,0 +1,151 @@
+"""Runs inside ms-swift's own virtual environment (ms-swift pins an older peft), never imported by
+swiftreg itself: `python swift_side.py JOBS.json RESULTS.json`.
+
+One process runs a whole batch of jobs, because importing ms-swift alone takes seconds:
+  make  build a model from a base folder, wrap it with Swift tuners, randomise the tuner weights,
+        save it with SwiftModel.save_pretrained, and record outputs with each adapter active
+        (optionally also run Swift.save_to_peft_format on the result);
+  load  load a checkpoint with Swift.from_pretrained and record outputs per adapter.
+
+Outputs are saved as safetensors: `<adapter>` -> logits (or last hidden state), `__base__` -> the
+base model's output. Only the standard library, torch, transformers, safetensors and ms-swift are
+used here.
+"""
+from __future__ import annotations
+
+import json
+import sys
+import traceback
+
+
+def _quiet() -> None:
+    import logging
+    import warnings
+
+    warnings.filterwarnings("ignore")
+    logging.disable(logging.WARNING)
+
+
+def _load_base(job):
+    import torch
+    import transformers
+
+    cls = getattr(transformers, job.get("model_class", "AutoModelForCausalLM"))
+    model = cls.from_pretrained(job["base"], dtype=torch.float32, attn_implementation="eager")
+    model.eval()
+    return model
+
+
+def _tuner_config(spec):
+    from swift.tuners import AdapterConfig, LoRAConfig, PromptConfig, SideConfig
+
+    classes = {"LORA": LoRAConfig, "ADAPTER": AdapterConfig, "PROMPT": PromptConfig, "SIDE": SideConfig}
+    return classes[spec.get("type", "LORA")](**spec["config"])
+
+
+def _forward(model, probe):
+    import torch
+
+    with torch.no_grad():
+        out = model(input_ids=torch.tensor(probe, dtype=torch.long))
+    tensor = out.logits if hasattr(out, "logits") else out.last_hidden_state
+    return tensor.detach().float().contiguous().clone()
+
+
+def _randomise(model, seed: int) -> None:
+    """Give every trainable tuner weight a non-trivial value: fresh LoRA B is zero and proves nothing."""
+    import torch
+
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if not param.requires_grad:
+                continue
+            noise = torch.randn(param.shape, generator=generator, dtype=torch.float32)
+            if "lora_magnitude_vector" in name:
+                param.copy_((param.float() * (1 + 0.1 * noise)).to(param.dtype))
+            elif "modules_to_save" in name:
+                param.add_((0.02 * noise).to(param.dtype))
+            else:
+                param.copy_((0.1 * noise).to(param.dtype))
+
+
+def _save_outputs(path, outputs) -> None:
+    from safetensors.torch import save_file
+
+    save_file(outputs, path)
+
+
+def make(job) -> dict:
+    import torch
+    from swift.tuners import Swift
+
+    torch.manual_seed(job.get("seed", 0))
+    model = _load_base(job)
+    outputs = {}
+    if job.get("probe") is not None:
+        outputs["__base__"] = _forward(model, job["probe"])
+    tuners = {spec["name"]: _tuner_config(spec) for spec in job["adapters"]}
+    swift_model = Swift.prepare_model(model, tuners)
+    _randomise(swift_model, job.get("seed", 0))
+    swift_model.eval()
+    swift_model.save_pretrained(job["out"], safe_serialization=job.get("safe_serialization", True))
+    if job.get("probe") is not None:
+        # Each adapter's reference output comes from a model holding that adapter alone, with the
+        # weights copied over. Switching adapters in the multi-adapter model is not trustworthy:
+        # ms-swift 4.6 keeps using the first adapter's modules_to_save copy whichever is active.
+        full_state = swift_model.base_model.state_dict()
+        for spec in job["adapters"]:
+            single = Swift.prepare_model(_load_base(job), {spec["name"]: _tuner_config(spec)})
+            with torch.no_grad():
+                for key, value in single.base_model.state_dict().items():
+                    if key in full_state:
+                        value.copy_(full_state[key])
+            single.eval()
+            outputs[spec["name"]] = _forward(single, job["probe"])
+        _save_outputs(job["outputs"], outputs)
+    result = {"adapters": list(tuners)}
+    if job.get("save_to_peft"):
+        try:
+            Swift.save_to_peft_format(job["out"], job["save_to_peft"])
+            result["save_to_peft"] = "ok"
+        except Exception as exc:  # the peer's own failures are data here, not crashes
+            result["save_to_peft"] = f"{type(exc).__name__}: {exc}"
+    return result
+
+
+def load(job) -> dict:
+    from swift.tuners import Swift
+
+    model = _load_base(job)
+    loaded = Swift.from_pretrained(model, job["checkpoint"], adapter_name=job.get("adapters"))
+    loaded.eval()
+    names = list(getattr(loaded, "adapters", {}) or {})
+    outputs = {}
+    for name in names:
+        loaded.set_active_adapters([name])
+        outputs[name] = _forward(loaded, job["probe"])
+    _save_outputs(job["outputs"], outputs)
+    return {"adapters": names, "kind": type(loaded).__name__}
+
+
+def main() -> int:
+    _quiet()
+    import torch
+
+    torch.set_num_threads(1)  # identical kernels on both sides of an equivalence check
+    jobs = json.load(open(sys.argv[1]))
+    results = []
+    for job in jobs:
+        try:
+            results.append({"id": job.get("id"), "ok": True, **{"make": make, "load": load}[job["op"]](job)})
+        except Exception as exc:
+            results.append({"id": job.get("id"), "ok": False, "error": f"{type(exc).__name__}: {exc}",
+                            "traceback": traceback.format_exc()[-4000:]})
+    with open(sys.argv[2], "w") as f:
+        json.dump(results, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
