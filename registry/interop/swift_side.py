@@ -115,18 +115,21 @@ def make(job) -> dict:
 
 
 def load(job) -> dict:
+    """Each adapter is loaded alone on a fresh base (see make() on adapter switching in ms-swift)."""
+    import os
+
     from swift.tuners import Swift
 
-    model = _load_base(job)
-    loaded = Swift.from_pretrained(model, job["checkpoint"], adapter_name=job.get("adapters"))
-    loaded.eval()
-    names = list(getattr(loaded, "adapters", {}) or {})
-    outputs = {}
+    names = job.get("adapters") or sorted(
+        d for d in os.listdir(job["checkpoint"])
+        if os.path.isfile(os.path.join(job["checkpoint"], d, "adapter_config.json")))
+    outputs, kinds = {}, set()
     for name in names:
-        loaded.set_active_adapters([name])
-        outputs[name] = _forward(loaded, job["probe"])
+        loaded = Swift.from_pretrained(_load_base(job), job["checkpoint"], adapter_name=[name])
+        kinds.add(type(loaded).__name__)
+        outputs[name] = _forward(loaded.eval(), job["probe"])
     _save_outputs(job["outputs"], outputs)
-    return {"adapters": names, "kind": type(loaded).__name__}
+    return {"adapters": names, "kind": sorted(kinds)}
 
 
 def main() -> int:

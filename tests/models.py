@@ -1,0 +1,53 @@
+"""Small real architectures built from configs (nothing is downloaded), and how to run them.
+
+The same base folder is loaded on both sides of every equivalence check: in this process with
+the newest peft, and in ms-swift's environment through a subprocess.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from transformers import AutoModel, AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
+
+#: Input ids fed to every model in an equivalence check (vocab of the tiny models is 128).
+PROBE = [[1, 5, 9, 3, 7, 2, 11, 4, 100, 127], [8, 6, 4, 2, 0, 1, 3, 5, 64, 32]]
+
+LLAMA = dict(vocab_size=128, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+             num_key_value_heads=2, max_position_embeddings=64, tie_word_embeddings=False)
+GPT2 = dict(vocab_size=128, n_embd=32, n_layer=2, n_head=4, n_positions=64, tie_word_embeddings=False)
+
+
+def build_base(kind: str, folder: Path, seed: int = 0) -> Path:
+    """Save a randomly initialised tiny `kind` ("llama" or "gpt2") model to `folder`."""
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(LlamaConfig(**LLAMA)) if kind == "llama" else GPT2LMHeadModel(GPT2Config(**GPT2))
+    model.save_pretrained(folder)
+    return folder
+
+
+def load_base(folder: Path, model_class: str = "AutoModelForCausalLM") -> torch.nn.Module:
+    cls = AutoModelForCausalLM if model_class == "AutoModelForCausalLM" else AutoModel
+    return cls.from_pretrained(folder, dtype=torch.float32, attn_implementation="eager").eval()
+
+
+def forward(model: torch.nn.Module, probe=PROBE) -> torch.Tensor:
+    with torch.no_grad():
+        out = model(input_ids=torch.tensor(probe, dtype=torch.long))
+    tensor = out.logits if hasattr(out, "logits") else out.last_hidden_state
+    return tensor.detach().float()
+
+
+def peft_forward(base_folder: Path, adapter_folder: Path, adapter_name: str = "default",
+                 model_class: str = "AutoModelForCausalLM") -> torch.Tensor:
+    """Logits of the real PeftModel.from_pretrained on a fresh base, that adapter active."""
+    from peft import PeftModel
+
+    model = PeftModel.from_pretrained(load_base(base_folder, model_class), adapter_folder, adapter_name=adapter_name)
+    return forward(model.eval())
+
+
+def read_tensors(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(str(path))
