@@ -3,7 +3,7 @@
 Pure functions over checkpoint folders. No database, no HTTP, and no torch at import time (torch
 is imported only to read legacy .bin files).
 """
-from .convert import ConversionPlan, ConversionResult, convert, execute, parse_renames, plan
+from .conversion import ConversionPlan, ConversionResult, convert, execute, parse_renames, plan
 from .errors import (
     CheckpointReadError, ConfigError, FormatError, InvalidAdapterError, NotACheckpointError, OutputError,
     RefusedError, SafetensorsHeaderError, UnsafePickleError, UnsupportedFieldError, UnsupportedTunerError,

@@ -26,3 +26,10 @@ def swift_python() -> str:
         pytest.fail("SWIFTREG_SWIFT_PYTHON is not set to an ms-swift interpreter: run the suite with scripts/test, "
                     "which builds that environment once and sets it", pytrace=False)
     return python
+
+
+@pytest.fixture(scope="session")
+def llama_base(tmp_path_factory: pytest.TempPathFactory):
+    from tests.models import build_base
+
+    return build_base("llama", tmp_path_factory.mktemp("base") / "llama")

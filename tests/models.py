@@ -51,3 +51,36 @@ def read_tensors(path: Path) -> dict[str, torch.Tensor]:
     from safetensors.torch import load_file
 
     return load_file(str(path))
+
+
+def randomise_adapter_weights(model: torch.nn.Module, seed: int) -> None:
+    """Non-trivial values for every trainable tuner weight: a fresh LoRA B is zero and proves nothing."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if not param.requires_grad:
+                continue
+            noise = torch.randn(param.shape, generator=generator)
+            if "lora_magnitude_vector" in name:
+                param.copy_(param * (1 + 0.1 * noise))
+            elif "modules_to_save" in name:
+                param.add_(0.02 * noise)
+            else:
+                param.copy_(0.1 * noise)
+
+
+def make_peft_checkpoint(base: Path, out: Path, adapters: dict[str, dict], seed: int = 0,
+                         config_class: str = "LoraConfig") -> list[str]:
+    """Save a PEFT checkpoint made by the real peft: one adapter per entry, weights randomised."""
+    import peft
+
+    cls = getattr(peft, config_class)
+    names = list(adapters)
+    model = peft.get_peft_model(load_base(base), cls(**adapters[names[0]]), adapter_name=names[0])
+    for name in names[1:]:
+        model.add_adapter(name, cls(**adapters[name]))
+    for i, name in enumerate(names):
+        model.set_adapter(name)
+        randomise_adapter_weights(model, seed + i)
+    model.save_pretrained(out)
+    return names

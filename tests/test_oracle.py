@@ -19,7 +19,7 @@ from converters.keys import PEFT_PREFIX
 from converters.methods import GRAMMAR
 from converters.safetensors_io import read_header
 from registry.interop.swift_env import run_jobs
-from tests.models import PROBE, build_base, forward, load_base, peft_forward, read_tensors
+from tests.models import PROBE, build_base, forward, load_base, make_peft_checkpoint, peft_forward, read_tensors
 
 pytestmark = pytest.mark.oracle
 
@@ -112,32 +112,8 @@ class World:
     load_results: dict[str, dict] = field(default_factory=dict)
 
 
-def _randomise_peft(model: torch.nn.Module, seed: int) -> None:
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if not param.requires_grad:
-                continue
-            noise = torch.randn(param.shape, generator=generator)
-            if "lora_magnitude_vector" in name:
-                param.copy_(param * (1 + 0.1 * noise))
-            elif "modules_to_save" in name:
-                param.add_(0.02 * noise)
-            else:
-                param.copy_(0.1 * noise)
-
-
 def _make_peft(case: PeftCase, base: Path, out: Path, seed: int) -> dict[str, torch.Tensor]:
-    from peft import LoraConfig, get_peft_model
-
-    names = list(case.adapters)
-    model = get_peft_model(load_base(base), LoraConfig(**case.adapters[names[0]]), adapter_name=names[0])
-    for name in names[1:]:
-        model.add_adapter(name, LoraConfig(**case.adapters[name]))
-    for name in names:
-        model.set_adapter(name)
-        _randomise_peft(model, seed + names.index(name))
-    model.save_pretrained(out)
+    names = make_peft_checkpoint(base, out, case.adapters, seed)
     return {name: peft_forward(base, out if name == "default" else out / name, name) for name in names}
 
 
