@@ -10,6 +10,12 @@ export PIP_DISABLE_PIP_VERSION_CHECK=1
 
 say() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
 
+# pip, minus the machine's notes about index folders that are not there.
+pip_install() {
+  local python=$1; shift
+  "$python" -m pip install -q "$@" 2> >(grep -v "is ignored: it is neither a file nor a directory" >&2)
+}
+
 fingerprint() { cat "$@" | sha256sum | cut -c1-16; }
 
 ensure_main_env() {
@@ -20,10 +26,10 @@ ensure_main_env() {
     # venvs are not relocatable: build it at its final path.
     rm -rf "$ROOT/.venv"
     "$BASE_PYTHON" -m venv "$ROOT/.venv"
-    "$ROOT/.venv/bin/python" -m pip install -q --upgrade pip >/dev/null
-    "$ROOT/.venv/bin/python" -m pip install -q "torch==2.13.0"
-    "$ROOT/.venv/bin/python" -m pip install -q -r "$ROOT/requirements/dev.txt"
-    "$ROOT/.venv/bin/python" -m pip install -q --no-deps -e "$ROOT"
+    pip_install "$ROOT/.venv/bin/python" --upgrade pip >/dev/null
+    pip_install "$ROOT/.venv/bin/python" "torch==2.13.0"
+    pip_install "$ROOT/.venv/bin/python" -r "$ROOT/requirements/dev.txt"
+    pip_install "$ROOT/.venv/bin/python" --no-deps -e "$ROOT"
     echo "$stamp_value" > "$ROOT/.venv/.swiftreg-stamp"
   fi
   export PATH="$ROOT/.venv/bin:$PATH"
@@ -36,9 +42,9 @@ ensure_oracle_env() {
     mkdir -p "$CACHE/venvs"
     rm -rf "$dir"
     "$BASE_PYTHON" -m venv "$dir"
-    "$dir/bin/python" -m pip install -q --upgrade pip >/dev/null
-    "$dir/bin/python" -m pip install -q "torch==2.13.0"
-    "$dir/bin/python" -m pip install -q -r "$ROOT/requirements/oracle.txt"
+    pip_install "$dir/bin/python" --upgrade pip >/dev/null
+    pip_install "$dir/bin/python" "torch==2.13.0"
+    pip_install "$dir/bin/python" -r "$ROOT/requirements/oracle.txt"
     "$dir/bin/python" -c "import swift.tuners, peft; assert peft.__version__ == '0.18.0', peft.__version__"
     touch "$dir/.swiftreg-ready"
   fi
