@@ -1,0 +1,215 @@
+"""The blob store interface every backend (local directory now, S3 later) implements.
+
+Blobs are immutable and named by the sha256 of their bytes, so identical files across revisions and
+repositories are stored once and a re-push of unchanged files transfers nothing. The methods that
+can be written once in terms of the primitives (`put_file`, `missing`, `verify`, `copy_to`,
+`remove_temp_files`) live here so every backend shares the same integrity checks.
+
+Progress callbacks receive the number of bytes just processed (an increment, like `tqdm.update`).
+"""
+from __future__ import annotations
+
+import os
+import secrets
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO, Callable, Iterable, Iterator
+
+from registry.store.digests import CHUNK_SIZE, Digest, format_digest, new_hasher, validate_digest
+from registry.store.errors import BlobDigestMismatch, BlobNotFound, CorruptBlob
+
+Progress = Callable[[int], None]
+
+
+@dataclass(frozen=True)
+class BlobInfo:
+    """What a put returns: the blob's name and its length in bytes."""
+
+    digest: Digest
+    size: int
+
+
+def read_chunks(f: BinaryIO, chunk_size: int = CHUNK_SIZE) -> Iterator[bytes]:
+    """Yield a binary file's contents in chunks (the stream form put_stream takes)."""
+    while chunk := f.read(chunk_size):
+        yield chunk
+
+
+def fsync_dir(path: Path) -> None:
+    """Flush a directory entry change (create, rename, unlink) to disk.
+
+    Without it a crash right after a rename can lose the new name even though the file's bytes were
+    fsynced.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class BlobStore(ABC):
+    """A content-addressed, sha256-named store of immutable blobs.
+
+    Guarantees every backend keeps: a digest is validated before use (`InvalidDigest`); a blob is
+    visible under its name only once its full bytes are stored and checked; a put of content already
+    present rewrites nothing but refreshes the blob's mtime, so a concurrent gc that spares blobs
+    touched within a grace period does not delete what a push is about to reference.
+    """
+
+    # ----- primitives each backend provides -------------------------------------------------
+
+    @abstractmethod
+    def put_stream(self, chunks: Iterable[bytes], expected: str | None = None,
+                   progress: Progress | None = None) -> BlobInfo:
+        """Store the concatenation of `chunks`, hashing as it is written.
+
+        With `expected`, content that hashes differently raises `BlobDigestMismatch` and nothing is
+        stored. If the blob already exists it is not rewritten; its mtime is refreshed.
+        """
+
+    @abstractmethod
+    def exists(self, digest: str) -> bool:
+        """Whether the store holds a blob under `digest`."""
+
+    @abstractmethod
+    def size(self, digest: str) -> int:
+        """The blob's length in bytes; `BlobNotFound` if absent."""
+
+    @abstractmethod
+    def open(self, digest: str) -> BinaryIO:
+        """A binary file object positioned at the blob's start; `BlobNotFound` if absent.
+
+        Reads are not verified (that would cost a full pass): use `verify` or `copy_to` for that.
+        """
+
+    @abstractmethod
+    def path(self, digest: str) -> Path | None:
+        """The blob's file on local disk, for zero-copy consumers; None for remote backends."""
+
+    @abstractmethod
+    def delete(self, digest: str, missing_ok: bool = False) -> None:
+        """Remove a blob. Only gc should call this, after checking nothing references it."""
+
+    @abstractmethod
+    def iter_digests(self) -> Iterator[Digest]:
+        """Every stored blob's digest (for gc and audits); stray files are skipped."""
+
+    @abstractmethod
+    def touch(self, digest: str) -> None:
+        """Refresh the blob's mtime to now, marking it recently used for gc's grace period."""
+
+    @abstractmethod
+    def mtime(self, digest: str) -> float:
+        """The blob's modification time (seconds since the epoch), as gc compares to its grace period."""
+
+    @abstractmethod
+    def stale_temp_files(self, older_than: float) -> list[Path]:
+        """Leftovers of killed writers not modified for at least `older_than` seconds.
+
+        A live writer keeps its temp file's mtime fresh, so a grace period longer than the slowest
+        expected pause between chunks spares it; `older_than=0` lists every temp file.
+        """
+
+    # ----- shared behaviour ------------------------------------------------------------------
+
+    def put_file(self, path: Path, expected: str | None = None, progress: Progress | None = None) -> BlobInfo:
+        """Store a file's contents, streaming it while hashing.
+
+        When `expected` is given and already stored, the file is only hashed (never written or
+        uploaded) to confirm it matches: a re-push of unchanged files transfers nothing.
+        """
+        path = Path(path)
+        if expected is not None and self.exists(validate_digest(expected)):
+            actual, size = _hash_file(path, progress)
+            if actual != expected:
+                raise BlobDigestMismatch(expected, actual, size, source=path)
+            try:
+                self.touch(expected)
+                return BlobInfo(expected, size)
+            except BlobNotFound:
+                pass  # gc removed it between exists() and touch(): store it after all
+        with open(path, "rb") as f:
+            return self._put_stream_from(read_chunks(f), expected, progress, source=path)
+
+    def _put_stream_from(self, chunks: Iterable[bytes], expected: str | None, progress: Progress | None,
+                         source: Path) -> BlobInfo:
+        """put_stream, with a mismatch error that names the file it came from."""
+        try:
+            return self.put_stream(chunks, expected, progress)
+        except BlobDigestMismatch as e:
+            raise BlobDigestMismatch(e.expected, e.actual, e.size, source=source) from None
+
+    def missing(self, digests: Iterable[str]) -> list[Digest]:
+        """The digests not in the store, in first-seen order without duplicates.
+
+        Every digest is validated first, so one bad name fails the whole request rather than being
+        reported as merely missing.
+        """
+        wanted = list(dict.fromkeys(validate_digest(d) for d in digests))
+        return [d for d in wanted if not self.exists(d)]
+
+    def verify(self, digest: str) -> bool:
+        """Rehash the stored bytes: True if they still match their name."""
+        digest = validate_digest(digest)
+        hasher = new_hasher()
+        with self.open(digest) as f:
+            for chunk in read_chunks(f):
+                hasher.update(chunk)
+        return format_digest(hasher.hexdigest()) == digest
+
+    def copy_to(self, digest: str, dst: Path, progress: Progress | None = None) -> None:
+        """Write the blob to `dst`, verifying it on the way; `CorruptBlob` if it does not match.
+
+        The bytes go to a temp file beside `dst` (same filesystem, so the final rename is atomic)
+        and are renamed over `dst` only after the hash checked: a corrupt blob or a crash never
+        leaves a wrong or partial `dst`. An existing `dst` file is replaced.
+        """
+        digest = validate_digest(digest)
+        dst = Path(dst)
+        tmp = dst.with_name(f".{dst.name}.tmp-{secrets.token_hex(8)}")
+        hasher = new_hasher()
+        with self.open(digest) as src:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+            try:
+                with open(fd, "wb") as out:
+                    for chunk in read_chunks(src):
+                        hasher.update(chunk)
+                        out.write(chunk)
+                        if progress is not None:
+                            progress(len(chunk))
+                    out.flush()
+                    os.fsync(out.fileno())
+                actual = format_digest(hasher.hexdigest())
+                if actual != digest:
+                    raise CorruptBlob(digest, actual, where=self.path(digest))
+                os.replace(tmp, dst)
+            except BaseException:
+                tmp.unlink(missing_ok=True)
+                raise
+        fsync_dir(dst.parent)
+
+    def remove_temp_files(self, older_than: float) -> list[Path]:
+        """Delete the temp files `stale_temp_files` lists; returns those removed."""
+        removed = []
+        for p in self.stale_temp_files(older_than):
+            try:
+                p.unlink()
+            except FileNotFoundError:
+                continue  # its writer finished or another gc got there first
+            removed.append(p)
+        return removed
+
+
+def _hash_file(path: Path, progress: Progress | None) -> tuple[Digest, int]:
+    """Digest and size of a file in one read pass."""
+    hasher = new_hasher()
+    size = 0
+    with open(path, "rb") as f:
+        for chunk in read_chunks(f):
+            hasher.update(chunk)
+            size += len(chunk)
+            if progress is not None:
+                progress(len(chunk))
+    return format_digest(hasher.hexdigest()), size

@@ -1,0 +1,69 @@
+"""Every error the blob store raises, as one tree.
+
+    StoreError                  anything wrong with a blob or a request to the store
+    ├── InvalidDigest           a string that is not "sha256:" + 64 lowercase hex (never a path)
+    ├── BlobNotFound            the store holds no blob with that digest
+    ├── BlobDigestMismatch      uploaded content does not hash to the digest the caller promised
+    └── CorruptBlob             stored bytes no longer hash to the name they are stored under
+
+Each message names the blob and says what to do. `registry/errors.py` (the registry-wide tree)
+does not exist yet; when it does, `StoreError` should subclass its base so callers can catch every
+registry error with one clause.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class StoreError(Exception):
+    """Base class: `digest` is the blob at fault when there is one."""
+
+    def __init__(self, message: str, digest: str | None = None) -> None:
+        self.digest = digest
+        super().__init__(message)
+
+
+class InvalidDigest(StoreError, ValueError):
+    """A digest string failed strict validation.
+
+    Digests become file names, so anything but the exact form is refused before it reaches a path:
+    `sha256:../../etc/passwd` must never be joined onto the store root.
+    """
+
+    def __init__(self, value: object) -> None:
+        self.value = value
+        super().__init__(f"invalid blob digest {value!r}: expected 'sha256:' followed by exactly 64 "
+                         f"lowercase hex characters")
+
+
+class BlobNotFound(StoreError, LookupError):
+    """The store has no blob under this digest (never pushed, or removed by gc)."""
+
+    def __init__(self, digest: str, where: str | Path | None = None) -> None:
+        place = f" in {where}" if where is not None else ""
+        super().__init__(f"blob {digest} is not in the store{place}: push the file that holds it "
+                         f"(or the revision that names it) again", digest)
+
+
+class BlobDigestMismatch(StoreError):
+    """Content handed to put_* hashed to something other than the expected digest; nothing was stored."""
+
+    def __init__(self, expected: str, actual: str, size: int, source: str | Path | None = None) -> None:
+        self.expected = expected
+        self.actual = actual
+        self.size = size
+        origin = f" from {source}" if source is not None else ""
+        super().__init__(f"content{origin} ({size} bytes) hashes to {actual}, not the expected {expected}; "
+                         f"nothing was stored: the file changed or the upload was truncated, push it again",
+                         expected)
+
+
+class CorruptBlob(StoreError):
+    """A stored blob's bytes no longer match its name (disk fault, manual edit)."""
+
+    def __init__(self, digest: str, actual: str, where: str | Path | None = None) -> None:
+        self.actual = actual
+        self.where = Path(where) if where is not None else None
+        place = f" at {where}" if where is not None else ""
+        super().__init__(f"blob {digest}{place} is corrupt: its stored bytes hash to {actual}; "
+                         f"re-push the file to restore it, or run gc to drop the damaged copy", digest)
