@@ -1,16 +1,42 @@
 """swiftreg's format layer: ms-swift and PEFT adapter checkpoints, read, checked and converted.
 
 Pure functions over checkpoint folders. No database, no HTTP, and no torch at import time (torch
-is imported only to read legacy .bin files).
+is imported only to read legacy .bin files). Names are loaded on first use, so a command that
+only converts never pays for validation or inspection code.
 """
-from .conversion import ConversionPlan, ConversionResult, convert, execute, parse_renames, plan
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from .errors import (
     CheckpointReadError, ConfigError, FormatError, InvalidAdapterError, NotACheckpointError, OutputError,
     RefusedError, SafetensorsHeaderError, UnsafePickleError, UnsupportedFieldError, UnsupportedTunerError,
 )
-from .inspect import AdapterSummary, CheckpointSummary, inspect
-from .layout import Adapter, Checkpoint, detect
-from .validate import Problem, Report, validate
+
+_LAZY = {
+    "ConversionPlan": "conversion", "ConversionResult": "conversion", "convert": "conversion",
+    "execute": "conversion", "parse_renames": "conversion", "plan": "conversion",
+    "AdapterSummary": "inspect", "CheckpointSummary": "inspect", "inspect": "inspect",
+    "Adapter": "layout", "Checkpoint": "layout", "detect": "layout",
+    "Problem": "validate", "Report": "validate", "validate": "validate",
+}
+
+if TYPE_CHECKING:
+    from .conversion import ConversionPlan, ConversionResult, convert, execute, parse_renames, plan
+    from .inspect import AdapterSummary, CheckpointSummary, inspect
+    from .layout import Adapter, Checkpoint, detect
+    from .validate import Problem, Report, validate
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'converters' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
 
 __all__ = [
     "Adapter", "AdapterSummary", "Checkpoint", "CheckpointSummary", "CheckpointReadError", "ConfigError",

@@ -23,7 +23,7 @@ from .layout import (
     DEFAULT_ADAPTER, SAFETENSORS_NAME, Adapter, Checkpoint, Format, _check_name, detect,
 )
 from .methods import GRAMMAR, explain_swift_only, SWIFT_ONLY_TUNERS
-from .safetensors_io import copy_range
+from .safetensors_io import copy_range, write_renamed
 from .tensors import WeightsFile
 
 SWIFT_MARKER = "configuration.json"
@@ -206,28 +206,27 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def _write_bytes(path: Path, data: bytes) -> None:
-    with open(path, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
+def _fsync_file(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _copy_file(src: Path, dst: Path) -> None:
     with open(src, "rb") as fin, open(dst, "wb") as fout:
         copy_range(fin.fileno(), fout.fileno(), 0, os.fstat(fin.fileno()).st_size)
-        os.fsync(fout.fileno())
 
 
 def _write_adapter(p: AdapterPlan, folder: Path) -> int:
     folder.mkdir(parents=True, exist_ok=True)
-    _write_bytes(folder / CONFIG_NAME, configs.dump_json(p.config))
+    (folder / CONFIG_NAME).write_bytes(configs.dump_json(p.config))
     if p.sidecar:
-        _write_bytes(folder / SIDECAR_NAME, configs.dump_json(p.sidecar))
+        (folder / SIDECAR_NAME).write_bytes(configs.dump_json(p.sidecar))
     out = folder / SAFETENSORS_NAME
     if p.weights.header is not None:
         by_name = p.weights.header.by_name
-        from .safetensors_io import write_renamed
         write_renamed(p.weights.header, out, [(by_name[old], new) for old, new in p.renames],
                       metadata=p.weights.header.metadata or DEFAULT_METADATA)
     else:
@@ -237,8 +236,15 @@ def _write_adapter(p: AdapterPlan, folder: Path) -> int:
     return out.stat().st_size
 
 
-def execute(conversion: ConversionPlan, destination: str | Path, *, overwrite: bool = False) -> ConversionResult:
-    """Write the plan to `destination` atomically."""
+def execute(conversion: ConversionPlan, destination: str | Path, *, overwrite: bool = False,
+            durable: bool = False) -> ConversionResult:
+    """Write the plan to `destination` atomically.
+
+    The output appears whole or not at all (a temporary folder renamed into place), whatever
+    happens to the process. `durable` also fsyncs every file and folder before the rename, so the
+    output survives a power loss too; like `cp`, the default leaves flushing to the kernel, since
+    the sync costs more than the conversion itself (0.2 s of the 0.4 s for a 306 MB adapter).
+    """
     dst = Path(destination).absolute()
     src = conversion.source.path.absolute()
     if dst == src or src in dst.parents:
@@ -254,9 +260,13 @@ def execute(conversion: ConversionPlan, destination: str | Path, *, overwrite: b
         for extra in conversion.extra_files:
             _copy_file(extra, tmp / extra.name)
         if conversion.target == "swift" and not (tmp / SWIFT_MARKER).exists():
-            _write_bytes(tmp / SWIFT_MARKER, b"{}")
-        for folder in {tmp / p.folder for p in conversion.adapters} | {tmp}:
-            _fsync_dir(folder)
+            (tmp / SWIFT_MARKER).write_bytes(b"{}")
+        if durable:
+            for path in tmp.rglob("*"):
+                if path.is_file():
+                    _fsync_file(path)
+            for folder in {tmp / p.folder for p in conversion.adapters} | {tmp}:
+                _fsync_dir(folder)
         if dst.exists():
             retired = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", suffix=".old", dir=dst.parent))
             os.rename(dst, retired / "old")
@@ -264,7 +274,8 @@ def execute(conversion: ConversionPlan, destination: str | Path, *, overwrite: b
             shutil.rmtree(retired, ignore_errors=True)
         else:
             os.rename(tmp, dst)
-        _fsync_dir(dst.parent)
+        if durable:
+            _fsync_dir(dst.parent)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -280,9 +291,9 @@ def execute(conversion: ConversionPlan, destination: str | Path, *, overwrite: b
 
 def convert(source: str | Path, destination: str | Path, to: Format, *, adapters: Sequence[str] | None = None,
             renames: Mapping[str, str] | None = None, peft_version: str | None = None,
-            overwrite: bool = False) -> ConversionResult:
+            overwrite: bool = False, durable: bool = False) -> ConversionResult:
     """Convert the checkpoint at `source` into `to` format at `destination`."""
     if to not in ("swift", "peft"):
         raise FormatError(f"unknown target format {to!r}; use 'swift' or 'peft'")
     conversion = plan(detect(source), to, adapters=adapters, renames=renames, peft_version=peft_version)
-    return execute(conversion, destination, overwrite=overwrite)
+    return execute(conversion, destination, overwrite=overwrite, durable=durable)

@@ -215,6 +215,8 @@ def write_renamed(
     destination: str | os.PathLike,
     renames: Iterable[tuple[TensorEntry, str]],
     metadata: Mapping[str, str] | None = None,
+    *,
+    durable: bool = False,
 ) -> None:
     """Write `destination` holding the chosen tensors of `source` under new names, bytes untouched.
 
@@ -244,7 +246,8 @@ def write_renamed(
             write_all(dst_fd, header)
             for begin, length in runs:
                 copy_range(src_fd, dst_fd, source.data_start + begin, length)
-            os.fsync(dst_fd)
+            if durable:
+                os.fsync(dst_fd)
         finally:
             os.close(dst_fd)
     finally:

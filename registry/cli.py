@@ -56,15 +56,17 @@ def main() -> None:
               help=f"Write a config this PEFT release can load (known: {', '.join(known_peft_versions())}); "
                    "unknown fields are dropped only when they hold their default.")
 @click.option("--overwrite", is_flag=True, help="Replace DST if it exists (atomically).")
+@click.option("--fsync", "durable", is_flag=True,
+              help="Flush every file to disk before DST appears, so it also survives a power loss.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @_format_errors
 def convert(src: Path, dst: Path, target: str, adapters: tuple[str, ...], renames: tuple[str, ...],
-            peft_version: str | None, overwrite: bool, as_json: bool) -> None:
+            peft_version: str | None, overwrite: bool, durable: bool, as_json: bool) -> None:
     """Convert the checkpoint SRC to TARGET format at DST, without decoding a tensor."""
     started = time.perf_counter()
     result = converters.convert(src, dst, target, adapters=list(adapters) or None,  # type: ignore[arg-type]
                                 renames=converters.parse_renames(renames), peft_version=peft_version,
-                                overwrite=overwrite)
+                                overwrite=overwrite, durable=durable)
     elapsed = time.perf_counter() - started
     if as_json:
         click.echo(json.dumps({"destination": str(result.destination), "format": result.target,
