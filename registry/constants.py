@@ -1,12 +1,31 @@
-"""Every environment variable swiftreg reads, with its default, in one place."""
+"""Every environment variable swiftreg reads, with its default, in one place.
+
+Read at call time (not import time) so a process, or a test, can point swiftreg elsewhere.
+"""
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
-#: Where the embedded registry (database, blobs, caches) lives.
-SWIFTREG_HOME = Path(os.environ.get("SWIFTREG_HOME", Path.home() / ".swiftreg")).expanduser()
 
-#: A Python interpreter with ms-swift installed (its own venv: ms-swift pins an older peft). Used to
-#: produce and load Swift checkpoints with the real ms-swift; unset means "not configured".
-SWIFTREG_SWIFT_PYTHON = os.environ.get("SWIFTREG_SWIFT_PYTHON") or None
+def home() -> Path:
+    """SWIFTREG_HOME: the embedded registry (database, blobs, snapshots). Default: the user's cache folder."""
+    explicit = os.environ.get("SWIFTREG_HOME")
+    if explicit:
+        return Path(explicit).expanduser()
+    cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(cache) / "swiftreg"
+
+
+def database_url() -> str | None:
+    """SWIFTREG_DATABASE_URL: any SQLAlchemy URL (postgresql:// uses psycopg 3). Default: SQLite in the home."""
+    return os.environ.get("SWIFTREG_DATABASE_URL") or None
+
+
+def swift_python() -> str | None:
+    """SWIFTREG_SWIFT_PYTHON: an interpreter with ms-swift installed (its own venv: it pins an older peft)."""
+    return os.environ.get("SWIFTREG_SWIFT_PYTHON") or None
+
+
+#: SWIFTREG_FAILPOINTS (tests only): comma-separated failpoints that SIGKILL the process (failpoints.py).
+FAILPOINTS_VARIABLE = "SWIFTREG_FAILPOINTS"

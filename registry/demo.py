@@ -64,7 +64,7 @@ def _raw_tensors(path: Path) -> dict[str, bytes]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--workdir", type=Path, default=constants.SWIFTREG_HOME / "demo",
+    parser.add_argument("--workdir", type=Path, default=constants.home() / "demo",
                         help="Where the checkpoints are written (emptied first).")
     args = parser.parse_args(argv)
 

@@ -23,7 +23,7 @@ class SwiftEnvironmentError(RuntimeError):
 
 def swift_python() -> str:
     """The configured ms-swift interpreter, or a clear error saying how to configure one."""
-    python = os.environ.get("SWIFTREG_SWIFT_PYTHON") or constants.SWIFTREG_SWIFT_PYTHON
+    python = constants.swift_python()
     if not python:
         raise SwiftEnvironmentError(
             "SWIFTREG_SWIFT_PYTHON is not set: point it at a Python with ms-swift installed "

@@ -6,16 +6,17 @@
     ├── BlobDigestMismatch      uploaded content does not hash to the digest the caller promised
     └── CorruptBlob             stored bytes no longer hash to the name they are stored under
 
-Each message names the blob and says what to do. `registry/errors.py` (the registry-wide tree)
-does not exist yet; when it does, `StoreError` should subclass its base so callers can catch every
-registry error with one clause.
+Each message names the blob and says what to do. `StoreError` is a `registry.errors.RegistryError`,
+so callers catch every registry error with one clause.
 """
 from __future__ import annotations
 
 from pathlib import Path
 
+from ..errors import RegistryError
 
-class StoreError(Exception):
+
+class StoreError(RegistryError):
     """Base class: `digest` is the blob at fault when there is one."""
 
     def __init__(self, message: str, digest: str | None = None) -> None:

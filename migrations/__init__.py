@@ -1,0 +1,1 @@
+"""Alembic migrations: the only way swiftreg's schema is created or changed (`swiftreg db upgrade`)."""

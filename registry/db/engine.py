@@ -1,0 +1,139 @@
+"""Engines, transactions and migrations for SQLite (embedded default) and PostgreSQL.
+
+SQLite: WAL so readers never wait for a writer, a generous busy timeout, foreign keys on, and
+`BEGIN IMMEDIATE` for write transactions so two pushes serialise at BEGIN instead of failing at
+COMMIT. PostgreSQL: row locks (`SELECT ... FOR UPDATE`) taken by the service.
+
+The schema exists only through Alembic (`migrations/`): `upgrade()` is the one way to create it and
+runs automatically, under a lock, the first time a registry opens a database.
+"""
+from __future__ import annotations
+
+import contextlib
+from importlib import resources
+from pathlib import Path
+from typing import Iterator
+
+from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy.engine import Connection, make_url
+from sqlalchemy.orm import Session
+
+WRITE = "swiftreg_write"
+ADVISORY_LOCK_KEY = 0x5357_4654  # "SWFT": serialises migrations across processes on PostgreSQL
+
+
+def normalise_url(url: str) -> str:
+    """`postgresql://` means psycopg 3 here; everything else passes through."""
+    parsed = make_url(url)
+    if parsed.drivername in ("postgresql", "postgres"):
+        parsed = parsed.set(drivername="postgresql+psycopg")
+    return parsed.render_as_string(hide_password=False)
+
+
+def make_engine(url: str) -> Engine:
+    url = normalise_url(url)
+    if make_url(url).get_backend_name() == "sqlite":
+        engine = create_engine(url, connect_args={"timeout": 120, "check_same_thread": False})
+
+        @event.listens_for(engine, "connect")
+        def _on_connect(dbapi_connection, _record) -> None:  # type: ignore[no-untyped-def]
+            dbapi_connection.isolation_level = None  # we issue BEGIN ourselves (below)
+            cursor = dbapi_connection.cursor()
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA busy_timeout=120000")
+            cursor.execute("PRAGMA foreign_keys=ON")
+            cursor.execute("PRAGMA synchronous=FULL")
+            cursor.close()
+
+        @event.listens_for(engine, "begin")
+        def _on_begin(connection: Connection) -> None:
+            immediate = connection.get_execution_options().get(WRITE)
+            connection.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+        return engine
+    return create_engine(url, pool_pre_ping=True)
+
+
+@contextlib.contextmanager
+def write_session(engine: Engine) -> Iterator[Session]:
+    """One write transaction: committed on success, rolled back on any exception."""
+    with engine.connect() as connection:
+        connection.execution_options(**{WRITE: True})
+        with Session(bind=connection, expire_on_commit=False) as session, session.begin():
+            yield session
+
+
+@contextlib.contextmanager
+def read_session(engine: Engine) -> Iterator[Session]:
+    with Session(bind=engine, expire_on_commit=False) as session, session.begin():
+        yield session
+
+
+def _alembic_config(connection: Connection):  # type: ignore[no-untyped-def]
+    from alembic.config import Config
+
+    config = Config()
+    config.set_main_option("script_location", str(resources.files("migrations")))
+    config.attributes["connection"] = connection
+    return config
+
+
+def current_revision(engine: Engine) -> str | None:
+    from alembic.runtime.migration import MigrationContext
+
+    with engine.connect() as connection:
+        return MigrationContext.configure(connection).get_current_revision()
+
+
+def head_revision() -> str:
+    from alembic.script import ScriptDirectory
+
+    config = _alembic_config(None)  # type: ignore[arg-type]
+    return ScriptDirectory.from_config(config).get_current_head() or ""
+
+
+@contextlib.contextmanager
+def _migration_lock(engine: Engine) -> Iterator[Connection]:
+    if engine.dialect.name == "sqlite":
+        from filelock import FileLock
+
+        database = make_url(str(engine.url)).database
+        lock_path = f"{database}.migrate.lock" if database and database != ":memory:" else None
+        with (FileLock(lock_path) if lock_path else contextlib.nullcontext()):
+            with engine.connect() as connection:
+                yield connection
+    else:
+        with engine.connect() as connection:
+            connection.execute(text("SELECT pg_advisory_lock(:k)"), {"k": ADVISORY_LOCK_KEY})
+            connection.commit()
+            try:
+                yield connection
+            finally:
+                connection.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": ADVISORY_LOCK_KEY})
+                connection.commit()
+
+
+def upgrade(engine: Engine, revision: str = "head") -> None:
+    from alembic import command
+
+    with _migration_lock(engine) as connection:
+        command.upgrade(_alembic_config(connection), revision)
+        connection.commit()
+
+
+def downgrade(engine: Engine, revision: str) -> None:
+    from alembic import command
+
+    with _migration_lock(engine) as connection:
+        command.downgrade(_alembic_config(connection), revision)
+        connection.commit()
+
+
+def ensure_schema(engine: Engine) -> None:
+    """Bring the schema to head if it is not there yet (first use of a local registry)."""
+    if current_revision(engine) != head_revision():
+        upgrade(engine)
+
+
+def sqlite_url(path: Path) -> str:
+    return f"sqlite:///{path}"

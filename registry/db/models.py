@@ -1,0 +1,174 @@
+"""The registry's tables as SQLAlchemy 2 typed models (DESIGN.md section 3).
+
+The schema is created only by the Alembic migrations in `migrations/`; a test proves the two agree
+on SQLite and PostgreSQL. Revision rows are immutable: the migrations install triggers that refuse
+UPDATE and DELETE on `revisions`, so not even a bug can rewrite history.
+"""
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Any, Optional
+
+from sqlalchemy import (
+    JSON, Boolean, CheckConstraint, DateTime, ForeignKey, Index, Integer, MetaData, String, Text, UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+NAMING = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+DIGEST = String(71)  # "sha256:" + 64 hex
+NAME = String(96)
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING)
+    type_annotation_map = {dict[str, Any]: JSON, list[Any]: JSON, datetime: DateTime(timezone=True)}
+
+
+class BaseModelRecord(Base):
+    """A base model (transformers folder) the registry stores and validates adapters against."""
+
+    __tablename__ = "base_models"
+    __table_args__ = (UniqueConstraint("namespace", "name"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    namespace: Mapped[str] = mapped_column(NAME)
+    name: Mapped[str] = mapped_column(NAME)
+    architecture: Mapped[Optional[str]] = mapped_column(String(200))
+    config: Mapped[Optional[dict[str, Any]]]
+    fingerprint: Mapped[Optional[str]] = mapped_column(DIGEST)  # sha256 of the sorted (name, dtype, shape) list
+    source: Mapped[str] = mapped_column(String(300), default="local")
+    revision_count: Mapped[int] = mapped_column(Integer, default=0)  # bumped under a row lock: gap-free numbers
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class AdapterRecord(Base):
+    __tablename__ = "adapters"
+    __table_args__ = (UniqueConstraint("namespace", "name"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    namespace: Mapped[str] = mapped_column(NAME)
+    name: Mapped[str] = mapped_column(NAME)
+    base_model_id: Mapped[Optional[int]] = mapped_column(ForeignKey("base_models.id"))
+    tuner_type: Mapped[Optional[str]] = mapped_column(String(32))
+    description: Mapped[Optional[str]] = mapped_column(Text)
+    revision_count: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    base_model: Mapped[Optional[BaseModelRecord]] = relationship()
+
+
+class RevisionRecord(Base):
+    """One immutable, content-addressed state of an adapter or a base model."""
+
+    __tablename__ = "revisions"
+    __table_args__ = (
+        UniqueConstraint("adapter_id", "number"),
+        UniqueConstraint("base_model_id", "number"),
+        CheckConstraint("(adapter_id IS NULL) <> (base_model_id IS NULL)", name="one_repository"),
+        Index("ix_revisions_digest", "digest"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    adapter_id: Mapped[Optional[int]] = mapped_column(ForeignKey("adapters.id"))
+    base_model_id: Mapped[Optional[int]] = mapped_column(ForeignKey("base_models.id"))
+    number: Mapped[int] = mapped_column(Integer)
+    digest: Mapped[str] = mapped_column(DIGEST)            # sha256 of the canonical manifest
+    format: Mapped[str] = mapped_column(String(16))        # swift, peft, transformers
+    manifest: Mapped[dict[str, Any]]                       # {"files": [{"path", "size", "sha256"}]}
+    meta: Mapped[dict[str, Any]] = mapped_column("metadata", JSON)  # r, alpha, targets, dtype, ...
+    parents: Mapped[list[Any]] = mapped_column(JSON, default=list)  # lineage of merges and combinations
+    base_revision_id: Mapped[Optional[int]] = mapped_column(ForeignKey("revisions.id"))
+    message: Mapped[Optional[str]] = mapped_column(Text)
+    author: Mapped[Optional[str]] = mapped_column(String(200))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class RefRecord(Base):
+    """A mutable name for a revision: branches (`main`) move on push, tags stay unless forced."""
+
+    __tablename__ = "refs"
+    __table_args__ = (
+        UniqueConstraint("adapter_id", "name"),
+        UniqueConstraint("base_model_id", "name"),
+        CheckConstraint("kind IN ('branch', 'tag')", name="kind"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    adapter_id: Mapped[Optional[int]] = mapped_column(ForeignKey("adapters.id"))
+    base_model_id: Mapped[Optional[int]] = mapped_column(ForeignKey("base_models.id"))
+    name: Mapped[str] = mapped_column(String(128))
+    kind: Mapped[str] = mapped_column(String(16))
+    revision_id: Mapped[int] = mapped_column(ForeignKey("revisions.id"))
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    revision: Mapped[RevisionRecord] = relationship()
+
+
+class DerivedRecord(Base):
+    """A conversion done once: (revision, target format, converter version) -> manifest of the output."""
+
+    __tablename__ = "derived"
+    __table_args__ = (UniqueConstraint("revision_id", "target_format", "converter_version"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    revision_id: Mapped[int] = mapped_column(ForeignKey("revisions.id"))
+    target_format: Mapped[str] = mapped_column(String(16))
+    converter_version: Mapped[str] = mapped_column(String(32))
+    digest: Mapped[str] = mapped_column(DIGEST)
+    manifest: Mapped[dict[str, Any]]
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class TokenRecord(Base):
+    __tablename__ = "tokens"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    secret_hash: Mapped[str] = mapped_column(String(128), unique=True)
+    owner: Mapped[str] = mapped_column(String(200))
+    scopes: Mapped[list[Any]]
+    namespaces: Mapped[Optional[list[Any]]]
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    last_used_at: Mapped[Optional[datetime]]
+    revoked_at: Mapped[Optional[datetime]]
+
+
+class JobRecord(Base):
+    __tablename__ = "jobs"
+    __table_args__ = (Index("ix_jobs_status", "status"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    kind: Mapped[str] = mapped_column(String(32))
+    params: Mapped[dict[str, Any]]
+    status: Mapped[str] = mapped_column(String(16), default="queued")
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    worker: Mapped[Optional[str]] = mapped_column(String(200))
+    heartbeat_at: Mapped[Optional[datetime]]
+    result: Mapped[Optional[dict[str, Any]]]
+    log: Mapped[Optional[str]] = mapped_column(Text)
+    idempotency_key: Mapped[Optional[str]] = mapped_column(String(200), unique=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    started_at: Mapped[Optional[datetime]]
+    finished_at: Mapped[Optional[datetime]]
+
+
+class ValidationRunRecord(Base):
+    __tablename__ = "validation_runs"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    revision_id: Mapped[int] = mapped_column(ForeignKey("revisions.id"), index=True)
+    check_kind: Mapped[str] = mapped_column(String(64))
+    metrics: Mapped[dict[str, Any]]
+    passed: Mapped[bool] = mapped_column(Boolean)
+    library_versions: Mapped[dict[str, Any]]
+    started_at: Mapped[datetime] = mapped_column(default=utcnow)
+    finished_at: Mapped[Optional[datetime]]

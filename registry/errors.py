@@ -1,0 +1,54 @@
+"""Every error the registry raises, as one tree.
+
+    RegistryError                   anything a registry operation refuses
+    ├── InvalidIdError              `namespace/name[@ref]` does not parse, or a name is not allowed
+    ├── NotFoundError               no such adapter, base model, ref or revision
+    ├── AmbiguousRefError           a digest prefix matches more than one revision
+    ├── RefExistsError              a tag already points elsewhere (use --force)
+    ├── InvalidCheckpointError      push refused: the checkpoint fails validation (see .problems)
+    ├── UnsafePathError             a file name inside a checkpoint escapes it or is not portable
+    ├── IntegrityError              stored bytes do not match their digest (never served)
+    └── StoreError                  the blob store itself (registry/store/errors.py has its subtree)
+
+Format problems from the converters (converters.FormatError) pass through unchanged: they already
+name the file, key or field at fault. The CLI prints any of these as one line and exits 1.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+
+class RegistryError(Exception):
+    """Base class of everything the registry refuses."""
+
+
+class InvalidIdError(RegistryError, ValueError):
+    """An identifier or name that the grammar in DESIGN.md section 2 does not allow."""
+
+
+class NotFoundError(RegistryError, LookupError):
+    """The named adapter, base model, ref or revision does not exist."""
+
+
+class AmbiguousRefError(RegistryError):
+    """A digest prefix matches several revisions: give more hex digits."""
+
+
+class RefExistsError(RegistryError):
+    """Tags are immutable: moving one needs --force."""
+
+
+class InvalidCheckpointError(RegistryError):
+    """Validation found errors; `.problems` lists them."""
+
+    def __init__(self, message: str, problems: Sequence[object] = ()) -> None:
+        self.problems = list(problems)
+        super().__init__(message)
+
+
+class UnsafePathError(RegistryError):
+    """A path inside a checkpoint is absolute, climbs out with '..', is a link, or is not portable."""
+
+
+class IntegrityError(RegistryError):
+    """Bytes on disk no longer match the digest they are stored under."""
