@@ -133,6 +133,7 @@ class _AdapterCheck:
     def _group(self, infos: list[TensorInfo]) -> tuple[dict[str, dict[str, TensorInfo]], list[TensorInfo]]:
         modules: dict[str, dict[str, TensorInfo]] = defaultdict(dict)
         plain: list[TensorInfo] = []
+        foreign: dict[str, list[str]] = defaultdict(list)
         for info in infos:
             if self.fmt == "peft":
                 parsed = GRAMMAR.parse_peft(info.name)
@@ -142,14 +143,16 @@ class _AdapterCheck:
             else:
                 parsed = GRAMMAR.parse_swift(info.name)
             if parsed.adapter is not None and parsed.adapter != self.a.name:
-                self.problem(info.name, f"belongs to adapter {parsed.adapter!r} (leaked by ms-swift's substring "
-                             "match); conversion leaves it out", "warning")
+                foreign[parsed.adapter].append(info.name)
                 continue
             if parsed.role is None:
                 plain.append(TensorInfo(parsed.module, info.dtype, info.shape))
             else:
                 slot = parsed.role.name + (f".{parsed.param}" if parsed.param else "")
                 modules[parsed.module][slot] = info
+        for other, keys in foreign.items():
+            self.problem(keys[0], f"and {len(keys) - 1} more keys belong to adapter {other!r} (leaked by ms-swift's "
+                         "substring match on adapter names); conversion leaves them out", "warning")
         return modules, plain
 
     def _check_lora(self, infos: list[TensorInfo]) -> None:

@@ -24,14 +24,16 @@ def _fail(message: str) -> None:
 
 
 def _format_errors(func: F) -> F:
-    """Turn every FormatError into one clear line and exit 1: no traceback for a user mistake."""
+    """Turn every refusal into one clear line and exit 1: no traceback for a user mistake."""
     import functools
+
+    from .errors import RegistryError
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return func(*args, **kwargs)
-        except converters.FormatError as exc:
+        except (converters.FormatError, RegistryError) as exc:
             _fail(str(exc))
         except OSError as exc:
             _fail(f"{exc.filename or ''}: {exc.strerror or exc}")
@@ -131,6 +133,226 @@ def validate(path: Path, base_model: Path | None, as_json: bool) -> None:
         click.echo(f"{report.path}: {report.format}, adapters {', '.join(report.adapters)}: {verdict}")
     if not report.ok:
         sys.exit(1)
+
+
+# ----- registry commands ------------------------------------------------------------------------
+
+def _registry():  # type: ignore[no-untyped-def]
+    from .service import Registry
+
+    return Registry()
+
+
+def _progress(total: int, what: str):  # type: ignore[no-untyped-def]
+    """A byte progress bar on stderr for anything over a few MB, silent when stderr is not a terminal."""
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=what, leave=False,
+                disable=None if total > 4 << 20 else True, file=sys.stderr)
+
+
+def _folder_size(path: Path) -> int:
+    return sum(p.stat().st_size for p in Path(path).rglob("*") if p.is_file()) if Path(path).is_dir() else 0
+
+
+def _revision_line(info: Any) -> str:
+    refs = ", ".join(info.branches + [f"tag:{t}" for t in info.tags])
+    when = info.created_at.strftime("%Y-%m-%d %H:%M")
+    return (f"{info.number:>4}  {info.digest[:19]}  {info.format:<6} {when}  "
+            f"{'(' + refs + ')' if refs else '':<20} {info.message or ''}").rstrip()
+
+
+def _echo_json(data: Any) -> None:
+    click.echo(json.dumps(data, indent=2, default=str))
+
+
+@main.command()
+@click.argument("path", type=click.Path(path_type=Path))
+@click.argument("repo_id", metavar="NAMESPACE/NAME")
+@click.option("--tag", help="Also tag the revision (tags are immutable unless --force).")
+@click.option("--force", is_flag=True, help="Move the tag if it already points elsewhere.")
+@click.option("-m", "--message", help="A note kept with the revision.")
+@click.option("--base-model", metavar="NS/NAME[@REF]", help="Validate against this registered base model.")
+@click.option("--json", "as_json", is_flag=True)
+@_format_errors
+def push(path: Path, repo_id: str, tag: str | None, force: bool, message: str | None, base_model: str | None,
+         as_json: bool) -> None:
+    """Store the adapter checkpoint at PATH as a new revision of NAMESPACE/NAME."""
+    with _progress(_folder_size(path), "push") as bar:
+        result = _registry().push(path, repo_id, tag=tag, force=force, message=message, base_model=base_model,
+                                  progress=bar.update)
+    if as_json:
+        _echo_json({"created": result.created, "blobs_written": result.blobs_written,
+                    "bytes_written": result.bytes_written, "notices": result.notices,
+                    "revision": result.revision.to_dict()})
+        return
+    for notice in result.notices:
+        click.secho(f"note: {notice}", fg="yellow", err=True)
+    rev = result.revision
+    verb = "pushed" if result.created else "unchanged: already"
+    click.echo(f"{verb} {rev.repo}@{rev.number} {rev.digest} ({rev.format}, {result.blobs_written} new blobs, "
+               f"{result.bytes_written / 1e6:.2f} MB written){' tags: ' + ', '.join(rev.tags) if rev.tags else ''}")
+
+
+@main.command()
+@click.argument("repo_id", metavar="NAMESPACE/NAME[@REF]")
+@click.option("-o", "--output", type=click.Path(path_type=Path), help="Copy the revision here (default: print "
+              "the path of the verified cache snapshot).")
+@click.option("--format", "fmt", type=click.Choice(["swift", "peft"]), help="Convert if stored otherwise.")
+@click.option("--overwrite", is_flag=True, help="Replace OUTPUT if it exists.")
+@_format_errors
+def pull(repo_id: str, output: Path | None, fmt: str | None, overwrite: bool) -> None:
+    """Materialise a revision (converted once, then cached), verified blob by blob."""
+    click.echo(str(_registry().pull(repo_id, output, fmt, overwrite=overwrite)))
+
+
+@main.command(name="ls")
+@click.argument("namespace", required=False)
+@click.option("--json", "as_json", is_flag=True)
+@_format_errors
+def list_repos(namespace: str | None, as_json: bool) -> None:
+    """List adapters and base models (optionally of one NAMESPACE)."""
+    repos = _registry().list(namespace)
+    if as_json:
+        _echo_json([r.to_dict() for r in repos])
+        return
+    for r in repos:
+        kind = "base" if r.kind == "base" else (r.tuner_type or "adapter")
+        click.echo(f"{r.repo:<40} {kind:<8} {r.revisions:>4} revisions  main=@{r.main}"
+                   + (f"  base={r.base_model}" if r.base_model else ""))
+
+
+@main.command()
+@click.argument("repo_id", metavar="NAMESPACE/NAME")
+@click.option("--json", "as_json", is_flag=True)
+@_format_errors
+def log(repo_id: str, as_json: bool) -> None:
+    """Revisions, newest first: number, digest, format, date, refs, message."""
+    revisions = _registry().log(repo_id)
+    if as_json:
+        _echo_json([{k: v for k, v in r.to_dict().items() if k != "manifest"} for r in revisions])
+        return
+    for info in revisions:
+        click.echo(_revision_line(info))
+
+
+@main.command()
+@click.argument("repo_id", metavar="NAMESPACE/NAME[@REF]")
+@click.option("--json", "as_json", is_flag=True)
+@_format_errors
+def show(repo_id: str, as_json: bool) -> None:
+    """One revision: refs, metadata and files."""
+    info = _registry().show(repo_id)
+    if as_json:
+        _echo_json(info.to_dict())
+        return
+    click.echo(f"{info.repo}@{info.number}  {info.digest}")
+    click.echo(f"  format {info.format}; refs {', '.join(info.branches + info.tags) or '-'}; "
+               f"created {info.created_at:%Y-%m-%d %H:%M}" + (f"; base {info.base_model}" if info.base_model else ""))
+    meta = info.meta
+    if info.kind == "adapter":
+        click.echo(f"  {meta.get('tuner_type')} r={meta.get('r')} alpha={meta.get('lora_alpha')} "
+                   f"targets={_format_targets(meta.get('target_modules'))} dtype={meta.get('dtype')} "
+                   f"params={meta.get('parameters', 0):,}")
+    else:
+        click.echo(f"  {meta.get('architecture')} dtype={meta.get('dtype')} params={meta.get('parameters', 0):,}")
+    if info.message:
+        click.echo(f"  {info.message}")
+    for f in info.manifest["files"]:
+        click.echo(f"  {f['size']:>12,}  {f['sha256'][:19]}  {f['path']}")
+
+
+@main.command()
+@click.argument("repo_id", metavar="NAMESPACE/NAME[@REF]")
+@click.argument("tag_name", metavar="TAG")
+@click.option("--force", is_flag=True, help="Move TAG if it already points elsewhere.")
+@_format_errors
+def tag(repo_id: str, tag_name: str, force: bool) -> None:
+    """Point TAG at the revision REF names (main by default)."""
+    info = _registry().tag(repo_id, tag_name, force=force)
+    click.echo(f"{info.repo}@{tag_name} -> revision {info.number} {info.digest[:19]}")
+
+
+@main.command()
+@click.argument("repo_id", metavar="NAMESPACE/NAME@TAG")
+@_format_errors
+def untag(repo_id: str) -> None:
+    """Remove a tag (the revision stays)."""
+    from .ids import parse_id
+
+    rid = parse_id(repo_id)
+    if not rid.explicit_ref:
+        raise click.UsageError("name the tag: NAMESPACE/NAME@TAG")
+    _registry().untag(rid.repo, rid.ref.value)
+    click.echo(f"removed tag {repo_id}")
+
+
+@main.command()
+@click.argument("repo_id", metavar="NAMESPACE/NAME@REF")
+@click.option("--force", is_flag=True, help="Allow removing the main branch.")
+@_format_errors
+def rm(repo_id: str, force: bool) -> None:
+    """Remove a tag or branch. Revisions are immutable and stay; gc reclaims unreferenced blobs."""
+    _registry().remove_ref(repo_id, force=force)
+    click.echo(f"removed {repo_id}")
+
+
+@main.command()
+@click.option("--grace", type=float, default=3600.0, show_default=True,
+              help="Keep unreferenced blobs younger than this many seconds (protects pushes in flight).")
+@click.option("--dry-run", is_flag=True)
+@click.option("--json", "as_json", is_flag=True)
+@_format_errors
+def gc(grace: float, dry_run: bool, as_json: bool) -> None:
+    """Delete blobs no revision references (and leftovers of killed writes)."""
+    result = _registry().gc(grace_seconds=grace, dry_run=dry_run)
+    if as_json:
+        _echo_json(result.__dict__)
+        return
+    click.echo(f"{'would remove' if dry_run else 'removed'} {result.blobs_removed} blobs "
+               f"({result.bytes_removed / 1e6:.2f} MB) and {result.temp_files_removed} temp files; "
+               f"{result.blobs_kept} blobs kept")
+
+
+@main.group()
+def db() -> None:
+    """Database schema (Alembic migrations)."""
+
+
+@db.command()
+@_format_errors
+def upgrade() -> None:
+    """Create or upgrade the schema to the newest migration."""
+    from .db import engine as dbe
+
+    registry = _registry()
+    dbe.upgrade(registry.engine)
+    click.echo(f"{registry.engine.url.render_as_string(hide_password=True)}: schema at {dbe.current_revision(registry.engine)}")
+
+
+@main.group()
+def base() -> None:
+    """Base models (transformers folders) adapters are validated against."""
+
+
+@base.command(name="push")
+@click.argument("path", type=click.Path(path_type=Path))
+@click.argument("repo_id", metavar="NAMESPACE/NAME")
+@click.option("--tag")
+@click.option("--force", is_flag=True)
+@click.option("-m", "--message")
+@click.option("--json", "as_json", is_flag=True)
+@_format_errors
+def base_push(path: Path, repo_id: str, tag: str | None, force: bool, message: str | None, as_json: bool) -> None:
+    """Store a transformers model folder (config.json + *.safetensors) as a base model revision."""
+    with _progress(_folder_size(path), "push") as bar:
+        result = _registry().push_base(path, repo_id, tag=tag, force=force, message=message, progress=bar.update)
+    if as_json:
+        _echo_json({"created": result.created, "revision": result.revision.to_dict()})
+        return
+    rev = result.revision
+    click.echo(f"{'pushed' if result.created else 'unchanged: already'} base {rev.repo}@{rev.number} {rev.digest} "
+               f"({rev.meta.get('architecture')}, {rev.meta.get('parameters', 0):,} parameters)")
 
 
 if __name__ == "__main__":

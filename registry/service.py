@@ -286,12 +286,22 @@ class Registry:
             rev = session.scalars(select(RevisionRecord).where(
                 RevisionRecord.adapter_id == repo.id, RevisionRecord.digest == digest)).one_or_none()
             if rev is None:
+                if tag is not None and not force:
+                    self._check_tag_free(session, repo, tag)  # refuse before writing a single blob
                 return None
         if tag is not None:
             self.tag(f"{rid.repo}@{rev.number}", tag, force=force)
         with self._read() as session:
             return self._info(session, "adapter", self._find_repo(session, "adapter", rid),
                               session.get(RevisionRecord, rev.id))
+
+    def _check_tag_free(self, session: Session, repo: AdapterRecord, tag: str) -> None:
+        ref = session.scalars(select(RefRecord).where(RefRecord.adapter_id == repo.id,
+                                                      RefRecord.name == tag)).one_or_none()
+        if ref is not None:
+            current = session.get(RevisionRecord, ref.revision_id)
+            raise RefExistsError(f"tag {tag!r} of {repo.namespace}/{repo.name} already points to revision "
+                                 f"{current.number}; tags are immutable (use --force to move it)")
 
     def _store_files(self, files: list[tuple[str, Path]], manifest: Manifest,
                      progress: Progress | None) -> tuple[int, int]:

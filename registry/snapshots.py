@@ -30,7 +30,7 @@ class SnapshotCache:
                     copy_blob: Callable[[str, Path, str], None]) -> Path:
         """Build `folder` from `manifest()` unless another process already has; return it."""
         folder.parent.mkdir(parents=True, exist_ok=True)
-        with FileLock(str(folder) + ".lock"):
+        with FileLock(str(folder.parent / f".{folder.name}.lock")):
             if folder.is_dir():
                 return folder
             files = manifest()

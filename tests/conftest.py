@@ -33,3 +33,67 @@ def llama_base(tmp_path_factory: pytest.TempPathFactory):
     from tests.models import build_base
 
     return build_base("llama", tmp_path_factory.mktemp("base") / "llama")
+
+
+# ----- registry fixtures: every registry test runs on SQLite, and on PostgreSQL when configured -----
+
+DATABASES = ["sqlite"] + (["postgresql"] if os.environ.get("SWIFTREG_TEST_DATABASE_URL") else [])
+
+
+def _postgres_admin_url() -> str:
+    return os.environ["SWIFTREG_TEST_DATABASE_URL"]
+
+
+def create_postgres_database() -> str:
+    """A fresh, empty PostgreSQL database for one test; unreachable PostgreSQL fails the test."""
+    import uuid
+
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.engine import make_url
+
+    from registry.db.engine import normalise_url
+
+    admin_url = normalise_url(_postgres_admin_url())
+    name = f"swiftreg_test_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as conn:
+            conn.execute(text(f'CREATE DATABASE "{name}"'))
+    except Exception as exc:  # noqa: BLE001 - turned into a loud failure, never a skip
+        pytest.fail(f"SWIFTREG_TEST_DATABASE_URL is set but PostgreSQL is unreachable: {exc}", pytrace=False)
+    finally:
+        admin.dispose()
+    return make_url(admin_url).set(database=name).render_as_string(hide_password=False)
+
+
+def drop_postgres_database(url: str) -> None:
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.engine import make_url
+
+    from registry.db.engine import normalise_url
+
+    name = make_url(url).database
+    admin = create_engine(normalise_url(_postgres_admin_url()), isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()
+
+
+@pytest.fixture(params=DATABASES)
+def database_url(request: pytest.FixtureRequest, tmp_path):
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'registry.db'}"
+        return
+    url = create_postgres_database()
+    yield url
+    drop_postgres_database(url)
+
+
+@pytest.fixture
+def reg(database_url: str, tmp_path):
+    """A fresh registry (home in tmp_path) on each configured database."""
+    from registry.service import Registry
+
+    registry = Registry(home=tmp_path / "home", database_url=database_url)
+    yield registry
+    registry.close()

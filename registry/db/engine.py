@@ -130,8 +130,19 @@ def downgrade(engine: Engine, revision: str) -> None:
 
 
 def ensure_schema(engine: Engine) -> None:
-    """Bring the schema to head if it is not there yet (first use of a local registry)."""
-    if current_revision(engine) != head_revision():
+    """Bring the schema to head if it is not there yet (first use of a registry).
+
+    Checked with one query and no Alembic import when the schema is current, which it almost
+    always is: opening a registry must stay cheap.
+    """
+    from migrations import HEAD
+
+    try:
+        with engine.connect() as connection:
+            current = connection.execute(text("SELECT version_num FROM alembic_version")).scalar()
+    except Exception:  # no alembic_version table yet: an empty database
+        current = None
+    if current != HEAD:
         upgrade(engine)
 
 
