@@ -50,3 +50,36 @@ ensure_oracle_env() {
   fi
   export SWIFTREG_SWIFT_PYTHON="$dir/bin/python"
 }
+
+# A real PostgreSQL for the registry tests: use SWIFTREG_TEST_DATABASE_URL if given, else the local
+# server on 127.0.0.1:5432 (started, or installed from Debian's packages, when absent). Never skipped:
+# if no server can be had, this fails and so does the suite.
+ensure_postgres() {
+  if [ -n "${SWIFTREG_TEST_DATABASE_URL:-}" ]; then return; fi
+  local url="postgresql://postgres@127.0.0.1:5432/postgres"
+  if ! pg_isready -q -h 127.0.0.1 -p 5432 2>/dev/null; then
+    if ! command -v pg_ctlcluster >/dev/null 2>&1; then
+      say "installing PostgreSQL from Debian's packages"
+      apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null
+    fi
+    local version
+    version=$(ls /etc/postgresql 2>/dev/null | sort -V | tail -n 1)
+    if [ -z "$version" ]; then
+      echo "no PostgreSQL cluster found after installation" >&2; return 1
+    fi
+    say "starting PostgreSQL $version"
+    pg_ctlcluster --skip-systemctl-redirect "$version" main start 2>/dev/null || pg_ctlcluster "$version" main start
+    for _ in $(seq 1 30); do pg_isready -q -h 127.0.0.1 -p 5432 && break; sleep 1; done
+  fi
+  if ! psql "$url" -tAc "select 1" >/dev/null 2>&1; then
+    # A fresh Debian cluster allows only peer login for postgres: trust local TCP for the tests.
+    local hba
+    hba=$(su postgres -c "psql -tAc 'show hba_file'" 2>/dev/null || true)
+    if [ -n "$hba" ]; then
+      sed -i -E 's/^(host\s+all\s+all\s+127\.0\.0\.1\/32\s+)\S+/\1trust/' "$hba"
+      su postgres -c "psql -tAc 'select pg_reload_conf()'" >/dev/null
+    fi
+  fi
+  psql "$url" -tAc "select 1" >/dev/null || { echo "PostgreSQL at $url is unreachable" >&2; return 1; }
+  export SWIFTREG_TEST_DATABASE_URL="$url"
+}
