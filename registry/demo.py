@@ -5,6 +5,9 @@
 2. swiftreg converts it to PEFT, validates it against the base model, and the real newest peft
    loads it: its outputs are compared with ms-swift's.
 3. swiftreg converts the PEFT folder back to Swift: the tensors must come back bit for bit.
+4. The Swift checkpoint goes into the embedded registry (SQLite + local blob store under
+   SWIFTREG_HOME), is tagged, and comes back as PEFT by tag and by digest; peft loads what the
+   registry returns, and the log is printed.
 
 Run it with `scripts/demo` (which builds both environments once), or `python -m registry.demo`.
 """
@@ -117,9 +120,43 @@ def main(argv: list[str] | None = None) -> int:
         == _raw_tensors(work / "swift_again" / n / "adapter_model.safetensors") for n in back.adapters)
     print(f"3. peft -> swift: {back.tensors} tensors in {(time.perf_counter() - started) * 1000:.1f} ms; "
           f"tensors bit-identical to ms-swift's originals: {'yes' if identical else 'NO'}")
-    ok = worst == 0.0 and identical and report.ok
-    print(f"\n{'OK' if ok else 'FAILED'}: outputs equal to the bit, round trip exact. Files in {work}")
+    registry_ok = _registry_steps(work, model_dir, probe, reference)
+    ok = worst == 0.0 and identical and report.ok and registry_ok
+    print(f"\n{'OK' if ok else 'FAILED'}: outputs equal to the bit, round trip exact, registry round trip "
+          f"exact. Files in {work}")
     return 0 if ok else 1
+
+
+def _registry_steps(work: Path, model_dir: Path, probe: list[list[int]], reference: dict) -> bool:
+    from registry.service import Registry
+
+    reg = Registry()
+    print(f"4. registry at {reg.home} ({reg.engine.url.get_backend_name()} + local blob store)")
+    base = reg.push_base(model_dir, "demo/all-minilm-l6-v2", tag="v1")
+    pushed = reg.push(work / "swift", "demo/minilm-adapters", tag="v1", force=True, base_model="demo/all-minilm-l6-v2@v1",
+                      message="made by ms-swift in scripts/demo")
+    rev = pushed.revision
+    state = "pushed" if pushed.created else "already there (identical content: no new revision, no blob written)"
+    print(f"   base model demo/all-minilm-l6-v2@{base.revision.number}; adapter {rev.repo}@{rev.number} {state}")
+    by_tag = reg.pull("demo/minilm-adapters@v1", work / "pulled_by_tag", format="peft")
+    by_digest = reg.pull(f"demo/minilm-adapters@{rev.digest[:19]}", work / "pulled_by_digest", format="peft")
+    same = sorted(p.relative_to(by_tag).as_posix() for p in by_tag.rglob("*") if p.is_file()) == sorted(
+        p.relative_to(by_digest).as_posix() for p in by_digest.rglob("*") if p.is_file()) and all(
+        (by_tag / p.relative_to(by_digest)).read_bytes() == p.read_bytes() for p in by_digest.rglob("*") if p.is_file())
+    print(f"   pulled as PEFT by @v1 and by @{rev.digest[:19]}: identical: {'yes' if same else 'NO'}")
+    worst = 0.0
+    for spec in ADAPTERS:
+        name = spec["name"]
+        folder = by_tag if name == "default" else by_tag / name
+        worst = max(worst, (_peft_output(model_dir, folder, name, probe) - reference[name]).abs().max().item())
+    print(f"   real peft on the pulled folder vs ms-swift: max |diff| {worst:.3g}")
+    print("   swiftreg log demo/minilm-adapters:")
+    for info in reg.log("demo/minilm-adapters"):
+        refs = ", ".join(info.branches + [f"tag:{t}" for t in info.tags])
+        print(f"   {info.number:>4}  {info.digest[:19]}  {info.format:<6} {info.created_at:%Y-%m-%d %H:%M}  "
+              f"({refs})  {info.message or ''}")
+    reg.close()
+    return same and worst == 0.0
 
 
 if __name__ == "__main__":

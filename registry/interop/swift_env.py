@@ -39,7 +39,9 @@ def run_jobs(jobs: Sequence[dict[str, Any]], *, timeout: float = 1800) -> list[d
         jobs_path, results_path = Path(tmp, "jobs.json"), Path(tmp, "results.json")
         jobs_path.write_text(json.dumps(list(jobs)))
         env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", MODELSCOPE_OFFLINE="1",
-                   PYTHONWARNINGS="ignore", OMP_NUM_THREADS="1")
+                   PYTHONWARNINGS="ignore", OMP_NUM_THREADS="1",
+                   # peft writes target_modules from a set: a fixed hash seed makes saves reproducible
+                   PYTHONHASHSEED="0")
         done = subprocess.run([swift_python(), str(SCRIPT), str(jobs_path), str(results_path)],
                               capture_output=True, text=True, env=env, timeout=timeout)
         if done.returncode != 0 or not results_path.exists():
