@@ -17,16 +17,16 @@ from .errors import (
 _LAZY = {
     "ConversionPlan": "conversion", "ConversionResult": "conversion", "convert": "conversion",
     "execute": "conversion", "parse_renames": "conversion", "plan": "conversion",
-    "AdapterSummary": "inspect", "CheckpointSummary": "inspect", "inspect": "inspect",
+    "AdapterSummary": "inspection", "CheckpointSummary": "inspection", "inspect": "inspection",
     "Adapter": "layout", "Checkpoint": "layout", "detect": "layout",
-    "Problem": "validate", "Report": "validate", "validate": "validate",
+    "Problem": "validation", "Report": "validation", "validate": "validation",
 }
 
 if TYPE_CHECKING:
     from .conversion import ConversionPlan, ConversionResult, convert, execute, parse_renames, plan
-    from .inspect import AdapterSummary, CheckpointSummary, inspect
+    from .inspection import AdapterSummary, CheckpointSummary, inspect
     from .layout import Adapter, Checkpoint, detect
-    from .validate import Problem, Report, validate
+    from .validation import Problem, Report, validate
 
 
 def __getattr__(name: str) -> Any:

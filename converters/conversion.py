@@ -150,6 +150,9 @@ def _plan_adapter(adapter: Adapter, source_format: Format, target: Format, name:
         if parsed.role is not None and target == "swift" and not parsed.role.swift:
             raise UnsupportedTunerError(f"key {info.name!r} has no Swift form", adapter.weights)
         new_key = parsed.swift(name) if target == "swift" else parsed.peft()
+        if not new_key or new_key == "__metadata__" or new_key.endswith("."):
+            raise RefusedError(f"adapter {adapter.name!r}: key {info.name!r} would become {new_key!r}, which is not "
+                               "a usable tensor name", adapter.weights)
         if new_key in seen:
             raise RefusedError(
                 f"adapter {adapter.name!r}: keys {seen[new_key]!r} and {info.name!r} both map to {new_key!r}",
@@ -192,6 +195,11 @@ def plan(source: Checkpoint, target: Format, *, adapters: Sequence[str] | None =
         notices.append(
             f"no adapter is named {DEFAULT_ADAPTER!r}, so the output root holds no adapter: load one with "
             f"PeftModel.from_pretrained(model, DST, subfolder=...) or rename it (--rename {out_names[0]}=default)")
+    folders = {p.folder for p in plans if p.folder}
+    for extra in source.extra_files:
+        if extra.name in folders:
+            raise OutputError(f"the file {extra.name!r} would collide with the output folder of adapter "
+                              f"{extra.name!r}; rename or remove the file", extra)
     if source.skipped_pickles:
         notices.append("left out pickle files (never opened): "
                        + ", ".join(p.name for p in source.skipped_pickles))

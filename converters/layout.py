@@ -56,13 +56,14 @@ class Adapter:
     @property
     def type_name(self) -> str:
         """The config's own type: `swift_type` for Swift configs, `peft_type` otherwise."""
-        return str(self.config.get("swift_type") or self.config.get("peft_type") or "")
+        value = self.config.get("swift_type") if "swift_type" in self.config else self.config.get("peft_type")
+        return value if isinstance(value, str) else ""
 
     @property
     def method(self) -> Method | None:
-        if "swift_type" in self.config:
-            return BY_SWIFT_TYPE.get(self.config["swift_type"])
-        return BY_PEFT_TYPE.get(self.config.get("peft_type"))
+        """The method module for this adapter's type; None for types we do not know (or malformed ones)."""
+        name = self.type_name
+        return BY_SWIFT_TYPE.get(name) if "swift_type" in self.config else BY_PEFT_TYPE.get(name)
 
     @property
     def tuner_type(self) -> str:

@@ -135,11 +135,16 @@ def _validate(path: Path, header: dict, *, data_start: int, file_size: int) -> S
         if not isinstance(info, dict) or set(info) != {"dtype", "shape", "data_offsets"}:
             raise SafetensorsHeaderError(f"{where}: entry must have exactly dtype, shape and data_offsets", path)
         dtype, shape, offsets = info["dtype"], info["shape"], info["data_offsets"]
-        if dtype not in DTYPE_BITS:
+        if not isinstance(dtype, str) or dtype not in DTYPE_BITS:
             raise SafetensorsHeaderError(f"{where}: unknown dtype {str(dtype)[:40]!r}", path)
         if (not isinstance(shape, list) or len(shape) > MAX_RANK
-                or not all(_is_int(d) and d >= 0 for d in shape)):
+                or not all(_is_int(d) and 0 <= d < 2**64 for d in shape)):
             raise SafetensorsHeaderError(f"{where}: shape must be a list of at most {MAX_RANK} non-negative ints", path)
+        running = 1
+        for d in shape:  # the reference implementation refuses any product that overflows 64 bits
+            running *= d
+            if running >= 2**64:
+                raise SafetensorsHeaderError(f"{where}: shape {shape} overflows 64 bits", path)
         if not (isinstance(offsets, list) and len(offsets) == 2 and all(_is_int(o) for o in offsets)):
             raise SafetensorsHeaderError(f"{where}: data_offsets must be two ints", path)
         begin, end = offsets
@@ -225,6 +230,9 @@ def write_renamed(
     """
     chosen = sorted(renames, key=lambda pair: pair[0].begin)
     names = [new for _, new in chosen]
+    for name in names:
+        if not name or name == "__metadata__" or len(name) > MAX_KEY_LENGTH:
+            raise SafetensorsHeaderError(f"{name!r} cannot name a tensor in a safetensors file", source.path)
     if len(set(names)) != len(names):
         dup = next(n for n in names if names.count(n) > 1)
         raise SafetensorsHeaderError(f"two tensors would both be named {dup!r}", source.path)

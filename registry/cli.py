@@ -86,7 +86,11 @@ def convert(src: Path, dst: Path, target: str, adapters: tuple[str, ...], rename
 def _format_targets(targets: Any) -> str:
     if targets is None:
         return "-"
-    return targets if isinstance(targets, str) else ",".join(sorted(targets))
+    if isinstance(targets, str):
+        return targets
+    if isinstance(targets, list) and all(isinstance(t, str) for t in targets):
+        return ",".join(sorted(targets))
+    return repr(targets)
 
 
 @main.command()

@@ -24,7 +24,7 @@ import converters
 from converters.base_model import BaseModel
 from converters.layout import Checkpoint
 from converters.safetensors_io import read_header
-from converters.validate import validate_checkpoint
+from converters.validation import validate_checkpoint
 
 from . import constants, failpoints
 from .db import engine as db

@@ -780,22 +780,20 @@ def test_root_file_named_default_is_a_format_error(tmp_path):
     assert not _leftovers(tmp_path)
 
 
-@pytest.mark.parametrize("name", ["validate", "inspect"])
+@pytest.mark.parametrize("name", ["validate", "inspect", "convert", "detect"])
 def test_public_functions_survive_submodule_imports(name):
-    """BUG: converters/__init__.py exports `validate` and `inspect` lazily (module __getattr__), but
-    the submodules have the same names: once anything imports the submodule first (registry/service.py
-    does `from converters.validate import validate_checkpoint`), the import system binds
-    `converters.validate` to the module and __getattr__ is never consulted again, so
-    `converters.validate(path)` and the CLI's `swiftreg validate` raise TypeError: 'module' object is
-    not callable. Checked in a fresh interpreter, so test order cannot hide or cause it."""
-    code = (f"import converters, converters.{name}\n"
+    """Regression: the lazily exported functions once shared names with their submodules, so importing
+    the submodule (registry/service.py imported `converters.validate`) replaced the function with the
+    module. Checked in a fresh interpreter, so test order cannot hide or cause it."""
+    code = ("import converters, converters.validation, converters.inspection, converters.conversion, "
+            "converters.layout\n"
             f"assert callable(converters.{name}), type(converters.{name})\n")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-500:]
 
 
 def test_cli_validate_after_the_registry_service_is_imported(seeds):
-    """The same bug as the CLI meets it: a process that has imported registry.service first."""
+    """The same regression as the CLI would meet it: a process that has imported registry.service first."""
     code = ("import sys\nimport registry.service\nfrom registry.cli import main\n"
             "main(['validate', sys.argv[1]])\n")
     proc = subprocess.run([sys.executable, "-c", code, str(seeds["peft"])], capture_output=True, text=True,

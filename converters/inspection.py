@@ -65,7 +65,7 @@ def summarize_adapter(adapter: Adapter, fmt: str) -> AdapterSummary:
         target_modules=c.get("target_modules"),
         modules=len(modules),
         modules_to_save=c.get("modules_to_save"),
-        rank_pattern=dict(c.get("rank_pattern") or {}),
+        rank_pattern=dict(c["rank_pattern"]) if isinstance(c.get("rank_pattern"), dict) else {},
         dtypes=dict(Counter(i.dtype for i in infos)),
         tensors=len(infos),
         parameters=sum(i.numel for i in infos),

@@ -124,6 +124,16 @@ class _AdapterCheck:
                 isinstance(tm, list) and all(isinstance(t, str) for t in tm)):
             self.problem("config.target_modules", f"must be a list of names or a regex string, got {tm!r}")
             ok = False
+        patterns = [("config.target_modules", tm)] if isinstance(tm, str) else []
+        for name in ("rank_pattern", "alpha_pattern"):
+            if isinstance(c.get(name), dict):
+                patterns += [(f"config.{name}", key) for key in c[name]]
+        for where, pattern in patterns:
+            try:
+                re.compile(pattern)
+            except (re.error, TypeError, RecursionError) as exc:
+                self.problem(where, f"{pattern!r} is not a valid regular expression: {exc}")
+                ok = False
         mts = c.get("modules_to_save")
         if mts is not None and not (isinstance(mts, list) and all(isinstance(m, str) for m in mts)):
             self.problem("config.modules_to_save", f"must be a list of module names, got {mts!r}")
@@ -176,7 +186,8 @@ class _AdapterCheck:
                 if a is None or b is None:
                     self.problem(module, "has only one of lora_embedding_A / lora_embedding_B")
                     continue
-                self._check_rank(module, a, b, r)
+                if not self._check_rank(module, a, b, r):
+                    continue
                 if self.base is not None:
                     self._check_base(module, in_features=a.shape[-1], out_features=b.shape[0], embedding=True)
                 continue
@@ -185,7 +196,8 @@ class _AdapterCheck:
                 self.problem(module, "has only one of lora_A / lora_B: PEFT would keep the missing one at its "
                              "initial value (B = 0: the adapter does nothing)")
                 continue
-            self._check_rank(module, a, b, r)
+            if not self._check_rank(module, a, b, r):
+                continue
             out_features = b.shape[0]
             bias = slots.get("lora_B.bias")
             if bias is not None:
@@ -209,15 +221,17 @@ class _AdapterCheck:
                                  out_features=out_features, transposed=fan_in_fan_out)
         self._check_plain(plain, embedding_modules)
 
-    def _check_rank(self, module: str, a: TensorInfo, b: TensorInfo, r: int) -> None:
+    def _check_rank(self, module: str, a: TensorInfo, b: TensorInfo, r: int) -> bool:
+        """Report rank problems; False when the shapes are too broken to check anything further."""
         if len(a.shape) < 2 or len(b.shape) < 2:
             self.problem(module, f"lora_A {list(a.shape)} / lora_B {list(b.shape)} must be matrices")
-            return
+            return False
         if a.shape[0] != r:
             self.problem(a.name, f"has {a.shape[0]} rows but the rank for {module} is {r} "
                          "(r, or rank_pattern where it matches)")
         if b.shape[1] != a.shape[0]:
             self.problem(b.name, f"has {b.shape[1]} columns but lora_A has {a.shape[0]} rows")
+        return True
 
     def _check_base(self, module: str, *, in_features: int, out_features: int,
                     embedding: bool = False, transposed: bool = False) -> None:
