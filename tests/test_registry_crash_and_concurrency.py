@@ -120,3 +120,42 @@ def test_pushes_killed_at_random_moments_never_leave_a_partial_revision(database
         assert all(reg.verify(f"team/crash@{n}") == [] for n in numbers)
     finally:
         reg.close()
+
+
+RESOLVER = """
+import sys
+from registry.service import Registry
+registry = Registry(home=sys.argv[1], database_url=sys.argv[2])
+print(registry.resolve(sys.argv[3], format=sys.argv[4]))
+"""
+
+
+def test_processes_resolving_the_same_id_at_once_build_one_complete_snapshot(database_url: str,
+                                                                               tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    reg = Registry(home=home, database_url=database_url)
+    reg.push(write_peft_lora(tmp_path / "a", seed=99, layers=32, r=32), "team/hot", tag="v1")
+    reg.close()
+    procs = [subprocess.Popen([sys.executable, "-c", RESOLVER, str(home), database_url, "team/hot@v1", fmt],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for fmt in ("swift", "swift", "swift", "swift", "peft", "peft")]
+    outputs = []
+    for proc in procs:
+        out, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, err[-2000:]
+        outputs.append(out.strip())
+    assert len(set(outputs[:4])) == 1 and len(set(outputs[4:])) == 1
+    swift = Path(outputs[0])
+    assert (swift / "default" / "adapter_model.safetensors").is_file()
+    siblings = [p.name for p in swift.parent.iterdir() if not p.name.startswith(".")]
+    assert sorted(siblings) == sorted({Path(o).name for o in outputs})  # no partial or duplicate folders
+    assert not [p for p in swift.parent.iterdir() if p.name.endswith(".partial")]
+    reg = Registry(home=home, database_url=database_url)
+    try:
+        with reg._read() as session:
+            from sqlalchemy import func, select
+
+            from registry.db.models import DerivedRecord
+            assert session.scalar(select(func.count()).select_from(DerivedRecord)) == 1
+    finally:
+        reg.close()
