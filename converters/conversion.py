@@ -206,15 +206,8 @@ def plan(source: Checkpoint, target: Format, *, adapters: Sequence[str] | None =
     return ConversionPlan(source, target, plans, list(source.extra_files), notices)
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _fsync_file(path: Path) -> None:
+def _fsync(path: Path) -> None:
+    """Flush a file's data, or a folder's entries, to disk."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -272,9 +265,9 @@ def execute(conversion: ConversionPlan, destination: str | Path, *, overwrite: b
         if durable:
             for path in tmp.rglob("*"):
                 if path.is_file():
-                    _fsync_file(path)
+                    _fsync(path)
             for folder in {tmp / p.folder for p in conversion.adapters} | {tmp}:
-                _fsync_dir(folder)
+                _fsync(folder)
         if dst.exists():
             retired = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", suffix=".old", dir=dst.parent))
             os.rename(dst, retired / "old")
@@ -283,7 +276,7 @@ def execute(conversion: ConversionPlan, destination: str | Path, *, overwrite: b
         else:
             os.rename(tmp, dst)
         if durable:
-            _fsync_dir(dst.parent)
+            _fsync(dst.parent)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -5,7 +5,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import legacy_bin
-from .safetensors_io import SafetensorsFile, read_header
+from .safetensors_io import SafetensorsFile, numel, read_header
 
 
 @dataclass(frozen=True)
@@ -16,10 +16,7 @@ class TensorInfo:
 
     @property
     def numel(self) -> int:
-        n = 1
-        for d in self.shape:
-            n *= d
-        return n
+        return numel(self.shape)
 
 
 @dataclass
