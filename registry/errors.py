@@ -8,7 +8,8 @@
     ├── InvalidCheckpointError      push refused: the checkpoint fails validation (see .problems)
     ├── UnsafePathError             a file name inside a checkpoint escapes it or is not portable
     ├── IntegrityError              stored bytes do not match their digest (never served)
-    └── StoreError                  the blob store itself (registry/store/errors.py has its subtree)
+    ├── StoreError                  the blob store itself (registry/store/errors.py has its subtree)
+    └── WorkerError                 tensor work refused (registry/worker/errors.py has its subtree)
 
 Format problems from the converters (converters.FormatError) pass through unchanged: they already
 name the file, key or field at fault. The CLI prints any of these as one line and exits 1.

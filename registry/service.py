@@ -61,6 +61,7 @@ class RevisionInfo:
     meta: dict[str, Any]
     manifest: dict[str, Any]
     base_model: str | None = None
+    parents: list[dict[str, Any]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         d = dict(self.__dict__)
@@ -229,14 +230,18 @@ class Registry:
             tags=sorted(r.name for r in refs if r.kind == "tag"),
             branches=sorted(r.name for r in refs if r.kind == "branch"),
             created_at=rev.created_at, message=rev.message, author=rev.author, meta=rev.meta,
-            manifest=rev.manifest, base_model=base)
+            manifest=rev.manifest, base_model=base, parents=list(rev.parents or []))
 
     # ----- push -----------------------------------------------------------------------------------
 
     def push(self, path: Path | str, repo_id: str, *, tag: str | None = None, force: bool = False,
              message: str | None = None, author: str | None = None, base_model: str | None = None,
-             progress: Progress | None = None) -> PushResult:
-        """Store the checkpoint at `path` as a new revision of adapter `repo_id` (or find it already there)."""
+             parents: list[dict[str, Any]] | None = None, progress: Progress | None = None) -> PushResult:
+        """Store the checkpoint at `path` as a new revision of adapter `repo_id` (or find it already there).
+
+        `parents` records lineage for results of merges and combinations: the revisions they came
+        from, the operation, its parameters, library versions and equivalence figures.
+        """
         rid = parse_id(repo_id, allow_ref=False)
         if tag is not None:
             check_tag(tag)
@@ -265,7 +270,7 @@ class Registry:
         failpoints.hit("push:after-blobs")
         info, created = self._commit_revision(
             "adapter", rid, manifest, checkpoint.format, meta, tag=tag, force=force, message=message, author=author,
-            base_rev_id=base_rev_id, repo_values={"tuner_type": meta.get("tuner_type")})
+            base_rev_id=base_rev_id, repo_values={"tuner_type": meta.get("tuner_type")}, parents=parents)
         self._refs_changed()
         return PushResult(info, created=created, blobs_written=written, bytes_written=written_bytes, notices=notices)
 
@@ -328,7 +333,8 @@ class Registry:
 
     def _commit_revision(self, kind: Kind, rid: RepoId, manifest: Manifest, fmt: str, meta: dict[str, Any], *,
                          tag: str | None, force: bool, message: str | None, author: str | None,
-                         base_rev_id: int | None, repo_values: dict[str, Any]) -> tuple[RevisionInfo, bool]:
+                         base_rev_id: int | None, repo_values: dict[str, Any],
+                         parents: list[dict[str, Any]] | None = None) -> tuple[RevisionInfo, bool]:
         """Number the revision and move the refs, in one transaction under the repository's lock.
 
         Returns the revision and whether this call created it (False when a concurrent push of the
@@ -349,7 +355,7 @@ class Registry:
                     adapter_id=repo.id if kind == "adapter" else None,
                     base_model_id=repo.id if kind == "base" else None,
                     number=repo.revision_count, digest=manifest.digest, format=fmt, manifest=manifest.to_json(),
-                    meta=meta, parents=[], base_revision_id=base_rev_id, message=message,
+                    meta=meta, parents=list(parents or []), base_revision_id=base_rev_id, message=message,
                     author=author or os.environ.get("USER"))
                 session.add(rev)
                 session.flush()
@@ -583,7 +589,8 @@ class Registry:
     # ----- base models -----------------------------------------------------------------------------------
 
     def push_base(self, path: Path | str, repo_id: str, *, tag: str | None = None, force: bool = False,
-                  message: str | None = None, progress: Progress | None = None) -> PushResult:
+                  message: str | None = None, parents: list[dict[str, Any]] | None = None,
+                  progress: Progress | None = None) -> PushResult:
         """Store a transformers model folder (config.json + safetensors) as a base-model revision."""
         rid = parse_id(repo_id, allow_ref=False)
         if tag is not None:
@@ -605,7 +612,7 @@ class Registry:
         info, created = self._commit_revision(
             "base", rid, manifest, "transformers", meta, tag=tag, force=force, message=message, author=None,
             base_rev_id=None, repo_values={"architecture": meta.get("architecture"), "config": config,
-                                           "fingerprint": meta.get("fingerprint")})
+                                           "fingerprint": meta.get("fingerprint")}, parents=parents)
         self._refs_changed()
         notices = ["left out pickle files (never stored): " + ", ".join(skipped)] if skipped else []
         return PushResult(info, created, written, written_bytes, notices)

@@ -1,0 +1,305 @@
+"""Merge, unmerge and combine on registry revisions (or local folders), checked and recorded.
+
+Each operation takes its inputs from the registry (or local paths), does the tensor work in a
+temporary folder, runs the equivalence checks on real models, and then either pushes the result
+as a new revision whose `parents` record the lineage (input revisions, operation, parameters,
+library versions, equivalence figures) or writes it to a folder.
+"""
+from __future__ import annotations
+
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+import converters
+
+from ..errors import RegistryError
+from ..service import Registry, RevisionInfo
+from . import equivalence as eq
+from .adapter_tensors import AdapterTensors, load_adapter
+
+
+@dataclass
+class OpResult:
+    operation: str
+    comparisons: list[eq.Comparison]
+    output: Path | None = None
+    pushed: RevisionInfo | None = None
+    notes: list[str] = field(default_factory=list)
+    figures: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def passed(self) -> bool:
+        return all(c.passed for c in self.comparisons)
+
+
+def library_versions() -> dict[str, str]:
+    import importlib.metadata as md
+
+    versions = {}
+    for name in ("swiftreg", "torch", "transformers", "peft", "safetensors"):
+        try:
+            versions[name] = md.version(name)
+        except md.PackageNotFoundError:
+            pass
+    return versions
+
+
+@dataclass
+class Source:
+    """An input: its local folder and how lineage names it."""
+
+    folder: Path
+    record: dict[str, Any]
+
+
+def source(reg: Registry, ref: str, role: str, fmt: str | None, scratch: Path) -> Source:
+    """A registry id (`ns/name@ref`) or a local folder; adapters are brought to PEFT form."""
+    local = Path(ref)
+    if local.exists():
+        folder = local
+        if fmt == "peft" and converters.detect(local).format != "peft":
+            folder = converters.convert(local, scratch / f"{role}-{len(list(scratch.iterdir()))}", "peft").destination
+        return Source(folder, {"role": role, "path": str(local.resolve())})
+    info = reg.show(ref)
+    return Source(reg.resolve(ref, format=fmt), {"role": role, "repo": info.repo, "kind": info.kind,
+                                                  "number": info.number, "digest": info.digest})
+
+
+def _finish(reg: Registry, result: OpResult, built: Path, *, kind: str, push: str | None, output: Path | None,
+            lineage: list[dict[str, Any]], message: str, tag: str | None = None) -> OpResult:
+    lineage = lineage + [{"role": "operation", "op": result.operation, **result.figures,
+                          "versions": library_versions(),
+                          "equivalence": [c.to_dict() for c in result.comparisons]}]
+    if not result.passed:
+        result.notes.append("equivalence check failed: nothing was pushed or written")
+        return result
+    if push:
+        pushed = (reg.push_base(built, push, tag=tag, message=message, parents=lineage) if kind == "base"
+                  else reg.push(built, push, tag=tag, message=message, parents=lineage))
+        result.pushed = pushed.revision
+    if output is not None:
+        output = Path(output).absolute()
+        if output.exists():
+            raise RegistryError(f"{output} already exists; choose a new path")
+        output.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copytree(built, output)
+        result.output = output
+    return result
+
+
+def merge(reg: Registry, adapter_ref: str, base_ref: str, *, push: str | None = None, output: Path | None = None,
+          dtype: str | None = None, device: str = "auto", precision: str = "float32", safe: bool = False,
+          check: bool = True, tag: str | None = None, progress: Callable[[int], None] | None = None) -> OpResult:
+    from .device import pick_device
+    from .merge import merge_checkpoint
+
+    with tempfile.TemporaryDirectory(prefix="swiftreg-merge-", dir=reg.home) as tmp:
+        scratch = Path(tmp)
+        base = source(reg, base_ref, "base", None, scratch)
+        adapter = source(reg, adapter_ref, "adapter", "peft", scratch)
+        merged = scratch / "merged"
+        report = merge_checkpoint(base.folder, load_adapter(adapter.folder), merged, dtype=dtype, device=device,
+                                  precision=precision, safe=safe, progress=progress)
+        comparisons = eq.check_merge(base.folder, adapter.folder, merged, device=pick_device(device)) if check else []
+        result = OpResult("merge", comparisons, figures={"params": {"dtype": dtype, "device": device,
+                                                                    "precision": precision, "safe": safe},
+                                                         "report": _plain(report)})
+        return _finish(reg, result, merged, kind="base", push=push, output=output,
+                       lineage=[base.record, adapter.record], tag=tag,
+                       message=f"merge of {adapter_ref} into {base_ref}")
+
+
+def unmerge(reg: Registry, merged_ref: str, adapter_ref: str, *, push: str | None = None,
+            output: Path | None = None, device: str = "auto", precision: str = "float32",
+            tag: str | None = None) -> OpResult:
+    """The original base, bit for bit, when lineage knows it; the numerical unmerge otherwise.
+
+    Either way the numerical unmerge is computed and its drift from the original reported: with
+    bf16 weights, subtracting the delta does not give back the bits merge started from.
+    """
+    from .device import pick_device
+    from .merge import unmerge_checkpoint
+
+    with tempfile.TemporaryDirectory(prefix="swiftreg-unmerge-", dir=reg.home) as tmp:
+        scratch = Path(tmp)
+        merged = source(reg, merged_ref, "merged", None, scratch)
+        adapter = source(reg, adapter_ref, "adapter", "peft", scratch)
+        numeric = scratch / "unmerged"
+        unmerge_checkpoint(merged.folder, load_adapter(adapter.folder), numeric, device=device, precision=precision)
+        original = _original_base(reg, merged.record, adapter.record)
+        result = OpResult("unmerge", [], figures={"params": {"device": device, "precision": precision}})
+        if original is not None:
+            result.notes.append(f"lineage: {merged_ref} is the merge of this adapter into {original[1]}; "
+                                "returning that base revision bit for bit")
+            drift = _tensor_drift(numeric, original[0])
+            result.figures["numerical_unmerge_drift"] = drift
+            result.comparisons.append(eq.check_same_model("numerical unmerge vs original base", numeric, original[0],
+                                                          device=pick_device(device)))
+            result.comparisons[-1] = _as_info(result.comparisons[-1])
+            built = original[0]
+        else:
+            result.notes.append("no lineage for this merge: the result is the numerical unmerge")
+            remerged = scratch / "remerged"
+            from .merge import merge_checkpoint
+
+            merge_checkpoint(numeric, load_adapter(adapter.folder), remerged, device=device, precision=precision)
+            result.comparisons.append(eq.check_same_model("merge(unmerge(M)) vs M", remerged, merged.folder,
+                                                          device=pick_device(device)))
+            built = numeric
+        return _finish(reg, result, built, kind="base", push=push, output=output,
+                       lineage=[merged.record, adapter.record], tag=tag,
+                       message=f"unmerge of {adapter_ref} from {merged_ref}")
+
+
+def combine(reg: Registry, refs: list[str], weights: list[float], method: str, *, semantics: str = "exact",
+            rank: int | None = None, svd_clamp: float | None = None, density: float | None = None,
+            majority_sign_method: str = "total", seed: int | None = None, base_ref: str | None = None,
+            push: str | None = None, output: Path | None = None, device: str = "auto",
+            tag: str | None = None) -> OpResult:
+    from .adapter_io import save_adapter
+    from .combine import combine as combine_tensors
+    from .device import pick_device
+
+    if len(refs) < 2:
+        raise RegistryError("combine needs at least two adapters")
+    if len(weights) != len(refs):
+        raise RegistryError(f"{len(refs)} adapters but {len(weights)} weights")
+    with tempfile.TemporaryDirectory(prefix="swiftreg-combine-", dir=reg.home) as tmp:
+        scratch = Path(tmp)
+        sources = [source(reg, ref, f"source{i}", "peft", scratch) for i, ref in enumerate(refs)]
+        tensors = [load_adapter(s.folder) for s in sources]
+        params = {"weights": weights, "method": method, "semantics": semantics, "rank": rank, "svd_clamp": svd_clamp,
+                  "density": density, "majority_sign_method": majority_sign_method, "seed": seed}
+        combined = combine_tensors(tensors, weights, method, semantics=semantics, rank=rank, svd_clamp=svd_clamp,
+                                   density=density, majority_sign_method=majority_sign_method, seed=seed,
+                                   device=device)
+        built = scratch / "combined"
+        save_adapter(combined.adapter, built)
+        result = OpResult("combine", [], notes=list(combined.notes), figures={"params": params})
+        if base_ref is not None:
+            base = source(reg, base_ref, "base", None, scratch)
+            result.comparisons.extend(_combine_checks(base.folder, built, [s.folder for s in sources], tensors,
+                                                      weights, params, pick_device(device)))
+        else:
+            result.notes.append("no --base given: the combined adapter was not run on a model")
+        lineage = [s.record for s in sources]
+        return _finish(reg, result, built, kind="adapter", push=push, output=output, lineage=lineage, tag=tag,
+                       message=f"{method} ({semantics}) of {', '.join(refs)} with weights {weights}")
+
+
+def _combine_checks(base_dir: Path, combined_dir: Path, source_dirs: list[Path], tensors: list[AdapterTensors],
+                    weights: list[float], params: dict[str, Any], device: torch.device) -> list[eq.Comparison]:
+    from .lora_math import lora_delta
+
+    inputs = eq.probe_inputs(base_dir)
+    ours = eq.peft_outputs(base_dir, combined_dir, inputs, device=device)
+    intended: dict[str, torch.Tensor] = {}
+    for weight, adapter in zip(weights, tensors):
+        for module, entry in adapter.modules.items():
+            if entry.kind != "linear":
+                continue
+            delta = weight * lora_delta(entry, dtype=torch.float64)
+            intended[module] = intended[module] + delta if module in intended else delta
+    lossless = params["method"] == "cat" or (
+        params["method"] == "svd" and params["semantics"] == "exact" and params["rank"] is not None
+        and params["rank"] >= sum(max((m.r for m in t.modules.values()), default=0) for t in tensors))
+    reference = eq.outputs_with_deltas(base_dir, intended, inputs, device=device)
+    checks = [eq.compare("combined vs base + intended delta (float64)", ours, reference, "float32",
+                         informational=not (lossless and params["semantics"] == "exact"))]
+    if params["semantics"] == "peft":
+        checks.append(eq.compare("combined vs peft add_weighted_adapter", ours,
+                                 _peft_weighted_outputs(base_dir, source_dirs, weights, params, inputs, device),
+                                 "float32"))
+    return checks
+
+
+def _peft_weighted_outputs(base_dir: Path, source_dirs: list[Path], weights: list[float], params: dict[str, Any],
+                           inputs: torch.Tensor, device: torch.device) -> torch.Tensor:
+    from peft import PeftModel
+
+    model = PeftModel.from_pretrained(eq.load_model(base_dir, torch.float32, device), source_dirs[0],
+                                      adapter_name="src0")
+    for i, folder in enumerate(source_dirs[1:], start=1):
+        model.load_adapter(folder, adapter_name=f"src{i}")
+    kwargs: dict[str, Any] = {"combination_type": params["method"]}
+    for key in ("density", "majority_sign_method", "svd_clamp"):
+        if params.get(key) is not None:
+            kwargs[key] = params[key]
+    if params.get("rank") is not None:
+        kwargs["svd_rank"] = params["rank"]
+    if params.get("seed") is not None:
+        torch.manual_seed(params["seed"])
+    model.add_weighted_adapter([f"src{i}" for i in range(len(source_dirs))], list(weights), "combined", **kwargs)
+    model.set_adapter("combined")
+    return eq.outputs(model.eval(), inputs)
+
+
+def check(reg: Registry, adapter_ref: str, base_ref: str, merged_ref: str | None = None, *,
+          device: str = "auto") -> OpResult:
+    """`swiftreg check-equivalence`: a merged model (or a fresh merge) against base + adapter and PEFT."""
+    from .device import pick_device
+    from .merge import merge_checkpoint
+
+    with tempfile.TemporaryDirectory(prefix="swiftreg-check-", dir=reg.home) as tmp:
+        scratch = Path(tmp)
+        base = source(reg, base_ref, "base", None, scratch)
+        adapter = source(reg, adapter_ref, "adapter", "peft", scratch)
+        if merged_ref is None:
+            merged = scratch / "merged"
+            merge_checkpoint(base.folder, load_adapter(adapter.folder), merged, device=device)
+        else:
+            merged = source(reg, merged_ref, "merged", None, scratch).folder
+        return OpResult("check", eq.check_merge(base.folder, adapter.folder, merged, device=pick_device(device)))
+
+
+def _original_base(reg: Registry, merged: dict[str, Any], adapter: dict[str, Any]) -> tuple[Path, str] | None:
+    if "repo" not in merged:
+        return None
+    info = reg.show(f"{merged['repo']}@{merged['number']}")
+    ops = [p for p in info.parents if p.get("role") == "operation" and p.get("op") == "merge"]
+    bases = [p for p in info.parents if p.get("role") == "base" and "repo" in p]
+    adapters = [p for p in info.parents if p.get("role") == "adapter"]
+    if not ops or not bases or not adapters:
+        return None
+    if adapter.get("digest") and adapters[0].get("digest") and adapter["digest"] != adapters[0]["digest"]:
+        raise RegistryError(f"{merged['repo']}@{merged['number']} was merged with {adapters[0].get('repo')}@"
+                            f"{adapters[0].get('number')}, not with the adapter given")
+    ref = f"{bases[0]['repo']}@{bases[0]['digest']}"
+    return reg.resolve(ref), ref
+
+
+def _tensor_drift(left: Path, right: Path) -> dict[str, Any]:
+    """How far a numerical unmerge lands from the original: elements that differ, max abs diff."""
+    from safetensors import safe_open
+
+    differing = total = 0
+    worst = 0.0
+    for shard in sorted(right.glob("*.safetensors")):
+        with safe_open(str(shard), "pt") as ref, safe_open(str(left / shard.name), "pt") as ours:
+            for key in ref.keys():
+                a, b = ours.get_tensor(key), ref.get_tensor(key)
+                if a.dtype != b.dtype:
+                    a = a.to(b.dtype)
+                diff = a.to(torch.float64) - b.to(torch.float64)
+                differing += int((a != b).sum())
+                total += b.numel()
+                worst = max(worst, diff.abs().max().item() if b.numel() else 0.0)
+    return {"elements_differing": differing, "elements": total, "max_abs_diff": worst}
+
+
+def _as_info(c: eq.Comparison) -> eq.Comparison:
+    return eq.Comparison(c.name, c.dtype, c.max_abs, c.rel_err, c.top1, c.tolerance, informational=True)
+
+
+def _plain(report: Any) -> dict[str, Any]:
+    from dataclasses import asdict, is_dataclass
+
+    if is_dataclass(report):
+        return {k: (str(v) if not isinstance(v, (int, float, str, bool, type(None), list, dict)) else v)
+                for k, v in asdict(report).items()}
+    return {"report": str(report)}
