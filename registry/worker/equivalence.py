@@ -20,8 +20,9 @@ import torch
 #: (relative rounding 2^-9 = 2e-3 per weight) and a merged weight rounds once more than the
 #: unmerged path, accumulated over layers: 5e-2. float16: 10 bits, 1e-2.
 TOLERANCES: dict[str, float] = {"float32": 1e-5, "float64": 1e-10, "bfloat16": 5e-2, "float16": 1e-2}
-#: Top-1 agreement below this fails a check in any dtype (argmax ties flip under rounding).
-MIN_TOP1 = 0.98
+#: Top-1 agreement below this fails a check. Half-precision rounding flips argmax wherever two
+#: logits are within a rounding step, which on a 32-token probe of a small model is a token or two.
+MIN_TOP1: dict[str, float] = {"float32": 0.99, "float64": 0.99, "bfloat16": 0.9, "float16": 0.9}
 PROBE_SENTENCES = [
     "The adapter registry keeps every revision of every adapter.",
     "Merged weights must compute what the base model and its adapter computed.",
@@ -43,7 +44,7 @@ class Comparison:
     def passed(self) -> bool:
         if self.informational:
             return True
-        return self.rel_err <= self.tolerance and (self.top1 is None or self.top1 >= MIN_TOP1)
+        return self.rel_err <= self.tolerance and (self.top1 is None or self.top1 >= MIN_TOP1.get(self.dtype, 0.99))
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "passed": self.passed}

@@ -212,9 +212,13 @@ def _combine_checks(base_dir: Path, combined_dir: Path, source_dirs: list[Path],
     checks = [eq.compare("combined vs base + intended delta (float64)", ours, reference, "float32",
                          informational=not (lossless and params["semantics"] == "exact"))]
     if params["semantics"] == "peft":
+        # PEFT draws DARE masks from the global RNG, interleaved with its own layer creation: from
+        # outside they cannot be matched mask for mask (tests/test_worker_combine.py proves equality
+        # by seeding PEFT per module). For those methods the figure is reported, not judged.
+        random_masks = params["method"].startswith("dare")
         checks.append(eq.compare("combined vs peft add_weighted_adapter", ours,
                                  _peft_weighted_outputs(base_dir, source_dirs, weights, params, inputs, device),
-                                 "float32"))
+                                 "float32", informational=random_masks))
     return checks
 
 
