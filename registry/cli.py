@@ -418,8 +418,13 @@ def merge(adapter_ref: str, base_ref: str, dtype: str | None, precision: str, sa
 
     if not push and not output:
         raise click.UsageError("give --push NS/NAME or -o DIR")
-    _report(ops.merge(_registry(), adapter_ref, base_ref, push=push, output=output, dtype=dtype, device=device,
-                      precision=precision, safe=safe, check=not no_check, tag=tag), as_json)
+    from tqdm import tqdm
+
+    with tqdm(unit="B", unit_scale=True, unit_divisor=1024, desc="merge", leave=False, disable=None,
+              file=sys.stderr) as bar:
+        result = ops.merge(_registry(), adapter_ref, base_ref, push=push, output=output, dtype=dtype, device=device,
+                           precision=precision, safe=safe, check=not no_check, tag=tag, progress=bar.update)
+    _report(result, as_json)
 
 
 @main.command()

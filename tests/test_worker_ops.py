@@ -116,3 +116,34 @@ def test_cli_merge_prints_the_table_and_refuses_a_mismatched_base(world, tmp_pat
     assert bad.exit_code == 1 and "shape mismatch" in bad.stderr and "module model.layers." in bad.stderr
     assert "Traceback" not in bad.output
     assert not (tmp_path / "m2").exists()
+
+
+def test_cli_combine_unmerge_and_check_equivalence(world, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    reg, _ = world
+    monkeypatch.setenv("SWIFTREG_HOME", str(reg.home))
+    monkeypatch.delenv("SWIFTREG_DATABASE_URL", raising=False)
+
+    def run(*args: str, code: int = 0):
+        result = CliRunner().invoke(main, list(args))
+        assert result.exit_code == code, (args, result.output, result.stderr)
+        return result
+
+    combined = json.loads(run("combine", "team/sql@v1", "team/chat@v1", "--weights", "0.5,0.5", "--method", "svd",
+                              "--rank", "8", "--base", "meta/tiny@v1", "--push", "team/mix", "--device", "cpu",
+                              "--json").stdout)
+    assert combined["passed"] and combined["pushed"]["repo"] == "team/mix"
+    assert combined["comparisons"][0]["rel_err"] < 1e-5  # rank 8 = sum of ranks: lossless
+    run("merge", "team/sql@v1", "--base", "meta/tiny@v1", "--push", "meta/tiny-sql", "--device", "cpu")
+    checked = run("check-equivalence", "team/sql@v1", "--base", "meta/tiny@v1", "--merged", "meta/tiny-sql",
+                  "--device", "cpu")
+    assert "merged vs peft merge_and_unload" in checked.output
+    back = json.loads(run("unmerge", "meta/tiny-sql", "--adapter", "team/sql@v1", "-o", str(tmp_path / "b"),
+                          "--device", "cpu", "--json").stdout)
+    assert back["passed"] and "numerical_unmerge_drift" in back["figures"]
+    # A merged model checked against the wrong adapter fails the check: exit 1 with the table.
+    wrong = run("check-equivalence", "team/chat@v1", "--base", "meta/tiny@v1", "--merged", "meta/tiny-sql",
+                "--device", "cpu", code=1)
+    assert "FAIL" in wrong.output
+    run("combine", "team/sql@v1", "--weights", "1", "--push", "x/y", code=1)
+    assert "at least two adapters" in run("combine", "team/sql@v1", "--weights", "1", "-o", str(tmp_path / "z"),
+                                          code=1).stderr

@@ -61,7 +61,9 @@ def is_causal_lm(model_dir: Path) -> bool:
 
 def load_model(model_dir: Path, dtype: torch.dtype | None = None, device: str | torch.device = "cpu"):  # type: ignore[no-untyped-def]
     from transformers import AutoModel, AutoModelForCausalLM
+    from transformers.utils import logging as hf_logging
 
+    hf_logging.disable_progress_bar()  # our own table is the output; per-load bars only add noise
     cls = AutoModelForCausalLM if is_causal_lm(model_dir) else AutoModel
     kwargs: dict[str, Any] = {"attn_implementation": "eager"}
     if dtype is not None:
