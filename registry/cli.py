@@ -495,5 +495,90 @@ def check_equivalence(adapter_ref: str, base_ref: str, merged_ref: str | None, d
     _report(ops.check(_registry(), adapter_ref, base_ref, merged_ref, device=device), as_json)
 
 
+# ----- server and tokens ----------------------------------------------------------------------------
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8000, show_default=True, type=int)
+@click.option("--home", type=click.Path(path_type=Path), help="Registry home (default: SWIFTREG_HOME).")
+@click.option("--database-url", help="Any SQLAlchemy URL (default: SWIFTREG_DATABASE_URL, else SQLite in the home).")
+@click.option("--store", type=click.Path(path_type=Path), help="Blob store folder (default: HOME/blobs).")
+@click.option("--anonymous-read", is_flag=True, help="Allow reads without a token.")
+@click.option("--log-level", default="info", show_default=True,
+              type=click.Choice(["critical", "error", "warning", "info", "debug"]))
+@click.option("--ssl-certfile", type=click.Path(path_type=Path))
+@click.option("--ssl-keyfile", type=click.Path(path_type=Path))
+@_format_errors
+def serve(host: str, port: int, home: Path | None, database_url: str | None, store: Path | None,
+          anonymous_read: bool, log_level: str, ssl_certfile: Path | None, ssl_keyfile: Path | None) -> None:
+    """Serve the registry over HTTP: swiftreg's API v1 and the Hugging Face download protocol."""
+    import logging
+
+    import uvicorn
+
+    from .server.app import ServerSettings, create_app
+    from .service import Registry
+    from .store import LocalBlobStore
+
+    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    registry = Registry(home=home, database_url=database_url, store=LocalBlobStore(store) if store else None)
+    registry._ready()  # migrate before the first request, not during it
+    app = create_app(registry, ServerSettings(anonymous_read=anonymous_read))
+    uvicorn.run(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=30,
+                ssl_certfile=str(ssl_certfile) if ssl_certfile else None,
+                ssl_keyfile=str(ssl_keyfile) if ssl_keyfile else None)
+
+
+@main.group()
+def token() -> None:
+    """Bearer tokens for `swiftreg serve` (stored only as hashes)."""
+
+
+@token.command(name="create")
+@click.option("--scope", type=click.Choice(["read", "write", "admin"]), required=True)
+@click.option("--namespace", "namespaces", multiple=True, help="Limit the token to this namespace (repeatable).")
+@click.option("--owner", default=lambda: __import__("getpass").getuser(), show_default="current user")
+@click.option("--json", "as_json", is_flag=True)
+@_format_errors
+def token_create(scope: str, namespaces: tuple[str, ...], owner: str, as_json: bool) -> None:
+    """Create a token; its secret is printed once and never stored."""
+    from . import tokens
+
+    secret, info = tokens.create(_registry(), scope, owner, list(namespaces) or None)
+    if as_json:
+        _echo_json({"id": info.id, "token": secret, "scope": info.scope, "namespaces": info.namespaces})
+    else:
+        click.echo(secret)
+        click.secho(f"token {info.id} ({scope}{', namespaces ' + ','.join(namespaces) if namespaces else ''}): "
+                    "keep it now, it cannot be shown again", err=True, fg="yellow")
+
+
+@token.command(name="revoke")
+@click.argument("token_id", type=int)
+@_format_errors
+def token_revoke(token_id: int) -> None:
+    """Revoke a token by id."""
+    from . import tokens
+
+    tokens.revoke(_registry(), token_id)
+    click.echo(f"revoked token {token_id}")
+
+
+@token.command(name="ls")
+@click.option("--json", "as_json", is_flag=True)
+@_format_errors
+def token_list(as_json: bool) -> None:
+    """List tokens (never their secrets)."""
+    from . import tokens
+
+    rows = tokens.list_tokens(_registry())
+    if as_json:
+        _echo_json([{**r.__dict__, "created_at": r.created_at.isoformat()} for r in rows])
+        return
+    for r in rows:
+        click.echo(f"{r.id:>4}  {r.scope:<6} {r.owner:<16} {','.join(r.namespaces or ['*']):<20} "
+                   f"{'revoked' if r.revoked else 'active'}")
+
+
 if __name__ == "__main__":
     main()

@@ -8,6 +8,7 @@
     ├── InvalidCheckpointError      push refused: the checkpoint fails validation (see .problems)
     ├── UnsafePathError             a file name inside a checkpoint escapes it or is not portable
     ├── IntegrityError              stored bytes do not match their digest (never served)
+    ├── BlobsMissingError           a manifest commit names blobs not uploaded yet (see .missing)
     ├── StoreError                  the blob store itself (registry/store/errors.py has its subtree)
     └── WorkerError                 tensor work refused (registry/worker/errors.py has its subtree)
 
@@ -53,3 +54,11 @@ class UnsafePathError(RegistryError):
 
 class IntegrityError(RegistryError):
     """Bytes on disk no longer match the digest they are stored under."""
+
+
+class BlobsMissingError(RegistryError):
+    """A manifest names blobs the store does not hold yet: upload them, then commit again."""
+
+    def __init__(self, message: str, missing: Sequence[str]) -> None:
+        self.missing = list(missing)
+        super().__init__(message)

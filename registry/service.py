@@ -22,7 +22,7 @@ from sqlalchemy.orm import Session
 
 import converters
 from converters.base_model import BaseModel
-from converters.layout import Checkpoint
+from converters.layout import PICKLE_SUFFIXES, Checkpoint
 from converters.safetensors_io import read_header
 from converters.validation import validate_checkpoint
 
@@ -30,7 +30,8 @@ from . import constants, failpoints
 from .db import engine as db
 from .db.models import AdapterRecord, BaseModelRecord, DerivedRecord, RefRecord, RevisionRecord
 from .errors import (
-    AmbiguousRefError, IntegrityError, InvalidCheckpointError, NotFoundError, RefExistsError, RegistryError,
+    AmbiguousRefError, BlobsMissingError, IntegrityError, InvalidCheckpointError, NotFoundError, RefExistsError,
+    RegistryError,
 )
 from .ids import DEFAULT_REF, RepoId, check_tag, parse_id
 from .manifest import Manifest, build_manifest, check_relpath, collect_files
@@ -273,6 +274,61 @@ class Registry:
             base_rev_id=base_rev_id, repo_values={"tuner_type": meta.get("tuner_type")}, parents=parents)
         self._refs_changed()
         return PushResult(info, created=created, blobs_written=written, bytes_written=written_bytes, notices=notices)
+
+    def push_manifest(self, manifest_json: dict[str, Any], repo_id: str, *, kind: Kind = "adapter",
+                      tag: str | None = None, force: bool = False, message: str | None = None,
+                      author: str | None = None, base_model: str | None = None,
+                      parents: list[dict[str, Any]] | None = None) -> PushResult:
+        """Commit a revision whose blobs were uploaded separately (the server's push path).
+
+        Every blob must already be in the store; the files are then rebuilt from verified blobs
+        and go through exactly the checks a local push makes before the revision is committed.
+        """
+        rid = parse_id(repo_id, allow_ref=False)
+        if tag is not None:
+            check_tag(tag)
+        manifest = Manifest.from_json(manifest_json)
+        if not manifest.files:
+            raise InvalidCheckpointError("the manifest lists no files")
+        absent = self.store.missing(f.sha256 for f in manifest.files)
+        if absent:
+            raise BlobsMissingError(f"{len(absent)} blobs of this manifest are not uploaded yet", absent)
+        pickles = [f.path for f in manifest.files if f.path.endswith(PICKLE_SUFFIXES)]
+        if pickles:
+            raise InvalidCheckpointError(f"pickle files are never stored: {', '.join(pickles[:5])} (convert .bin "
+                                         "weights to safetensors before pushing; leave training pickles out)")
+        with tempfile.TemporaryDirectory(prefix="swiftreg-commit-", dir=self.home) as tmp:
+            root = Path(tmp) / "checkpoint"
+            for entry in manifest.files:
+                dst = root / check_relpath(entry.path)
+                dst.parent.mkdir(parents=True, exist_ok=True)
+                self._copy_blob(entry.sha256, dst, entry.path)
+            for entry in manifest.files:  # sizes are part of the manifest's identity
+                if (root / entry.path).stat().st_size != entry.size:
+                    raise InvalidCheckpointError(f"{entry.path}: the manifest says {entry.size} bytes, the blob holds "
+                                                 f"{(root / entry.path).stat().st_size}")
+            if kind == "base":
+                meta, config = _base_meta(root)
+                info, created = self._commit_revision(
+                    "base", rid, manifest, "transformers", meta, tag=tag, force=force, message=message, author=author,
+                    base_rev_id=None, repo_values={"architecture": meta.get("architecture"), "config": config,
+                                                   "fingerprint": meta.get("fingerprint")}, parents=parents)
+                self._refs_changed()
+                return PushResult(info, created, 0, 0)
+            checkpoint = converters.detect(root)
+            base_rev_id, base_folder = (None, None) if base_model is None else self._base_for_validation(base_model)
+            report = validate_checkpoint(checkpoint, BaseModel.open(base_folder) if base_folder else None)
+            if not report.ok:
+                raise InvalidCheckpointError(
+                    f"{rid.repo}: not a valid adapter checkpoint: " + "; ".join(str(p) for p in report.errors[:5]),
+                    report.errors)
+            meta = _adapter_meta(converters.inspect(root).to_dict(), checkpoint)
+            info, created = self._commit_revision(
+                "adapter", rid, manifest, checkpoint.format, meta, tag=tag, force=force, message=message,
+                author=author, base_rev_id=base_rev_id, repo_values={"tuner_type": meta.get("tuner_type")},
+                parents=parents)
+        self._refs_changed()
+        return PushResult(info, created, 0, 0, [str(p) for p in report.problems if p.severity == "warning"])
 
     def _storable_form(self, checkpoint: Checkpoint, staging: Path, notices: list[str]) -> Path:
         """The folder to store: the checkpoint itself, or a safetensors copy when it holds .bin weights."""

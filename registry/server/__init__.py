@@ -1,0 +1,31 @@
+"""`swiftreg serve`: the registry over HTTP, a thin surface over `registry.service.Registry`.
+
+Three dialects on one app: swiftreg's own JSON API under /api/v1/ (api_v1.py), the Hugging Face
+Hub download protocol (hf.py, ../shared/docs/HF_PROTOCOL.md), and later ModelScope's read API.
+
+The /api/v1 protocol (errors are JSON `{"error": {"code", "message"}}` with the matching status):
+
+    GET    /healthz                                      {"ok": true}
+    GET    /api/v1/repos?namespace=NS                    [repo]                              read
+    GET    /api/v1/repos/{ns}/{name}/revisions           [revision without manifest]         read
+    GET    /api/v1/repos/{ns}/{name}/refs/{ref}?format=  revision + "files" of that format   read
+    POST   /api/v1/blobs/missing {"digests": [...]}      {"missing": [...]}                  write (any namespace)
+    HEAD   /api/v1/uploads/{digest}                      Upload-Offset: bytes held; Upload-Complete: true|false
+    PATCH  /api/v1/uploads/{digest}                      body = bytes from Upload-Offset (header, must equal the
+                                                         server's), Upload-Length = total size; 204 + new
+                                                         Upload-Offset, or 201 {"digest","size"} once complete and
+                                                         verified; 409 {"offset"} on an offset mismatch; 422 when
+                                                         the bytes do not hash to the digest (nothing stored)
+    GET    /api/v1/blobs/{digest}                        the bytes; Range supported               read
+    POST   /api/v1/repos/{ns}/{name}/revisions           {"manifest", "kind", "tag", "force", "message",
+                                                          "base_model", "parents"} -> 201/200 push result;
+                                                         409 blobs_missing {"missing": [...]}       write(ns)
+    PUT    /api/v1/repos/{ns}/{name}/tags/{tag}          {"ref", "force"} -> revision               write(ns)
+    DELETE /api/v1/repos/{ns}/{name}/tags/{tag}                                                     write(ns)
+    DELETE /api/v1/repos/{ns}/{name}/refs/{ref}?force=                                              write(ns)
+    POST   /api/v1/gc {"grace_seconds", "dry_run"}       gc result                                  admin
+    GET    /api/v1/stats                                 {"bytes_received", "blobs_stored", ...}    admin
+
+Authentication: `Authorization: Bearer <token>` (swiftreg token create). Reads need a read token
+unless the server runs with --anonymous-read.
+"""

@@ -1,0 +1,90 @@
+"""A real `swiftreg serve` (uvicorn on 127.0.0.1, a free port) for integration tests."""
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import httpx
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class Server:
+    url: str
+    home: Path
+    database_url: str
+    admin_token: str
+    write_token: str
+    read_token: str
+    process: subprocess.Popen
+
+    def token(self, scope: str, namespace: str | None = None) -> str:
+        """A fresh token made with the real CLI against the server's database."""
+        args = [sys.executable, "-m", "registry.cli", "token", "create", "--scope", scope, "--json"]
+        if namespace:
+            args += ["--namespace", namespace]
+        done = subprocess.run(args, env=_env(self.home, self.database_url), capture_output=True, text=True,
+                              check=True)
+        import json
+
+        return json.loads(done.stdout)["token"]
+
+
+def _env(home: Path, database_url: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SWIFTREG_")}
+    env.update(SWIFTREG_HOME=str(home), SWIFTREG_DATABASE_URL=database_url)
+    if os.environ.get("SWIFTREG_SWIFT_PYTHON"):
+        env["SWIFTREG_SWIFT_PYTHON"] = os.environ["SWIFTREG_SWIFT_PYTHON"]
+    return env
+
+
+@contextmanager
+def running_server(home: Path, database_url: str, *, anonymous_read: bool = False,
+                   extra_args: tuple[str, ...] = ()) -> Iterator[Server]:
+    port = free_port()
+    args = [sys.executable, "-m", "registry.cli", "serve", "--host", "127.0.0.1", "--port", str(port),
+            "--log-level", "warning", *extra_args]
+    if anonymous_read:
+        args.append("--anonymous-read")
+    log = open(home.parent / f"server-{port}.log", "w") if home.parent.exists() else subprocess.DEVNULL
+    home.mkdir(parents=True, exist_ok=True)
+    process = subprocess.Popen(args, env=_env(home, database_url), stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            if process.poll() is not None:
+                raise RuntimeError(f"swiftreg serve exited with {process.returncode}; see {home.parent}/server-{port}.log")
+            try:
+                if httpx.get(url + "/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError("swiftreg serve did not answer /healthz within 60 s")
+            time.sleep(0.1)
+        server = Server(url, home, database_url, "", "", "", process)
+        server.admin_token = server.token("admin")
+        server.write_token = server.token("write")
+        server.read_token = server.token("read")
+        yield server
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+        if log is not subprocess.DEVNULL:
+            log.close()
