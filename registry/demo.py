@@ -71,9 +71,12 @@ def main(argv: list[str] | None = None) -> int:
                         help="Where the checkpoints are written (emptied first).")
     args = parser.parse_args(argv)
 
+    import warnings
+
     import torch
     from safetensors.torch import load_file
 
+    warnings.filterwarnings("ignore", category=FutureWarning)  # deprecation chatter from the libraries
     torch.set_num_threads(1)  # the same kernels as the ms-swift side, so outputs compare to the bit
     work: Path = args.workdir
     shutil.rmtree(work, ignore_errors=True)

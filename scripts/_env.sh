@@ -10,10 +10,17 @@ export PIP_DISABLE_PIP_VERSION_CHECK=1
 
 say() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
 
-# pip, minus the machine's notes about index folders that are not there.
+# pip, quietly: its output goes to a log that is shown only when the install fails.
 pip_install() {
   local python=$1; shift
-  "$python" -m pip install -q "$@" 2> >(grep -v "is ignored: it is neither a file nor a directory" >&2)
+  local log
+  log=$(mktemp)
+  if ! "$python" -m pip install -q "$@" >"$log" 2>&1; then
+    grep -v "is ignored: it is neither a file nor a directory" "$log" | tail -n 40 >&2
+    rm -f "$log"
+    return 1
+  fi
+  rm -f "$log"
 }
 
 fingerprint() { cat "$@" | sha256sum | cut -c1-16; }
