@@ -206,6 +206,18 @@ def plan(source: Checkpoint, target: Format, *, adapters: Sequence[str] | None =
     return ConversionPlan(source, target, plans, list(source.extra_files), notices)
 
 
+def publish_folder(tmp: Path, dst: Path) -> None:
+    """Rename a finished temporary folder to `dst`, replacing an existing `dst` without a moment where
+    neither exists half-written: the old one is renamed aside first and removed after."""
+    if dst.exists():
+        retired = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", suffix=".old", dir=dst.parent))
+        os.rename(dst, retired / "old")
+        os.rename(tmp, dst)
+        shutil.rmtree(retired, ignore_errors=True)
+    else:
+        os.rename(tmp, dst)
+
+
 def _fsync(path: Path) -> None:
     """Flush a file's data, or a folder's entries, to disk."""
     fd = os.open(path, os.O_RDONLY)
@@ -268,13 +280,7 @@ def execute(conversion: ConversionPlan, destination: str | Path, *, overwrite: b
                     _fsync(path)
             for folder in {tmp / p.folder for p in conversion.adapters} | {tmp}:
                 _fsync(folder)
-        if dst.exists():
-            retired = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", suffix=".old", dir=dst.parent))
-            os.rename(dst, retired / "old")
-            os.rename(tmp, dst)
-            shutil.rmtree(retired, ignore_errors=True)
-        else:
-            os.rename(tmp, dst)
+        publish_folder(tmp, dst)
         if durable:
             _fsync(dst.parent)
     except BaseException:

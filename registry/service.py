@@ -299,10 +299,7 @@ class Registry:
                                          "weights to safetensors before pushing; leave training pickles out)")
         with tempfile.TemporaryDirectory(prefix="swiftreg-commit-", dir=self.home) as tmp:
             root = Path(tmp) / "checkpoint"
-            for entry in manifest.files:
-                dst = root / check_relpath(entry.path)
-                dst.parent.mkdir(parents=True, exist_ok=True)
-                self._copy_blob(entry.sha256, dst, entry.path)
+            self._materialise(manifest, root)
             for entry in manifest.files:  # sizes are part of the manifest's identity
                 if (root / entry.path).stat().st_size != entry.size:
                     raise InvalidCheckpointError(f"{entry.path}: the manifest says {entry.size} bytes, the blob holds "
@@ -578,6 +575,13 @@ class Registry:
         return self.snapshots.materialise(folder, lambda: self._manifest_for(rev_id, manifest, stored_format, target),
                                           self._copy_blob), immutable
 
+    def _materialise(self, manifest: Manifest, root: Path) -> None:
+        """Write every file of `manifest` under `root` from verified blobs."""
+        for entry in manifest.files:
+            dst = root / check_relpath(entry.path)
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            self._copy_blob(entry.sha256, dst, entry.path)
+
     def _copy_blob(self, digest: str, dst: Path, rel: str) -> None:
         try:
             self.store.copy_to(digest, dst)
@@ -599,10 +603,7 @@ class Registry:
         """Convert a revision once, store the output's blobs, and record it in `derived`."""
         with tempfile.TemporaryDirectory(prefix="swiftreg-derive-", dir=self.home) as tmp:
             original = Path(tmp) / "original"
-            for entry in source.files:
-                dst = original / check_relpath(entry.path)
-                dst.parent.mkdir(parents=True, exist_ok=True)
-                self._copy_blob(entry.sha256, dst, entry.path)
+            self._materialise(source, original)
             converted = converters.convert(original, Path(tmp) / "converted", target).destination  # type: ignore[arg-type]
             files, _ = collect_files(converted)
             manifest = build_manifest(files)

@@ -44,6 +44,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
+from converters.conversion import publish_folder
 from converters.safetensors_io import (
     SafetensorsFile,
     TensorEntry,
@@ -731,13 +732,7 @@ def _run(operation: Literal["merge", "unmerge"], base_dir: str | Path, adapter: 
         skipped = _copy_others(base_dir, tmp, written_names)
         if target is not None and (tmp / "config.json").is_file():
             _update_config(tmp / "config.json", target)
-        if dst.exists():
-            retired = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", suffix=".old", dir=dst.parent))
-            os.rename(dst, retired / "old")
-            os.rename(tmp, dst)
-            shutil.rmtree(retired, ignore_errors=True)
-        else:
-            os.rename(tmp, dst)
+        publish_folder(tmp, dst)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
