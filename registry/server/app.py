@@ -12,7 +12,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi.exception_handlers import http_exception_handler
+from fastapi.responses import JSONResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 import converters
 
@@ -61,6 +63,7 @@ class ServerSettings:
     max_manifest_bytes: int = 4 << 20      # a manifest of 10,000 files is about 2 MB
     max_json_bytes: int = 4 << 20
     max_blob_bytes: int = 64 << 30
+    max_header_bytes: int = 16 << 10      # all request headers together (uvicorn's h11 only caps partial reads)
 
 
 def create_app(registry: Registry, settings: ServerSettings | None = None) -> FastAPI:
@@ -75,6 +78,14 @@ def create_app(registry: Registry, settings: ServerSettings | None = None) -> Fa
     @app.exception_handler(HTTPError)
     async def _http_error(_: Request, exc: HTTPError) -> JSONResponse:
         return error_response(exc.status, exc.code, exc.message, exc.headers, **exc.extra)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _routing_error(request: Request, exc: StarletteHTTPException) -> Response:
+        """No such route or method: in the JSON error shape under /api/v1, FastAPI's default elsewhere."""
+        if not request.url.path.startswith("/api/v1/"):
+            return await http_exception_handler(request, exc)
+        code = {404: "not_found", 405: "method_not_allowed", 413: "too_large"}.get(exc.status_code, "bad_request")
+        return error_response(exc.status_code, code, str(exc.detail), dict(exc.headers or {}))
 
     @app.exception_handler(E.RegistryError)
     @app.exception_handler(converters.FormatError)
@@ -94,7 +105,11 @@ def create_app(registry: Registry, settings: ServerSettings | None = None) -> Fa
     async def _access_log(request: Request, call_next):  # type: ignore[no-untyped-def]
         started = time.perf_counter()
         app.state.stats["requests"] += 1
-        response = await call_next(request)
+        if sum(len(k) + len(v) for k, v in request.scope["headers"]) > settings.max_header_bytes:
+            response = error_response(431, "headers_too_large", "the request headers exceed "
+                                      f"{settings.max_header_bytes} bytes", {"Connection": "close"})
+        else:
+            response = await call_next(request)
         log.info("%s %s %s %d %.1fms", request.client.host if request.client else "-", request.method,
                  request.url.path, response.status_code, (time.perf_counter() - started) * 1000)
         return response
