@@ -582,6 +582,21 @@ class Registry:
             dst.parent.mkdir(parents=True, exist_ok=True)
             self._copy_blob(entry.sha256, dst, entry.path)
 
+    def manifest(self, repo_id: str, format: str | None = None) -> Manifest:
+        """The files of `repo_id`'s revision in `format` (stored format by default), copying no file.
+
+        A conversion to another format is derived once and recorded, exactly as resolve() does.
+        """
+        rid = parse_id(repo_id)
+        kind = self._kind_of(rid)
+        with self._read() as session:
+            rev = self._revision(session, kind, self._repo_or_fail(session, kind, rid), rid)
+            rev_id, stored, manifest = rev.id, rev.format, rev.manifest
+        target = format or stored
+        if target != stored and (kind == "base" or target not in ("swift", "peft")):
+            raise RegistryError(f"{rid.repo} is stored as {stored}; it cannot be served as {target!r}")
+        return self._manifest_for(rev_id, manifest, stored, target)
+
     def _copy_blob(self, digest: str, dst: Path, rel: str) -> None:
         try:
             self.store.copy_to(digest, dst)
@@ -747,6 +762,8 @@ def _base_meta(root: Path) -> tuple[dict[str, Any], dict[str, Any]]:
         config = json.loads((root / "config.json").read_text())
     except ValueError as exc:
         raise RegistryError(f"{root / 'config.json'} is not valid JSON: {exc}") from None
+    if not isinstance(config, dict):
+        raise RegistryError(f"{root / 'config.json'} must hold a JSON object")
     shards = sorted(root.glob("*.safetensors"))
     if not shards:
         raise RegistryError(f"{root} has no *.safetensors weights; convert pytorch_model.bin to safetensors first")
@@ -760,7 +777,11 @@ def _base_meta(root: Path) -> tuple[dict[str, Any], dict[str, Any]]:
             parameters += t.numel
     fingerprint = "sha256:" + hashlib.sha256(json.dumps(sorted(shapes)).encode()).hexdigest()
     architectures = config.get("architectures") or [config.get("model_type")]
-    return {"format": "transformers", "architecture": architectures[0] if architectures else None,
+    architecture = architectures[0] if isinstance(architectures, list) and architectures else None
+    if architecture is not None and not (isinstance(architecture, str) and len(architecture) <= 200):
+        raise RegistryError(f"{root / 'config.json'}: the architecture must be a class name of at most 200 characters")
+    return {"format": "transformers", "architecture": architecture,
             "model_type": config.get("model_type"), "tensors": len(shapes), "parameters": parameters,
-            "dtype": max(dtypes, key=dtypes.get), "fingerprint": fingerprint}, config  # type: ignore[arg-type]
+            "dtype": max(dtypes, key=dtypes.get) if dtypes else None,  # type: ignore[arg-type]
+            "fingerprint": fingerprint}, config
 
