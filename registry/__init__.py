@@ -4,7 +4,9 @@
     path = registry.resolve("team/sql-lora@v3", format="peft")   # a verified local folder
 
 `Registry` holds every operation (push, pull, resolve, tag, log, gc); the CLI is a thin surface
-over it. Imports are lazy so `import registry` stays cheap.
+over it. With SWIFTREG_URL set, the same calls go to that `swiftreg serve` through
+`registry.client.RemoteRegistry` (same API, SWIFTREG_TOKEN as the bearer token). Imports are lazy so
+`import registry` stays cheap.
 """
 from __future__ import annotations
 
@@ -19,34 +21,52 @@ from .errors import (
 )
 
 if TYPE_CHECKING:
+    from .client import RemoteRegistry
     from .service import Registry
 
-_default: dict[tuple[str, str | None], "Registry"] = {}
+_default: dict[tuple[str, ...], "Registry | RemoteRegistry"] = {}
 _lock = threading.Lock()
 
 
-def default_registry() -> "Registry":
-    """The registry SWIFTREG_HOME / SWIFTREG_DATABASE_URL point at, opened once per process."""
-    from . import constants
-    from .service import Registry
+def default_registry() -> "Registry | RemoteRegistry":
+    """The registry the environment names, opened once per process.
 
-    key = (str(constants.home()), constants.database_url())
+    SWIFTREG_URL set: a RemoteRegistry for that server (token SWIFTREG_TOKEN, cache in SWIFTREG_HOME).
+    Otherwise the embedded registry SWIFTREG_HOME / SWIFTREG_DATABASE_URL point at.
+    """
+    from . import constants
+
+    url = constants.url()
+    key = ("remote", url, constants.token() or "", str(constants.home())) if url else \
+        ("local", str(constants.home()), constants.database_url() or "")
     with _lock:
         if key not in _default:
-            _default[key] = Registry()
+            if url:
+                from .client import RemoteRegistry
+
+                _default[key] = RemoteRegistry(url, constants.token())
+            else:
+                from .service import Registry
+
+                _default[key] = Registry()
         return _default[key]
 
 
 _environ = os.environ
-_last: list[Any] = [None, None, None]  # SWIFTREG_HOME, SWIFTREG_DATABASE_URL, Registry
+_VARIABLES = ("SWIFTREG_HOME", "SWIFTREG_DATABASE_URL", "SWIFTREG_URL", "SWIFTREG_TOKEN")
+_last: list[Any] = [None, None]  # the values of _VARIABLES, the registry they gave
 
 
 def resolve(repo_id: str, format: str | None = None) -> Path:
-    """`team/sql-lora@v3` -> a verified local folder with that revision (converted to `format` if asked)."""
-    home, url = _environ.get("SWIFTREG_HOME"), _environ.get("SWIFTREG_DATABASE_URL")
-    if _last[2] is None or _last[0] != home or _last[1] != url:
-        _last[:] = [home, url, default_registry()]
-    return _last[2].resolve(repo_id, format)
+    """`team/sql-lora@v3` -> a verified local folder with that revision (converted to `format` if asked).
+
+    From the embedded registry, or from the server SWIFTREG_URL names (cached, and usable offline once
+    cached).
+    """
+    env = tuple(_environ.get(name) for name in _VARIABLES)
+    if _last[1] is None or _last[0] != env:
+        _last[:] = [env, default_registry()]
+    return _last[1].resolve(repo_id, format)
 
 
 def __getattr__(name: str) -> Any:
@@ -54,8 +74,13 @@ def __getattr__(name: str) -> Any:
         from .service import Registry
 
         return Registry
+    if name == "RemoteRegistry":
+        from .client import RemoteRegistry
+
+        return RemoteRegistry
     raise AttributeError(f"module 'registry' has no attribute {name!r}")
 
 
 __all__ = ["AmbiguousRefError", "IntegrityError", "InvalidCheckpointError", "InvalidIdError", "NotFoundError",
-           "RefExistsError", "Registry", "RegistryError", "UnsafePathError", "default_registry", "resolve"]
+           "RefExistsError", "Registry", "RegistryError", "RemoteRegistry", "UnsafePathError", "default_registry",
+           "resolve"]

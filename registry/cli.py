@@ -142,9 +142,33 @@ def validate(path: Path, base_model: Path | None, as_json: bool) -> None:
 # ----- registry commands ------------------------------------------------------------------------
 
 def _registry():  # type: ignore[no-untyped-def]
-    from .service import Registry
+    """The registry every command works on: the server SWIFTREG_URL names, else the embedded one.
 
-    return Registry()
+    Commands that act on a registry's own database (schema upgrades, tokens) run where the server
+    runs, never over HTTP: with SWIFTREG_URL set they refuse and say so.
+    """
+    from . import constants
+
+    url = constants.url()
+    if url is None:
+        from .service import Registry
+
+        return Registry()
+    ctx = click.get_current_context(silent=True)
+    names = []
+    while ctx is not None and ctx.parent is not None:
+        names.append(ctx.info_name or "")
+        ctx = ctx.parent
+    command = " ".join(reversed(names))
+    if command in ("db upgrade", "token create", "token revoke", "token ls"):
+        from .errors import RegistryError
+
+        raise RegistryError(f"`swiftreg {command}` works on a registry's own database and is not available over "
+                            f"HTTP (SWIFTREG_URL={url}); run it on the server's machine without SWIFTREG_URL, "
+                            "with the server's SWIFTREG_HOME / SWIFTREG_DATABASE_URL")
+    from .client import RemoteRegistry
+
+    return RemoteRegistry(url, constants.token())
 
 
 def _progress(total: int, what: str):  # type: ignore[no-untyped-def]

@@ -22,6 +22,17 @@ def database_url() -> str | None:
     return os.environ.get("SWIFTREG_DATABASE_URL") or None
 
 
+def url() -> str | None:
+    """SWIFTREG_URL: a `swiftreg serve` (http://host:port) to use instead of the embedded registry. Default: none."""
+    value = os.environ.get("SWIFTREG_URL", "").strip()
+    return value.rstrip("/") or None
+
+
+def token() -> str | None:
+    """SWIFTREG_TOKEN: the bearer token for SWIFTREG_URL (`swiftreg token create` on the server). Default: none."""
+    return os.environ.get("SWIFTREG_TOKEN", "").strip() or None
+
+
 def swift_python() -> str | None:
     """SWIFTREG_SWIFT_PYTHON: an interpreter with ms-swift installed (its own venv: it pins an older peft)."""
     return os.environ.get("SWIFTREG_SWIFT_PYTHON") or None

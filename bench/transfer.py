@@ -1,0 +1,311 @@
+"""Benchmark: moving a 7B-scale adapter through `swiftreg serve` over loopback, vs cp and huggingface_hub.
+
+What it measures
+    One 7B-scale PEFT LoRA adapter (about 306 MiB, mostly one safetensors file) and a `swiftreg serve`
+    on 127.0.0.1 backed by SQLite and a local blob store, all on this machine:
+      cp                  `cp -r` of the adapter folder to a new folder (source in the page cache):
+                          the floor for "put these bytes in another folder".
+      push (cold)         RemoteRegistry.push to a server that holds nothing: detect, validate, hash,
+                          POST blobs/missing, resumable PATCH uploads of every blob, commit (the server
+                          rebuilds and re-validates the checkpoint from its blobs before the revision
+                          exists).
+      re-push unchanged   the same push again: hash locally, find the revision by digest, send no bytes.
+                          Also timed as a whole `swiftreg push` process (interpreter start included).
+      resolve (cold)      RemoteRegistry.resolve into an empty cache: manifest, every blob downloaded
+                          through a resumable .part file, sha256-verified, fsynced, renamed into a
+                          snapshot folder.
+      pull -o (cold)      RemoteRegistry.pull(..., output): the resolve above, then a copy of the
+                          verified snapshot to the output folder (what `swiftreg pull -o` does).
+      hf download (cold)  huggingface_hub.snapshot_download(repo, revision="v1", endpoint=<our server>)
+                          into an empty cache, through the server's Hugging Face routes: the download
+                          every transformers / PEFT / vLLM user already has.
+    Every repeat starts a fresh server (empty store) and empty client caches, and runs every case
+    once, interleaved, so machine noise hits all sides alike; the table gives the median and best
+    repeat, MiB/s of adapter bytes, and ratios. Every output folder is checked to hold exactly the
+    source's files and bytes (equal work).
+
+Targets
+    pull -o at least half of cp's throughput; a re-push of unchanged content under 1 s (the API call).
+    Exit code 0 whether or not they are met (a benchmark, not a test); the verdict lines say MET / MISSED.
+
+The adapter
+    Built exactly as bench/resolve.py builds its 7B-scale one (Llama-7B shapes, r=64 on the seven
+    projections, bf16, from bench/convert.py's generator, checked against a tiny adapter saved by the
+    real peft); `--layers N` makes it smaller for a smoke run.
+
+Run (from the repository root)
+    .venv/bin/python bench/transfer.py
+    .venv/bin/python bench/transfer.py --layers 2 --repeats 1      # quick smoke run
+"""
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+ROOT = Path(__file__).resolve().parent.parent
+REPO = "team/sql-lora-7b"
+TAG = "v1"
+PULL_VS_CP_TARGET = 0.5      # pull throughput / cp throughput, at least
+REPUSH_TARGET_S = 1.0        # re-push of unchanged content, at most
+
+
+def say(msg: str = "") -> None:
+    print(msg, flush=True)
+
+
+def load_bench(name: str) -> Any:
+    spec = importlib.util.spec_from_file_location(f"_swiftreg_bench_{name}", ROOT / "bench" / f"{name}.py")
+    if spec is None or spec.loader is None:
+        raise ImportError(f"bench/{name}.py not found")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up while being built
+    spec.loader.exec_module(module)
+    return module
+
+
+def folder_digests(root: Path) -> dict[str, tuple[int, str]]:
+    from registry.store.digests import sha256_file
+
+    return {p.relative_to(root).as_posix(): (p.stat().st_size, sha256_file(p))
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def drop_caches_of(path: Path) -> None:
+    """Nothing: every side reads a source that is in the page cache (cp's too); kept for symmetry."""
+
+
+@dataclass
+class Server:
+    url: str
+    admin: str
+    write: str
+    read: str
+
+
+@contextmanager
+def serve(home: Path) -> Iterator[Server]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SWIFTREG_")}
+    env.update(SWIFTREG_HOME=str(home), SWIFTREG_DATABASE_URL=f"sqlite:///{home / 'registry.db'}")
+    home.mkdir(parents=True)
+    port = free_port()
+    log = open(home.parent / f"server-{port}.log", "w")
+    proc = subprocess.Popen([sys.executable, "-m", "registry.cli", "serve", "--host", "127.0.0.1", "--port", str(port),
+                             "--log-level", "warning"], env=env, stdout=log, stderr=subprocess.STDOUT)
+    import httpx
+
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            if proc.poll() is not None:
+                raise SystemExit(f"error: swiftreg serve exited with {proc.returncode} (log: {log.name})")
+            try:
+                if httpx.get(url + "/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                raise SystemExit("error: swiftreg serve did not answer /healthz within 60 s")
+            time.sleep(0.1)
+
+        def token(scope: str) -> str:
+            done = subprocess.run([sys.executable, "-m", "registry.cli", "token", "create", "--scope", scope, "--json"],
+                                  env=env, capture_output=True, text=True, check=True)
+            return json.loads(done.stdout)["token"]
+
+        yield Server(url, token("admin"), token("write"), token("read"))
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+
+
+def timed(func: Callable[[], Any]) -> tuple[float, Any]:
+    t0 = time.perf_counter()
+    out = func()
+    return time.perf_counter() - t0, out
+
+
+def hf_routes_answer(server: Server) -> str | None:
+    """None when the server speaks the Hugging Face download protocol, else why not."""
+    import httpx
+
+    try:
+        r = httpx.get(f"{server.url}/api/models/{REPO}/revision/{TAG}",
+                      headers={"Authorization": f"Bearer {server.read}"}, timeout=30)
+    except httpx.HTTPError as exc:
+        return f"GET /api/models/{REPO}/revision/{TAG} failed: {exc}"
+    if r.status_code != 200:
+        return f"GET /api/models/{REPO}/revision/{TAG} answered {r.status_code} (no Hugging Face routes yet?)"
+    return None
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--repeats", type=int, default=3, help="fresh-server repeats of every case (default 3)")
+    parser.add_argument("--layers", type=int, default=32,
+                        help="decoder layers of the 7B-scale adapter (default 32: about 306 MiB; 2 for a smoke run)")
+    parser.add_argument("--keep", action="store_true", help="keep the temp dir (its path is printed)")
+    args = parser.parse_args()
+    if args.repeats < 1 or args.layers < 1:
+        parser.error("--repeats and --layers must be at least 1")
+    work = Path(tempfile.mkdtemp(prefix="swiftreg-bench-transfer-"))
+    # huggingface_hub reads these at import: a real download (not offline), its own home, no telemetry.
+    os.environ["HF_HUB_OFFLINE"] = "0"
+    os.environ["HF_HOME"] = str(work / "hf-home")
+    os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
+    os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
+    os.environ.pop("HF_HUB_ENABLE_HF_TRANSFER", None)
+    for name in [k for k in os.environ if k.startswith("SWIFTREG_")]:
+        os.environ.pop(name)
+    try:
+        return run(args, work)
+    finally:
+        if args.keep:
+            say(f"kept {work}")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+def run(args: argparse.Namespace, work: Path) -> int:
+    say(f"work dir {work}")
+    t0 = time.perf_counter()
+    resolve_bench = load_bench("resolve")
+    gen = resolve_bench.load_convert_bench()
+    tiny, src = work / "src" / "tiny-peft", work / "src" / "large-peft"
+    resolve_bench.build_tiny_peft(tiny)
+    resolve_bench.build_large_peft(src, tiny, args.layers, gen)
+    resolve_bench.check_large_against_tiny(src, tiny, args.layers, gen)
+    expected = folder_digests(src)
+    total = sum(size for size, _ in expected.values())
+    mib = total / 2**20
+    say(f"adapter {REPO}: {len(expected)} files, {mib:.2f} MiB ({', '.join(expected)}), "
+        f"built in {time.perf_counter() - t0:.1f} s")
+
+    from registry.client import RemoteRegistry
+
+    def check(folder: Path, what: str) -> None:
+        got = folder_digests(folder)
+        if got != expected:
+            raise SystemExit(f"error: {what} gave {sorted(got)} with other bytes than the source {sorted(expected)}")
+
+    times: dict[str, list[float]] = {k: [] for k in (
+        "cp", "push", "repush", "repush_cli", "resolve", "pull", "hf")}
+    hf_skip: str | None = None
+    for rep in range(args.repeats):
+        base = work / f"rep{rep}"
+        base.mkdir()
+        warm = folder_digests(src)  # the source in the page cache for every side
+        assert warm == expected
+        t, _ = timed(lambda: subprocess.run(["cp", "-r", str(src), str(base / "cp")], check=True))
+        times["cp"].append(t)
+        check(base / "cp", "cp -r")
+        shutil.rmtree(base / "cp")
+
+        with serve(base / "server") as server:
+            pusher = RemoteRegistry(server.url, server.write, home=base / "pusher")
+            t, result = timed(lambda: pusher.push(src, REPO, tag=TAG))
+            if not result.created or result.bytes_written != total:
+                raise SystemExit(f"error: the cold push sent {result.bytes_written} of {total} bytes")
+            times["push"].append(t)
+            t, again = timed(lambda: pusher.push(src, REPO, tag=TAG))
+            if again.created or again.bytes_written:
+                raise SystemExit("error: the re-push of unchanged content sent bytes or made a revision")
+            times["repush"].append(t)
+            env = {k: v for k, v in os.environ.items() if not k.startswith("SWIFTREG_")}
+            env.update(SWIFTREG_URL=server.url, SWIFTREG_TOKEN=server.write, SWIFTREG_HOME=str(base / "cli"))
+            t, done = timed(lambda: subprocess.run([sys.executable, "-m", "registry.cli", "push", str(src), REPO],
+                                                   env=env, capture_output=True, text=True))
+            if done.returncode != 0 or not done.stdout.startswith("unchanged"):
+                raise SystemExit(f"error: swiftreg push (unchanged) failed: {done.stdout}{done.stderr}")
+            times["repush_cli"].append(t)
+
+            puller = RemoteRegistry(server.url, server.read, home=base / "resolver")
+            t, folder = timed(lambda: puller.resolve(f"{REPO}@{TAG}"))
+            times["resolve"].append(t)
+            check(folder, "resolve")
+            shutil.rmtree(base / "resolver", ignore_errors=True)
+
+            puller = RemoteRegistry(server.url, server.read, home=base / "puller")
+            t, out = timed(lambda: puller.pull(f"{REPO}@{TAG}", base / "pulled"))
+            times["pull"].append(t)
+            check(out, "pull -o")
+            shutil.rmtree(base / "puller", ignore_errors=True)
+            shutil.rmtree(base / "pulled", ignore_errors=True)
+
+            if hf_skip is None:
+                hf_skip = hf_routes_answer(server)
+            if hf_skip is None:
+                try:
+                    from huggingface_hub import snapshot_download
+
+                    t, got = timed(lambda: snapshot_download(REPO, revision=TAG, endpoint=server.url,
+                                                             token=server.read, cache_dir=str(base / "hf-cache")))
+                    check(Path(got), "huggingface_hub.snapshot_download")
+                    times["hf"].append(t)
+                except Exception as exc:  # noqa: BLE001 - a benchmark: report and go on
+                    hf_skip = f"snapshot_download from our server failed: {type(exc).__name__}: {exc}"
+                shutil.rmtree(base / "hf-cache", ignore_errors=True)
+        shutil.rmtree(base, ignore_errors=True)
+        say(f"  repeat {rep + 1}/{args.repeats} done")
+
+    med = {k: statistics.median(v) for k, v in times.items() if v}
+    best = {k: min(v) for k, v in times.items() if v}
+    rows = [
+        ("cp", "cp -r (folder copy, source in page cache)"),
+        ("push", "swiftreg push, cold server (API)"),
+        ("repush", "swiftreg push, unchanged content (API)"),
+        ("repush_cli", "swiftreg push, unchanged (whole CLI process)"),
+        ("resolve", "swiftreg resolve, empty cache (API)"),
+        ("pull", "swiftreg pull -o, empty cache (API)"),
+        ("hf", "huggingface_hub snapshot_download (our server)"),
+    ]
+    say()
+    say(f"{args.repeats} repeat(s), {mib:.1f} MiB adapter over 127.0.0.1 (median, best; MiB/s of adapter bytes at the "
+        "median)")
+    say(f"{'operation':<50} {'median s':>9} {'best s':>8} {'MiB/s':>8} {'vs cp':>7}")
+    for key, label in rows:
+        if key not in med:
+            continue
+        rate = mib / med[key]
+        say(f"{label:<50} {med[key]:>9.3f} {best[key]:>8.3f} {rate:>8.0f} {med['cp'] / med[key]:>6.2f}x")
+    say()
+    pull_ratio = med["cp"] / med["pull"]
+    resolve_ratio = med["cp"] / med["resolve"]
+    say(f"pull -o throughput / cp throughput: {pull_ratio:.2f} (resolve alone: {resolve_ratio:.2f}); "
+        f"target >= {PULL_VS_CP_TARGET}: {'MET' if pull_ratio >= PULL_VS_CP_TARGET else 'MISSED'}")
+    say(f"re-push of unchanged content: {med['repush']:.3f} s (whole CLI process {med['repush_cli']:.3f} s); "
+        f"target < {REPUSH_TARGET_S} s: {'MET' if med['repush'] < REPUSH_TARGET_S else 'MISSED'}")
+    say(f"push throughput: {mib / med['push']:.0f} MiB/s ({med['cp'] / med['push']:.2f}x cp's)")
+    if "hf" in med:
+        say(f"huggingface_hub snapshot_download / swiftreg resolve (same server, same bytes, both into an empty "
+            f"cache): {med['hf'] / med['resolve']:.2f}x the time")
+    else:
+        say(f"huggingface_hub snapshot_download: skipped ({hf_skip})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,976 @@
+"""RemoteRegistry: the local `Registry`'s Python API, spoken over HTTP to a `swiftreg serve`.
+
+    from registry.client import RemoteRegistry
+    reg = RemoteRegistry("http://registry.internal:8000", token="srg_...")
+    reg.push("out/checkpoint", "team/sql-lora", tag="v3")
+    folder = reg.resolve("team/sql-lora@v3", format="peft")
+
+With SWIFTREG_URL (and SWIFTREG_TOKEN) set, `registry.resolve`, `registry.default_registry()` and every
+`swiftreg` command use this class instead of the embedded registry: a URL alone switches local and
+remote. The protocol is the one in registry/server/__init__.py.
+
+Push: the checkpoint is detected and validated here first (the refusals of a local push, .bin weights
+stored as safetensors), hashed, and only the blobs the server lacks are uploaded, in resumable PATCH
+chunks read from disk: HEAD tells how many bytes the server already holds, so a push killed halfway
+continues where it stopped and a re-push of unchanged files sends no blob bytes. Then one request
+commits the manifest; the server re-checks everything before the revision exists.
+
+Resolve / pull: the revision's file list comes from the server; every file is downloaded into a
+snapshot cache laid out like the local one (registry/snapshots.py builds it), each blob through a
+`.part` file that a later process resumes with `Range` and that is verified (sha256) before it is
+renamed into place:
+
+    $SWIFTREG_HOME/remote/<host>_<port>/
+        snapshots/<ns>/<name>/r<N>-<format>-<digest16>/   verified folders, as in local mode
+        downloads/<sha256 hex>.part                        a blob download in progress or interrupted
+        refs/<ns>/<name>/<format>/<ref>                    the last answer for each ref (offline use)
+
+Revision numbers and digests are immutable and remembered in the process; tags and branches are asked
+of the server on every resolve, and when it cannot be reached the last answer under refs/ is used, so
+an adapter resolved once keeps working offline.
+
+Every call has timeouts; idempotent ones (GET, HEAD, PUT, DELETE, and the read-only POST
+blobs/missing) are retried with exponential backoff on connection errors and 5xx answers; an upload
+is resumed from the server's offset instead, a download from the `.part` file's length.
+
+Errors are the local ones (NotFoundError, RefExistsError, InvalidCheckpointError, ...) rebuilt from
+the server's JSON error code and message, plus:
+
+    RegistryError
+    └── RemoteError                 a refusal local mode has no class for (.status, .code)
+        ├── AccessDeniedError       401 / 403: no token, an unknown or revoked one, or too weak a scope
+        └── ServerUnreachableError  no answer after the retries (refused, reset, timed out)
+"""
+from __future__ import annotations
+
+import json
+import os
+import queue
+import random
+import re
+import shutil
+import tempfile
+import threading
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Any, BinaryIO, Iterable, Iterator, Mapping
+from urllib.parse import quote
+
+import httpx
+from filelock import FileLock
+
+import converters
+from converters.layout import Checkpoint
+from converters.validation import validate_checkpoint
+
+from . import constants
+from .errors import (
+    AmbiguousRefError, BlobsMissingError, IntegrityError, InvalidCheckpointError, InvalidIdError, NotFoundError,
+    RefExistsError, RegistryError, UnsafePathError,
+)
+from .ids import DEFAULT_REF, RepoId, check_tag, parse_id
+from .manifest import Manifest, build_manifest, collect_files
+from .service import GcResult, Kind, Progress, PushResult, RepoInfo, RevisionInfo, _base_meta
+from .snapshots import SnapshotCache
+from .store.base import fsync_dir
+from .store.digests import digest_hex, format_digest, new_hasher, validate_digest
+
+#: Bytes per upload request (PATCH), streamed from disk READ_PIECE at a time. Each request is a resume
+#: point: a push killed midway resends at most one (none when the server keeps a cut request's bytes).
+UPLOAD_CHUNK = 32 << 20
+READ_PIECE = 1 << 20
+#: Read size of local files while hashing a resumed download.
+READ_CHUNK = 8 << 20
+#: Downloads: received bytes are handed to the writer thread in batches of this size, at most
+#: SINK_QUEUE batches ahead of it (bounded memory: SINK_BATCH * SINK_QUEUE).
+SINK_BATCH = 1 << 20
+SINK_QUEUE = 16
+#: A download is flushed to disk (fdatasync, on a third thread) every SYNC_EVERY bytes, so the fsync
+#: before the rename into the snapshot only waits for the tail.
+SYNC_EVERY = 32 << 20
+#: Blobs with more than this many bytes left to fetch are written by the threaded pipeline.
+THREADED_DOWNLOAD = 4 << 20
+DEFAULT_TIMEOUT = httpx.Timeout(connect=10.0, read=120.0, write=120.0, pool=30.0)
+#: A commit rebuilds and validates the checkpoint on the server: allow it longer than one read.
+COMMIT_TIMEOUT = httpx.Timeout(connect=10.0, read=900.0, write=120.0, pool=30.0)
+_IDEMPOTENT = frozenset({"GET", "HEAD", "PUT", "DELETE", "OPTIONS"})
+_CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
+
+
+# ----- errors ---------------------------------------------------------------------------------------
+
+class RemoteError(RegistryError):
+    """The server refused or failed in a way local mode has no exception class for."""
+
+    def __init__(self, message: str, status: int | None = None, code: str | None = None) -> None:
+        self.status, self.code = status, code
+        super().__init__(message)
+
+
+class AccessDeniedError(RemoteError):
+    """401: no token or an unknown / revoked one; 403: the token lacks the scope or namespace."""
+
+
+class ServerUnreachableError(RemoteError):
+    """The server gave no usable answer after every retry (connection refused or reset, timeouts, 5xx)."""
+
+
+def _error_from(response: httpx.Response, what: str) -> RegistryError:
+    """The local exception class for a refusal, carrying the server's own message."""
+    status = response.status_code
+    code, message, extra = None, None, {}
+    try:
+        body = json.loads(response.read() or b"null") if response.request.method != "HEAD" else None
+    except (ValueError, httpx.StreamError):
+        body = None
+    if isinstance(body, Mapping) and isinstance(body.get("error"), Mapping):
+        err = body["error"]
+        code, message = err.get("code"), err.get("message")
+        extra = {k: v for k, v in err.items() if k not in ("code", "message")}
+    elif isinstance(body, Mapping) and isinstance(body.get("detail"), (str, list)):  # FastAPI's own 4xx
+        message = body["detail"] if isinstance(body["detail"], str) else json.dumps(body["detail"])[:500]
+    message = str(message or f"{what}: HTTP {status} {response.reason_phrase}")
+    if code in ("unauthorized", "forbidden") or status in (401, 403):
+        return AccessDeniedError(message, status, code or ("unauthorized" if status == 401 else "forbidden"))
+    simple: dict[str, type[RegistryError]] = {
+        "not_found": NotFoundError, "blob_not_found": NotFoundError, "invalid_id": InvalidIdError,
+        "unsafe_path": UnsafePathError, "ambiguous_ref": AmbiguousRefError, "ref_exists": RefExistsError,
+        "digest_mismatch": IntegrityError, "integrity_error": IntegrityError, "bad_request": RegistryError,
+    }
+    if code in simple:
+        return simple[code](message)
+    if code == "blobs_missing":
+        return BlobsMissingError(message, list(extra.get("missing") or []))
+    if code == "invalid_checkpoint":
+        return InvalidCheckpointError(message, list(extra.get("problems") or []))
+    if code == "refused":
+        return converters.RefusedError(message)  # type: ignore[return-value]
+    if code is None and status == 404:
+        return NotFoundError(message)
+    return RemoteError(f"{message} (HTTP {status}{', ' + code if code else ''})", status, code)
+
+
+def _retryable_status(response: httpx.Response) -> bool:
+    """5xx that another try may cure; an integrity error (stored bytes are bad) is final."""
+    if response.status_code < 500:
+        return False
+    if response.status_code == 500 and response.request.method != "HEAD":
+        try:
+            code = (json.loads(response.read() or b"null") or {}).get("error", {}).get("code")
+        except (ValueError, AttributeError, httpx.StreamError):
+            code = None
+        return code != "integrity_error"
+    return True
+
+
+# ----- transport ------------------------------------------------------------------------------------
+
+class _Http:
+    """One httpx client (keep-alive pool), bearer auth, timeouts, retries with exponential backoff."""
+
+    def __init__(self, url: str, token: str | None, timeout: httpx.Timeout, retries: int, backoff: float,
+                 transport: httpx.BaseTransport | None = None) -> None:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            ua = f"swiftreg/{version('swiftreg')}"
+        except PackageNotFoundError:  # pragma: no cover - running from a bare checkout
+            ua = "swiftreg"
+        headers = {"User-Agent": ua}
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
+        self.url = url
+        self.retries, self.backoff = retries, backoff
+        self.client = httpx.Client(base_url=url, headers=headers, timeout=timeout, follow_redirects=True,
+                                   transport=transport)
+
+    def pause(self, attempt: int) -> None:
+        time.sleep(min(self.backoff * (2 ** attempt), 10.0) * (0.75 + random.random() / 2))
+
+    def unreachable(self, method: str, path: str, exc: Exception | None, attempts: int,
+                    response: httpx.Response | None = None) -> ServerUnreachableError:
+        why = f"HTTP {response.status_code}" if response is not None else f"{type(exc).__name__}: {exc}"
+        return ServerUnreachableError(f"{self.url} gave no usable answer to {method} {path} after {attempts} "
+                                      f"attempt{'s' if attempts != 1 else ''} ({why}); is the server running "
+                                      "and is SWIFTREG_URL right?",
+                                      response.status_code if response is not None else None, "unreachable")
+
+    def send(self, method: str, path: str, *, idempotent: bool | None = None, allow: Iterable[int] = (),
+             retries: int | None = None, **kwargs: Any) -> httpx.Response:
+        """The response (status < 400 or in `allow`), or the mapped exception."""
+        idempotent = method in _IDEMPOTENT if idempotent is None else idempotent
+        retries = self.retries if retries is None else min(retries, self.retries)
+        allowed = set(allow)
+        attempt = 0
+        while True:
+            try:
+                response = self.client.request(method, path, **kwargs)
+            except httpx.TransportError as exc:
+                # A request that never reached the server is safe to send again, whatever its method.
+                safe = idempotent or isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout))
+                if not safe or attempt >= retries:
+                    raise self.unreachable(method, path, exc, attempt + 1) from None
+            else:
+                if response.status_code in allowed or response.status_code < 400:
+                    return response
+                if not (idempotent and _retryable_status(response)):
+                    raise _error_from(response, f"{method} {path}")
+                if attempt >= retries:
+                    if response.status_code in (502, 503, 504):
+                        raise self.unreachable(method, path, None, attempt + 1, response)
+                    raise _error_from(response, f"{method} {path}")
+            self.pause(attempt)
+            attempt += 1
+
+    def json(self, method: str, path: str, **kwargs: Any) -> Any:
+        response = self.send(method, path, **kwargs)
+        try:
+            return response.json()
+        except ValueError:
+            raise RemoteError(f"{method} {path}: the server answered {response.status_code} without JSON",
+                              response.status_code) from None
+
+    def close(self) -> None:
+        self.client.close()
+
+
+# ----- parsing answers --------------------------------------------------------------------------------
+
+def _when(value: Any) -> datetime:
+    if isinstance(value, str) and value:
+        return datetime.fromisoformat(value.replace("Z", "+00:00"))
+    return datetime.fromtimestamp(0).astimezone()
+
+
+def revision_from_json(data: Mapping[str, Any]) -> RevisionInfo:
+    """A RevisionInfo from the server's JSON (the shape of RevisionInfo.to_dict()).
+
+    Answers without a manifest (the revisions list) get an empty one.
+    """
+    if isinstance(data.get("revision"), Mapping):
+        data = data["revision"]
+    try:
+        return RevisionInfo(
+            repo=str(data["repo"]), kind=data.get("kind") or "adapter", number=int(data["number"]),
+            digest=validate_digest(data["digest"]), format=str(data["format"]),
+            tags=list(data.get("tags") or []), branches=list(data.get("branches") or []),
+            created_at=_when(data.get("created_at")), message=data.get("message"), author=data.get("author"),
+            meta=dict(data.get("meta") or {}), manifest=dict(data.get("manifest") or {}),
+            base_model=data.get("base_model"), parents=list(data.get("parents") or []))
+    except (KeyError, TypeError, ValueError) as exc:
+        raise RemoteError(f"the server's revision answer is malformed ({type(exc).__name__}: {exc})") from None
+
+
+def _repo_from_json(data: Mapping[str, Any]) -> RepoInfo:
+    updated = data.get("updated_at")
+    return RepoInfo(repo=str(data["repo"]), kind=data.get("kind") or "adapter", tuner_type=data.get("tuner_type"),
+                    revisions=int(data.get("revisions") or 0), main=data.get("main"),
+                    updated_at=_when(updated) if updated else None, base_model=data.get("base_model"))
+
+
+def _files_of(data: Mapping[str, Any]) -> Manifest:
+    """The file list of a refs answer (`files`, else the stored manifest), every path and digest checked."""
+    files = data.get("files")
+    if files is None:
+        files = (data.get("revision") or data).get("manifest", {}).get("files")
+    if isinstance(files, Mapping):  # {"files": [...]} nested
+        files = files.get("files")
+    manifest = Manifest.from_json({"files": files})
+    for entry in manifest.files:
+        validate_digest(entry.sha256)
+        if entry.size < 0:
+            raise RemoteError(f"the server lists {entry.path} with a negative size")
+    return manifest
+
+
+def _storable_form(checkpoint: Checkpoint, staging: Path, notices: list[str]) -> Path:
+    """The folder to upload: the checkpoint, or a safetensors copy of it (as Registry._storable_form)."""
+    if not any(a.weights_format == "bin" for a in checkpoint.adapters):
+        return checkpoint.path
+    result = converters.convert(checkpoint.path, staging / "checkpoint", checkpoint.format)
+    notices.append("legacy .bin weights were read with weights_only=True and stored as safetensors")
+    notices.extend(result.notices)
+    return result.destination
+
+
+def cache_dir_name(url: str) -> str:
+    """`<host>_<port>` of a server URL, safe as one folder name."""
+    parsed = httpx.URL(url)
+    if not parsed.host:
+        raise RegistryError(f"SWIFTREG_URL {url!r} is not an http(s) URL like http://127.0.0.1:8000")
+    port = parsed.port or (443 if parsed.scheme == "https" else 80)
+    return f"{re.sub(r'[^A-Za-z0-9.-]', '-', parsed.host)}_{port}"
+
+
+def _file_range(f: BinaryIO, offset: int, length: int, rel: str) -> Iterator[bytes]:
+    """`length` bytes of an open file from `offset`, streamed in READ_PIECE pieces (bounded memory)."""
+    f.seek(offset)
+    while length > 0:
+        piece = f.read(min(READ_PIECE, length))
+        if not piece:
+            raise IntegrityError(f"{rel}: the file shrank while it was being pushed; push it again")
+        length -= len(piece)
+        yield piece
+
+
+def _write_all(fd: int, data: bytes | memoryview) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+class _Partial:
+    """A `.part` file and the sha256 of its bytes so far."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.hasher = new_hasher()
+        self.size = 0
+        try:
+            with open(path, "rb") as f:
+                while chunk := f.read(READ_CHUNK):
+                    self.hasher.update(chunk)
+                    self.size += len(chunk)
+        except FileNotFoundError:
+            pass
+
+    def restart(self) -> None:
+        self.path.unlink(missing_ok=True)
+        self.hasher, self.size = new_hasher(), 0
+
+
+# ----- the registry --------------------------------------------------------------------------------------
+
+class RemoteRegistry:
+    """A registry behind `swiftreg serve`, with the Python API of `registry.service.Registry`."""
+
+    def __init__(self, url: str, token: str | None = None, home: Path | str | None = None, *,
+                 timeout: httpx.Timeout | float = DEFAULT_TIMEOUT, retries: int = 4, backoff: float = 0.25,
+                 chunk_size: int = UPLOAD_CHUNK, transport: httpx.BaseTransport | None = None) -> None:
+        if not url or not str(url).startswith(("http://", "https://")):
+            raise RegistryError(f"registry URL {url!r} must start with http:// or https://")
+        self.url = str(url).rstrip("/")
+        self.home = Path(home) if home is not None else constants.home()
+        self.home.mkdir(parents=True, exist_ok=True)
+        self.cache = self.home / "remote" / cache_dir_name(self.url)
+        self.snapshots = SnapshotCache(self.cache / "snapshots")
+        self.chunk_size = max(1, int(chunk_size))
+        timeout = timeout if isinstance(timeout, httpx.Timeout) else httpx.Timeout(timeout)
+        self._http = _Http(self.url, token, timeout, max(0, retries), backoff, transport)
+        # resolve() memo for immutable refs (numbers, digests): (id, format) -> folder.
+        self._memo: dict[tuple[str, str | None], Path] = {}
+
+    def __repr__(self) -> str:
+        return f"RemoteRegistry({self.url!r}, home={str(self.home)!r})"
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> "RemoteRegistry":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ----- plumbing -----------------------------------------------------------------------------------
+
+    @staticmethod
+    def _repo_path(rid: RepoId) -> str:
+        return f"/api/v1/repos/{rid.namespace}/{rid.name}"
+
+    @staticmethod
+    def _q(value: str) -> str:
+        return quote(value, safe=":")
+
+    def _ref_answer(self, rid: RepoId, ref: str, format: str | None = None,
+                    retries: int | None = None) -> dict[str, Any]:
+        params = {"format": format} if format else None
+        data = self._http.json("GET", f"{self._repo_path(rid)}/refs/{self._q(ref)}", params=params,
+                               retries=retries)
+        if not isinstance(data, dict):
+            raise RemoteError("the server's refs answer is not a JSON object")
+        return data
+
+    def stats(self) -> dict[str, Any]:
+        """The server's counters (bytes_received, blobs_stored, ...); needs an admin token."""
+        return self._http.json("GET", "/api/v1/stats")
+
+    # ----- reading -------------------------------------------------------------------------------------
+
+    def show(self, repo_id: str) -> RevisionInfo:
+        rid = parse_id(repo_id)
+        return revision_from_json(self._ref_answer(rid, rid.ref.value))
+
+    def log(self, repo_id: str) -> list[RevisionInfo]:
+        """Revisions, newest first (without manifests: `show` one for its files)."""
+        rid = parse_id(repo_id, allow_ref=False)
+        data = self._http.json("GET", f"{self._repo_path(rid)}/revisions")
+        items = data.get("revisions", []) if isinstance(data, Mapping) else data
+        return sorted((revision_from_json(d) for d in items), key=lambda r: r.number, reverse=True)
+
+    def list(self, namespace: str | None = None) -> list[RepoInfo]:
+        data = self._http.json("GET", "/api/v1/repos", params={"namespace": namespace} if namespace else None)
+        items = data.get("repos", []) if isinstance(data, Mapping) else data
+        return [_repo_from_json(d) for d in items]
+
+    # ----- refs ------------------------------------------------------------------------------------------
+
+    def tag(self, repo_id: str, tag: str, *, force: bool = False) -> RevisionInfo:
+        rid = parse_id(repo_id)
+        check_tag(tag)
+        data = self._http.json("PUT", f"{self._repo_path(rid)}/tags/{self._q(tag)}",
+                               json={"ref": rid.ref.value, "force": force})
+        return revision_from_json(data)
+
+    def untag(self, repo_id: str, tag: str) -> None:
+        rid = parse_id(repo_id)
+        self._http.send("DELETE", f"{self._repo_path(rid)}/tags/{self._q(tag)}")
+
+    def remove_ref(self, repo_id: str, *, force: bool = False) -> None:
+        """`rm ns/name@ref`: drop a tag or branch on the server; revisions stay."""
+        rid = parse_id(repo_id)
+        if not rid.explicit_ref or rid.ref.kind != "name":
+            raise RegistryError(f"rm removes a tag or branch: name it, as in {rid.repo}@v1")
+        if rid.ref.value == DEFAULT_REF and not force:
+            raise RegistryError(f"removing {rid.repo}@main leaves the repository without a default; "
+                                "pass --force if you mean it")
+        self._http.send("DELETE", f"{self._repo_path(rid)}/refs/{self._q(rid.ref.value)}",
+                        params={"force": "true" if force else "false"})
+
+    def gc(self, grace_seconds: float = 3600.0, dry_run: bool = False) -> GcResult:
+        """Garbage-collect the server's blob store (admin token)."""
+        data = self._http.json("POST", "/api/v1/gc", json={"grace_seconds": grace_seconds, "dry_run": dry_run})
+        return GcResult(int(data["blobs_removed"]), int(data["bytes_removed"]),
+                        int(data.get("temp_files_removed", 0)), int(data.get("blobs_kept", 0)))
+
+    # ----- push --------------------------------------------------------------------------------------------
+
+    def push(self, path: Path | str, repo_id: str, *, tag: str | None = None, force: bool = False,
+             message: str | None = None, author: str | None = None, base_model: str | None = None,
+             parents: list[dict[str, Any]] | None = None, progress: Progress | None = None) -> PushResult:
+        """Upload the checkpoint at `path` as a new revision of adapter `repo_id` (or find it already there).
+
+        Validated here first (the server checks again, and against `base_model`); only blobs the
+        server lacks are sent. `author` is accepted for API parity: the server records the token's
+        owner. `bytes_written` / `blobs_written` count what this call uploaded.
+        """
+        rid = parse_id(repo_id, allow_ref=False)
+        if tag is not None:
+            check_tag(tag)
+        source = Path(path)
+        checkpoint = converters.detect(source)
+        if base_model is not None:
+            base = self.show(base_model)  # fail before uploading anything; the server validates against it
+            if base.kind != "base":
+                raise NotFoundError(f"no base model {parse_id(base_model).repo} on {self.url} (push it with "
+                                    "`swiftreg base push`)")
+        report = validate_checkpoint(checkpoint, None)
+        if not report.ok:
+            raise InvalidCheckpointError(
+                f"{source} is not a valid adapter checkpoint: " + "; ".join(str(p) for p in report.errors[:5])
+                + (f" (and {len(report.errors) - 5} more)" if len(report.errors) > 5 else ""), report.errors)
+        notices = [str(p) for p in report.problems if p.severity == "warning"]
+        with tempfile.TemporaryDirectory(prefix="swiftreg-push-", dir=self.home) as staging:
+            root = _storable_form(checkpoint, Path(staging), notices)
+            files, skipped = collect_files(root)
+            if skipped:
+                notices.append("left out pickle files (never stored): " + ", ".join(skipped))
+            manifest = build_manifest(files)
+            existing = self._existing(rid, "adapter", manifest.digest, tag, force)
+            if existing is not None:
+                return PushResult(existing, created=False, blobs_written=0, bytes_written=0, notices=notices)
+            written, written_bytes = self._upload_files(files, manifest, progress)
+            result = self._commit(rid, manifest, files, "adapter", tag=tag, force=force, message=message,
+                                  base_model=base_model, parents=parents)
+        notices += [n for n in result.notices if n not in notices]
+        return PushResult(result.revision, result.created, written + result.blobs_written,
+                          written_bytes + result.bytes_written, notices)
+
+    def push_base(self, path: Path | str, repo_id: str, *, tag: str | None = None, force: bool = False,
+                  message: str | None = None, parents: list[dict[str, Any]] | None = None,
+                  progress: Progress | None = None) -> PushResult:
+        """Upload a transformers model folder (config.json + safetensors) as a base-model revision."""
+        rid = parse_id(repo_id, allow_ref=False)
+        if tag is not None:
+            check_tag(tag)
+        root = Path(path)
+        _base_meta(root)  # the local refusals: no config.json, no safetensors
+        files, skipped = collect_files(root)
+        notices = ["left out pickle files (never stored): " + ", ".join(skipped)] if skipped else []
+        manifest = build_manifest(files)
+        existing = self._existing(rid, "base", manifest.digest, tag, force)
+        if existing is not None:
+            return PushResult(existing, False, 0, 0, notices)
+        written, written_bytes = self._upload_files(files, manifest, progress)
+        result = self._commit(rid, manifest, files, "base", tag=tag, force=force, message=message,
+                              base_model=None, parents=parents)
+        return PushResult(result.revision, result.created, written + result.blobs_written,
+                          written_bytes + result.bytes_written, notices + result.notices)
+
+    def _existing(self, rid: RepoId, kind: Kind, digest: str, tag: str | None, force: bool) -> RevisionInfo | None:
+        """The revision with this content if the repository has it (tagged if asked); else None.
+
+        Like the local push, a tag that already points elsewhere is refused before any byte is sent.
+        """
+        try:
+            info = revision_from_json(self._ref_answer(rid, digest))
+        except NotFoundError:
+            info = None
+        if info is None or info.kind != kind or info.digest != digest:
+            if tag is not None and not force:
+                try:
+                    current = revision_from_json(self._ref_answer(rid, tag))
+                except NotFoundError:
+                    return None
+                raise RefExistsError(f"tag {tag!r} of {rid.repo} already points to revision {current.number}; "
+                                     "tags are immutable (use --force to move it)")
+            return None
+        if tag is not None and tag not in info.tags:
+            return self.tag(f"{rid.repo}@{info.number}", tag, force=force)
+        return info
+
+    def _missing(self, digests: list[str]) -> list[str]:
+        data = self._http.json("POST", "/api/v1/blobs/missing", json={"digests": digests}, idempotent=True)
+        missing = data.get("missing") if isinstance(data, Mapping) else None
+        if not isinstance(missing, list):
+            raise RemoteError("the server's blobs/missing answer has no 'missing' list")
+        return [validate_digest(d) for d in missing]
+
+    def _upload_files(self, files: list[tuple[str, Path]], manifest: Manifest,
+                      progress: Progress | None, only: Iterable[str] | None = None) -> tuple[int, int]:
+        """Upload the blobs the server lacks (or just `only`); progress gets every file's bytes."""
+        by_path = {f.path: f for f in manifest.files}
+        missing = set(only) if only is not None else set(self._missing(list(dict.fromkeys(
+            f.sha256 for f in manifest.files))))
+        written = written_bytes = 0
+        for rel, full in files:
+            entry = by_path[rel]
+            if entry.sha256 in missing:
+                written_bytes += self._upload(entry.sha256, full, entry.size, rel, progress)
+                missing.discard(entry.sha256)
+                written += 1
+            elif progress is not None and only is None:
+                progress(entry.size)
+        return written, written_bytes
+
+    def _upload_offset(self, digest: str) -> tuple[int, bool]:
+        """(bytes the server holds of this blob, whether it is complete and verified)."""
+        response = self._http.send("HEAD", f"/api/v1/uploads/{self._q(digest)}", allow=(404,))
+        if response.status_code == 404:
+            return 0, False
+        try:
+            offset = int(response.headers.get("Upload-Offset", "0"))
+        except ValueError:
+            raise RemoteError(f"HEAD uploads/{digest}: Upload-Offset is not a number") from None
+        return offset, response.headers.get("Upload-Complete", "false").lower() == "true"
+
+    def _upload(self, digest: str, path: Path, size: int, rel: str, progress: Progress | None) -> int:
+        """Send the bytes of one blob from where the server stands; returns the bytes sent by this call."""
+        url = f"/api/v1/uploads/{self._q(digest)}"
+        offset, complete = self._upload_offset(digest)
+        if complete:
+            if progress is not None:
+                progress(size)
+            return 0
+        if offset > size:
+            raise RemoteError(f"the server holds {offset} bytes of {rel} ({digest}), which has {size}")
+        if progress is not None and offset:
+            progress(offset)
+        sent = failures = 0
+        with open(path, "rb") as f:
+            while True:
+                length = min(self.chunk_size, size - offset)
+                try:
+                    response = self._http.client.patch(url, content=_file_range(f, offset, length, rel), headers={
+                        "Upload-Offset": str(offset), "Upload-Length": str(size), "Content-Length": str(length),
+                        "Content-Type": "application/offset+octet-stream"})
+                except httpx.TransportError as exc:
+                    response, error = None, exc
+                else:
+                    error = None
+                    if response.status_code in (201, 204):
+                        sent += length
+                        failures = 0
+                        if response.status_code == 201:
+                            if progress is not None:
+                                progress(size - offset)
+                            return sent
+                        try:
+                            new = int(response.headers["Upload-Offset"])
+                        except (KeyError, ValueError):
+                            new = offset + length
+                        if progress is not None and new > offset:
+                            progress(new - offset)
+                        if new <= offset and length:
+                            raise RemoteError(f"the server did not advance the upload of {rel} past {offset}")
+                        offset = new
+                        if offset >= size and not length:
+                            return sent
+                        continue
+                    if response.status_code == 409:  # someone else's bytes moved the offset: follow it
+                        failures += 1
+                        if failures > self._http.retries + 4:
+                            raise _error_from(response, f"PATCH {url}")
+                        offset, sent, complete = self._follow(digest, offset, size, sent, progress)
+                        if complete:
+                            return sent
+                        continue
+                    if response.status_code == 422:
+                        raise IntegrityError(f"{rel}: the server refused the bytes of blob {digest}: "
+                                             f"{_error_from(response, 'PATCH ' + url)} (did the file change during "
+                                             "the push? push it again)")
+                    if not _retryable_status(response):
+                        raise _error_from(response, f"PATCH {url}")
+                # A dropped connection or a 5xx: ask the server where it stands and go on from there.
+                if failures >= self._http.retries:
+                    raise self._http.unreachable("PATCH", url, error, failures + 1, response)
+                self._http.pause(failures)
+                failures += 1
+                offset, sent, complete = self._follow(digest, offset, size, sent, progress)
+                if complete:
+                    return sent
+
+    def _follow(self, digest: str, offset: int, size: int, sent: int,
+                progress: Progress | None) -> tuple[int, int, bool]:
+        """After a cut or refused PATCH: the server's offset, with the bytes it kept counted as sent."""
+        new, complete = self._upload_offset(digest)
+        if complete:
+            new = size
+        if new > offset:
+            sent += new - offset  # part of a cut request (or another client's bytes: close enough)
+            if progress is not None:
+                progress(new - offset)
+        return new, sent, complete
+
+    def _commit(self, rid: RepoId, manifest: Manifest, files: list[tuple[str, Path]], kind: Kind, *,
+                tag: str | None, force: bool, message: str | None, base_model: str | None,
+                parents: list[dict[str, Any]] | None) -> PushResult:
+        """POST the manifest. A blob gc took meanwhile is uploaded again once.
+
+        A commit is content-addressed (the same manifest gives the same revision), so it is retried
+        like an idempotent call; a retry after a lost answer reports created=False.
+        """
+        body = {"manifest": manifest.to_json(), "kind": kind, "tag": tag, "force": force, "message": message,
+                "base_model": base_model, "parents": list(parents or [])}
+        extra_blobs = extra_bytes = 0
+        for attempt in range(2):
+            try:
+                response = self._http.send("POST", f"{self._repo_path(rid)}/revisions", json=body, idempotent=True,
+                                           timeout=COMMIT_TIMEOUT)
+                break
+            except BlobsMissingError as exc:
+                if attempt:
+                    raise
+                n, b = self._upload_files(files, manifest, None, only=exc.missing)
+                extra_blobs, extra_bytes = extra_blobs + n, extra_bytes + b
+        data = response.json()
+        info = revision_from_json(data)
+        created = bool(data.get("created", response.status_code == 201)) if isinstance(data, Mapping) else True
+        notices = list(data.get("notices") or []) if isinstance(data, Mapping) else []
+        return PushResult(info, created, extra_blobs, extra_bytes, notices)
+
+    # ----- materialising ------------------------------------------------------------------------------------
+
+    def resolve(self, repo_id: str, format: str | None = None) -> Path:
+        """A verified local folder holding `repo_id`'s revision in `format` (its stored format by default).
+
+        Numbers and digests are answered from memory after the first call; tags and branches are
+        asked of the server each time, and from the last recorded answer when it is unreachable.
+        """
+        hit = self._memo.get((repo_id, format))
+        if hit is not None and os.path.isdir(hit):
+            return hit
+        rid = parse_id(repo_id)
+        cached = self._cached_ref(rid, format)
+        try:  # with an answer on disk to fall back on, a down server is not waited for long
+            data = self._ref_answer(rid, rid.ref.value, format, retries=1 if cached is not None else None)
+        except RemoteError as exc:
+            refused = isinstance(exc, AccessDeniedError) or (exc.status is not None and exc.status < 500)
+            if cached is None or refused:
+                raise
+            return cached
+        info = revision_from_json(data)
+        target = format or info.format
+        folder = self.snapshots.folder(rid.namespace, rid.name, info.number, target, info.digest)
+        if not folder.is_dir():
+            files = _files_of(data)
+            self._materialise(folder, files)
+        self._record_ref(rid, format, info.number, target, info.digest, folder)
+        if rid.ref.kind in ("number", "digest"):
+            if len(self._memo) > 4096:
+                self._memo.clear()
+            self._memo[(repo_id, format)] = folder
+        return folder
+
+    def pull(self, repo_id: str, output: Path | str | None = None, format: str | None = None, *,
+             overwrite: bool = False) -> Path:
+        """Materialise a revision; with `output`, copy it there (atomically) and return that path."""
+        snapshot = self.resolve(repo_id, format)
+        if output is None:
+            return snapshot
+        dst = Path(output).absolute()
+        if dst.exists() and not overwrite:
+            raise RegistryError(f"{dst} already exists; choose a new path or pass --overwrite")
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", suffix=".partial", dir=dst.parent))
+        try:
+            shutil.copytree(snapshot, tmp, dirs_exist_ok=True, copy_function=shutil.copyfile)
+            if dst.exists():
+                shutil.rmtree(dst)
+            os.rename(tmp, dst)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        return dst
+
+    # refs/<ns>/<name>/<format or _stored>/<ref>: the last folder a ref resolved to, for offline use.
+
+    def _ref_file(self, rid: RepoId, format: str | None) -> Path:
+        return self.cache / "refs" / rid.namespace / rid.name / (format or "_stored") / rid.ref.value
+
+    def _record_ref(self, rid: RepoId, format: str | None, number: int, target: str, digest: str,
+                    folder: Path) -> None:
+        path = self._ref_file(rid, format)
+        record = {"digest": digest, "number": number, "format": target, "folder": folder.name}
+        try:
+            if path.is_file() and json.loads(path.read_text()) == record:
+                return
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+            with os.fdopen(fd, "w") as f:
+                json.dump(record, f)
+            os.replace(tmp, path)
+        except (OSError, ValueError):
+            pass  # only an offline convenience: never fail a resolve over it
+
+    def _cached_ref(self, rid: RepoId, format: str | None) -> Path | None:
+        try:
+            record = json.loads(self._ref_file(rid, format).read_text())
+            folder = self.snapshots.folder(rid.namespace, rid.name, int(record["number"]), str(record["format"]),
+                                           validate_digest(record["digest"]))
+        except (OSError, ValueError, KeyError, TypeError, RegistryError):
+            return None
+        return folder if folder.is_dir() else None
+
+    def _materialise(self, folder: Path, files: Manifest) -> Path:
+        """Build a snapshot folder from the server's blobs (through SnapshotCache: locked, atomic)."""
+        placed: dict[str, Path] = {}
+        sizes = {f.path: f.size for f in files.files}
+
+        def fetch(digest: str, dst: Path, rel: str) -> None:
+            size = sizes[rel]
+            first = placed.get(digest)
+            if first is None or not self._copy_verified(first, dst, digest):
+                if not self._reuse_sibling(folder, rel, size, digest, dst):
+                    self._download(digest, size, dst, rel)
+            placed[digest] = dst
+
+        return self.snapshots.materialise(folder, lambda: files, fetch)
+
+    @staticmethod
+    def _copy_verified(src: Path, dst: Path, digest: str) -> bool:
+        """Copy a local file that should hold `digest`; keep the copy only if it really does."""
+        try:
+            shutil.copyfile(src, dst)
+            hasher = new_hasher()
+            with open(dst, "rb") as f:
+                while chunk := f.read(READ_CHUNK):
+                    hasher.update(chunk)
+        except OSError:
+            dst.unlink(missing_ok=True)
+            return False
+        if format_digest(hasher.hexdigest()) != digest:
+            dst.unlink(missing_ok=True)
+            return False
+        return True
+
+    def _reuse_sibling(self, folder: Path, rel: str, size: int, digest: str, dst: Path) -> bool:
+        """Take an unchanged file from another cached revision of the same repository, not the network."""
+        try:
+            siblings = [d for d in folder.parent.iterdir() if d.is_dir() and not d.name.startswith(".")]
+        except OSError:
+            return False
+        for sibling in siblings:
+            candidate = sibling / rel
+            try:
+                if candidate.is_file() and not candidate.is_symlink() and candidate.stat().st_size == size:
+                    if self._copy_verified(candidate, dst, digest):
+                        return True
+            except OSError:
+                continue
+        return False
+
+    def _download(self, digest: str, size: int, dst: Path, rel: str) -> None:
+        """Fetch one blob into `dst`: through downloads/<hex>.part, resumed with Range, verified, renamed."""
+        downloads = self.cache / "downloads"
+        locks = downloads / ".locks"
+        locks.mkdir(parents=True, exist_ok=True)
+        hexdigest = digest_hex(digest)
+        with FileLock(str(locks / f"{hexdigest[:2]}.lock")):
+            part = _Partial(downloads / f"{hexdigest}.part")  # what an earlier, interrupted run left
+            if part.size > size:
+                part.restart()
+            failures = 0
+            while part.size < size:
+                before = part.size
+                try:
+                    self._fetch_range(digest, size, part, rel)
+                except (httpx.TransportError, _Retry) as exc:
+                    if part.size > before:
+                        failures = 0
+                    elif failures >= self._http.retries:
+                        raise self._http.unreachable("GET", f"/api/v1/blobs/{digest}", exc, failures + 1,
+                                                     exc.response if isinstance(exc, _Retry) else None) from None
+                    self._http.pause(failures)
+                    failures += 1
+                    part = _Partial(part.path)  # trust only what is on disk
+            actual = format_digest(part.hasher.hexdigest())
+            if actual != digest:
+                part.restart()
+                raise IntegrityError(f"{rel}: the bytes downloaded for blob {digest} hash to {actual}; the partial "
+                                     "download was deleted, run the command again")
+            with open(part.path, "rb+") as f:
+                os.fsync(f.fileno())
+            os.replace(part.path, dst)
+        fsync_dir(dst.parent)
+
+    def _fetch_range(self, digest: str, size: int, part: _Partial, rel: str) -> None:
+        """One GET of the blob from `part.size` on, appended to the .part file as it arrives."""
+        headers = {"Accept-Encoding": "identity"}
+        if part.size:
+            headers["Range"] = f"bytes={part.size}-"
+        with self._http.client.stream("GET", f"/api/v1/blobs/{self._q(digest)}", headers=headers) as response:
+            status = response.status_code
+            if status >= 500:
+                raise _Retry(response)
+            if status == 416:  # the server holds fewer bytes than we do: start over
+                part.restart()
+                raise _Retry(response)
+            if status >= 400:
+                response.read()
+                raise _error_from(response, f"GET blob {digest} ({rel})")
+            if status == 206:
+                match = _CONTENT_RANGE.fullmatch(response.headers.get("Content-Range", ""))
+                if match is None or int(match.group(1)) != part.size:
+                    part.restart()  # not the range we asked for: take the whole blob again
+                    raise _Retry(response)
+            elif part.size:  # 200: the server ignored the Range header and sends everything
+                part.restart()
+            flags = os.O_WRONLY | os.O_CREAT | (os.O_APPEND if part.size else os.O_TRUNC)
+            fd = os.open(part.path, flags, 0o644)
+            sink = _Sink(part, fd, threaded=size - part.size > THREADED_DOWNLOAD)
+            received = part.size
+            batch: list[bytes] = []
+            batched = 0
+            try:
+                for chunk in response.iter_bytes():
+                    received += len(chunk)
+                    if received > size:
+                        raise _TooLong()
+                    batch.append(chunk)
+                    batched += len(chunk)
+                    if batched >= SINK_BATCH:
+                        sink.put(b"".join(batch))
+                        batch, batched = [], 0
+                if batch:
+                    sink.put(b"".join(batch))
+            except _TooLong:
+                sink.close()
+                part.restart()
+                raise IntegrityError(f"{rel}: the server sent more than the {size} bytes blob {digest} has; "
+                                     "nothing was kept") from None
+            except BaseException:
+                if batch:
+                    sink.put(b"".join(batch))  # keep every byte that arrived: a rerun resumes after it
+                raise
+            finally:
+                try:
+                    sink.close()
+                finally:
+                    os.close(fd)
+        if part.size < size:
+            raise _Retry(None)  # the server closed early: resume from here
+
+
+class _TooLong(Exception):
+    """The server sent more bytes than the manifest says the blob has."""
+
+
+class _Sink:
+    """Appends a download to its .part file and hashes it.
+
+    For a large blob both happen on a thread of their own, so the socket is read meanwhile (receive,
+    sha256 and write overlap; at most SINK_QUEUE batches wait in memory), and a third thread flushes
+    the file every SYNC_EVERY bytes so the fsync before the rename only waits for the tail. A small
+    blob is written inline.
+    """
+
+    def __init__(self, part: _Partial, fd: int, threaded: bool) -> None:
+        self.part, self.fd, self.threaded = part, fd, threaded
+        self.error: BaseException | None = None
+        self.closed = False
+        self.unsynced = 0
+        if threaded:
+            self.queue: queue.Queue[bytes | None] = queue.Queue(maxsize=SINK_QUEUE)
+            self.wake = threading.Event()
+            self.writer = threading.Thread(target=self._run, name="swiftreg-download-writer", daemon=True)
+            self.flusher = threading.Thread(target=self._flush, name="swiftreg-download-flusher", daemon=True)
+            self.writer.start()
+            self.flusher.start()
+
+    def _append(self, data: bytes) -> None:
+        _write_all(self.fd, data)  # unbuffered: what is on disk is what a rerun resumes from
+        self.part.hasher.update(data)
+        self.part.size += len(data)
+
+    def _run(self) -> None:
+        while (data := self.queue.get()) is not None:
+            if self.error is not None:
+                continue  # keep draining so the reader never blocks on a full queue
+            try:
+                self._append(data)
+                self.unsynced += len(data)
+                if self.unsynced >= SYNC_EVERY:
+                    self.unsynced = 0
+                    self.wake.set()
+            except BaseException as exc:  # noqa: BLE001 - handed to the reading thread
+                self.error = exc
+
+    def _flush(self) -> None:
+        while not self.closed:
+            self.wake.wait()
+            self.wake.clear()
+            try:
+                os.fdatasync(self.fd)
+            except OSError:
+                return
+
+    def put(self, data: bytes) -> None:
+        if self.error is not None:
+            raise self.error
+        if self.threaded:
+            self.queue.put(data)
+        else:
+            self._append(data)
+
+    def close(self) -> None:
+        """Wait until everything handed over is written; raise what the writer met, if anything."""
+        if not self.closed:
+            self.closed = True
+            if self.threaded:
+                self.queue.put(None)
+                self.writer.join()
+                self.wake.set()
+                self.flusher.join()
+        if self.error is not None:
+            error, self.error = self.error, None
+            raise error
+
+
+class _Retry(Exception):
+    """A download attempt that another try (from the .part's length) may complete."""
+
+    def __init__(self, response: httpx.Response | None) -> None:
+        self.response = response
+        super().__init__(f"HTTP {response.status_code}" if response is not None else "connection closed early")
