@@ -16,6 +16,8 @@ What it measures
                           snapshot folder.
       pull -o (cold)      RemoteRegistry.pull(..., output): the resolve above, then a copy of the
                           verified snapshot to the output folder (what `swiftreg pull -o` does).
+      curl GET            `curl -o /dev/null` of the weights blob from /api/v1/blobs: how fast the server
+                          alone serves the bytes (no hashing, no disk), the ceiling of any client.
       hf download (cold)  huggingface_hub.snapshot_download(repo, revision="v1", endpoint=<our server>)
                           into an empty cache, through the server's Hugging Face routes: the download
                           every transformers / PEFT / vLLM user already has.
@@ -212,7 +214,9 @@ def run(args: argparse.Namespace, work: Path) -> int:
             raise SystemExit(f"error: {what} gave {sorted(got)} with other bytes than the source {sorted(expected)}")
 
     times: dict[str, list[float]] = {k: [] for k in (
-        "cp", "push", "repush", "repush_cli", "resolve", "pull", "hf")}
+        "cp", "push", "repush", "repush_cli", "curl", "resolve", "pull", "hf")}
+    weights = max(expected, key=lambda rel: expected[rel][0])
+    curl = shutil.which("curl")
     hf_skip: str | None = None
     for rep in range(args.repeats):
         base = work / f"rep{rep}"
@@ -241,6 +245,13 @@ def run(args: argparse.Namespace, work: Path) -> int:
             if done.returncode != 0 or not done.stdout.startswith("unchanged"):
                 raise SystemExit(f"error: swiftreg push (unchanged) failed: {done.stdout}{done.stderr}")
             times["repush_cli"].append(t)
+
+            if curl:  # the server's own speed at serving the big blob, with no client work at all
+                t, done = timed(lambda: subprocess.run(
+                    [curl, "-sf", "-o", "/dev/null", "-H", f"Authorization: Bearer {server.read}",
+                     f"{server.url}/api/v1/blobs/{expected[weights][1]}"]))
+                if done.returncode == 0:
+                    times["curl"].append(t)
 
             puller = RemoteRegistry(server.url, server.read, home=base / "resolver")
             t, folder = timed(lambda: puller.resolve(f"{REPO}@{TAG}"))
@@ -278,6 +289,7 @@ def run(args: argparse.Namespace, work: Path) -> int:
         ("push", "swiftreg push, cold server (API)"),
         ("repush", "swiftreg push, unchanged content (API)"),
         ("repush_cli", "swiftreg push, unchanged (whole CLI process)"),
+        ("curl", "curl GET of the weights blob > /dev/null (server)"),
         ("resolve", "swiftreg resolve, empty cache (API)"),
         ("pull", "swiftreg pull -o, empty cache (API)"),
         ("hf", "huggingface_hub snapshot_download (our server)"),
@@ -299,6 +311,9 @@ def run(args: argparse.Namespace, work: Path) -> int:
     say(f"re-push of unchanged content: {med['repush']:.3f} s (whole CLI process {med['repush_cli']:.3f} s); "
         f"target < {REPUSH_TARGET_S} s: {'MET' if med['repush'] < REPUSH_TARGET_S else 'MISSED'}")
     say(f"push throughput: {mib / med['push']:.0f} MiB/s ({med['cp'] / med['push']:.2f}x cp's)")
+    if "curl" in med:
+        say(f"the server alone serves the weights blob at {expected[weights][0] / 2**20 / med['curl']:.0f} MiB/s "
+            f"(curl to /dev/null): resolve takes {med['resolve'] / med['curl']:.2f}x that time")
     if "hf" in med:
         say(f"huggingface_hub snapshot_download / swiftreg resolve (same server, same bytes, both into an empty "
             f"cache): {med['hf'] / med['resolve']:.2f}x the time")

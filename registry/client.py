@@ -900,42 +900,46 @@ class _TooLong(Exception):
 class _Sink:
     """Appends a download to its .part file and hashes it.
 
-    For a large blob both happen on a thread of their own, so the socket is read meanwhile (receive,
-    sha256 and write overlap; at most SINK_QUEUE batches wait in memory), and a third thread flushes
-    the file every SYNC_EVERY bytes so the fsync before the rename only waits for the tail. A small
-    blob is written inline.
+    For a large blob the write and the sha256 each run on a thread of their own while the socket is
+    read (at most SINK_QUEUE batches wait for either, so memory stays bounded), and a fourth thread
+    flushes the file every SYNC_EVERY bytes so the fsync before the rename only waits for the tail.
+    A small blob is written inline. `part.size` counts bytes written; the hash is complete after
+    close().
     """
 
     def __init__(self, part: _Partial, fd: int, threaded: bool) -> None:
         self.part, self.fd, self.threaded = part, fd, threaded
-        self.error: BaseException | None = None
+        self.error: BaseException | None = None  # the first write error; the writer stops writing at it
+        self.reported = False
         self.closed = False
         self.unsynced = 0
         if threaded:
-            self.queue: queue.Queue[bytes | None] = queue.Queue(maxsize=SINK_QUEUE)
+            self.to_write: queue.Queue[bytes | None] = queue.Queue(maxsize=SINK_QUEUE)
+            self.to_hash: queue.Queue[bytes | None] = queue.Queue(maxsize=SINK_QUEUE)
             self.wake = threading.Event()
-            self.writer = threading.Thread(target=self._run, name="swiftreg-download-writer", daemon=True)
-            self.flusher = threading.Thread(target=self._flush, name="swiftreg-download-flusher", daemon=True)
-            self.writer.start()
-            self.flusher.start()
+            self.threads = [threading.Thread(target=target, name=f"swiftreg-download-{name}", daemon=True)
+                            for name, target in (("writer", self._write), ("hasher", self._hash),
+                                                 ("flusher", self._flush))]
+            for thread in self.threads:
+                thread.start()
 
-    def _append(self, data: bytes) -> None:
-        _write_all(self.fd, data)  # unbuffered: what is on disk is what a rerun resumes from
-        self.part.hasher.update(data)
-        self.part.size += len(data)
-
-    def _run(self) -> None:
-        while (data := self.queue.get()) is not None:
+    def _write(self) -> None:
+        while (data := self.to_write.get()) is not None:
             if self.error is not None:
                 continue  # keep draining so the reader never blocks on a full queue
             try:
-                self._append(data)
+                _write_all(self.fd, data)  # unbuffered: what is on disk is what a rerun resumes from
+                self.part.size += len(data)
                 self.unsynced += len(data)
                 if self.unsynced >= SYNC_EVERY:
                     self.unsynced = 0
                     self.wake.set()
             except BaseException as exc:  # noqa: BLE001 - handed to the reading thread
                 self.error = exc
+
+    def _hash(self) -> None:
+        while (data := self.to_hash.get()) is not None:
+            self.part.hasher.update(data)
 
     def _flush(self) -> None:
         while not self.closed:
@@ -948,24 +952,30 @@ class _Sink:
 
     def put(self, data: bytes) -> None:
         if self.error is not None:
+            self.reported = True  # close() will not raise it a second time
             raise self.error
         if self.threaded:
-            self.queue.put(data)
+            self.to_write.put(data)
+            self.to_hash.put(data)
         else:
-            self._append(data)
+            _write_all(self.fd, data)
+            self.part.hasher.update(data)
+            self.part.size += len(data)
 
     def close(self) -> None:
-        """Wait until everything handed over is written; raise what the writer met, if anything."""
+        """Wait until everything handed over is written and hashed; raise what the writer met, if anything."""
         if not self.closed:
             self.closed = True
             if self.threaded:
-                self.queue.put(None)
-                self.writer.join()
+                self.to_write.put(None)
+                self.to_hash.put(None)
+                self.threads[0].join()
+                self.threads[1].join()
                 self.wake.set()
-                self.flusher.join()
-        if self.error is not None:
-            error, self.error = self.error, None
-            raise error
+                self.threads[2].join()
+        if self.error is not None and not self.reported:
+            self.reported = True
+            raise self.error
 
 
 class _Retry(Exception):

@@ -221,7 +221,8 @@ def _blob_server(data: bytes, *, honour_range: bool = True, cut: int | None = No
         if cut is not None and len(seen) == 1:
             body = body[:cut]  # the connection "closes" early
         headers = {"Content-Range": f"bytes {start}-{len(data) - 1}/{len(data)}"} if start else {}
-        return httpx.Response(206 if start else 200, content=body, headers=headers)
+        pieces = iter([body[i:i + (1 << 16)] for i in range(0, len(body), 1 << 16)])  # as a socket delivers it
+        return httpx.Response(206 if start else 200, content=pieces, headers=headers)
 
     return handler, seen
 
@@ -271,6 +272,35 @@ def test_a_corrupt_part_file_is_deleted_and_named(tmp_path: Path) -> None:
         reg._download(digest, len(data), tmp_path / "out", "weights.bin")
     assert not part.exists() and not (tmp_path / "out").exists()
     reg._download(digest, len(data), tmp_path / "out", "weights.bin")  # the rerun starts clean
+    assert (tmp_path / "out").read_bytes() == data
+
+
+def test_a_disk_error_during_a_large_download_surfaces_without_hanging(tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    import errno
+
+    import registry.client as client
+
+    data = os.urandom(12 << 20)  # large enough for the threaded writer
+    digest = "sha256:" + hashlib.sha256(data).hexdigest()
+    handler, _ = _blob_server(data)
+    written = [0]
+    real = client._write_all
+
+    def failing(fd: int, chunk: bytes) -> None:
+        if written[0] > 3 << 20:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real(fd, chunk)
+        written[0] += len(chunk)
+
+    monkeypatch.setattr(client, "_write_all", failing)
+    reg = _mock(handler, tmp_path / "c")
+    with pytest.raises(OSError, match="No space left"):
+        reg._download(digest, len(data), tmp_path / "out", "w")
+    part = reg.cache / "downloads" / f"{digest[7:]}.part"
+    assert part.stat().st_size == written[0] and part.read_bytes() == data[:written[0]]  # no gap: resumable
+    monkeypatch.setattr(client, "_write_all", real)
+    reg._download(digest, len(data), tmp_path / "out", "w")
     assert (tmp_path / "out").read_bytes() == data
 
 
@@ -438,6 +468,18 @@ def test_the_cli_works_against_swiftreg_url(server: Server, tmp_path: Path) -> N
     assert denied.returncode == 1 and "unknown or revoked" in denied.stderr and "Traceback" not in denied.stderr
     down = _swiftreg(_cli_env(f"http://127.0.0.1:{free_port()}", "t", tmp_path / "cli-home"), "ls", ok=False)
     assert down.returncode == 1 and "no usable answer" in down.stderr and "Traceback" not in down.stderr
+
+
+def test_worker_commands_read_and_push_over_http(server: Server, tmp_path: Path) -> None:
+    env = _cli_env(server.url, server.write_token, tmp_path / "cli-home")
+    reg = _client(server, tmp_path)
+    reg.push(write_peft_lora(tmp_path / "a", seed=1), "team/a")
+    reg.push(write_swift_lora(tmp_path / "b", seed=2), "team/b")
+    done = json.loads(_swiftreg(env, "combine", "team/a", "team/b", "--weights", "0.6,0.4", "--method", "cat",
+                                "--push", "team/ab", "--tag", "v1", "--json").stdout)
+    assert done["passed"] and done["pushed"]["repo"] == "team/ab" and done["pushed"]["tags"] == ["v1"]
+    lineage = reg.show("team/ab@v1").parents
+    assert [p.get("repo") for p in lineage if p.get("role", "").startswith("source")] == ["team/a", "team/b"]
 
 
 def test_a_repush_changing_one_file_uploads_only_that_file(server: Server, tmp_path: Path) -> None:
