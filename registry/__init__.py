@@ -54,6 +54,11 @@ def default_registry() -> "Registry | RemoteRegistry":
 
 _environ = os.environ
 _VARIABLES = ("SWIFTREG_HOME", "SWIFTREG_DATABASE_URL", "SWIFTREG_URL", "SWIFTREG_TOKEN")
+try:  # os.environ's own dict: reading it skips .get()'s per-call encoding (resolve is a hot path)
+    _RAW = os.environ._data  # type: ignore[attr-defined]
+    _KEYS = tuple(os.environ.encodekey(name) for name in _VARIABLES)  # type: ignore[attr-defined]
+except AttributeError:  # pragma: no cover - another os.environ implementation
+    _RAW, _KEYS = None, ()
 _last: list[Any] = [None, None]  # the values of _VARIABLES, the registry they gave
 
 
@@ -63,7 +68,11 @@ def resolve(repo_id: str, format: str | None = None) -> Path:
     From the embedded registry, or from the server SWIFTREG_URL names (cached, and usable offline once
     cached).
     """
-    env = tuple(_environ.get(name) for name in _VARIABLES)
+    if _RAW is not None and _environ is os.environ:
+        home, db, url, token = _KEYS
+        env = (_RAW.get(home), _RAW.get(db), _RAW.get(url), _RAW.get(token))
+    else:
+        env = tuple(_environ.get(name) for name in _VARIABLES)
     if _last[1] is None or _last[0] != env:
         _last[:] = [env, default_registry()]
     return _last[1].resolve(repo_id, format)
@@ -82,5 +91,5 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = ["AmbiguousRefError", "IntegrityError", "InvalidCheckpointError", "InvalidIdError", "NotFoundError",
-           "RefExistsError", "Registry", "RegistryError", "RemoteRegistry", "UnsafePathError", "default_registry",
-           "resolve"]
+           "RefExistsError", "Registry", "RegistryError", "RemoteRegistry", "UnsafePathError",
+           "default_registry", "resolve"]
