@@ -297,9 +297,13 @@ class Registry:
         if pickles:
             raise InvalidCheckpointError(f"pickle files are never stored: {', '.join(pickles[:5])} (convert .bin "
                                          "weights to safetensors before pushing; leave training pickles out)")
+        if kind == "adapter":
+            existing = self._existing(rid, manifest.digest, tag, force)
+            if existing is not None:
+                return PushResult(existing, False, 0, 0)
         with tempfile.TemporaryDirectory(prefix="swiftreg-commit-", dir=self.home) as tmp:
             root = Path(tmp) / "checkpoint"
-            self._materialise(manifest, root)
+            self._materialise(manifest, root, link=True)
             for entry in manifest.files:  # sizes are part of the manifest's identity
                 if (root / entry.path).stat().st_size != entry.size:
                     raise InvalidCheckpointError(f"{entry.path}: the manifest says {entry.size} bytes, the blob holds "
@@ -575,11 +579,22 @@ class Registry:
         return self.snapshots.materialise(folder, lambda: self._manifest_for(rev_id, manifest, stored_format, target),
                                           self._copy_blob), immutable
 
-    def _materialise(self, manifest: Manifest, root: Path) -> None:
-        """Write every file of `manifest` under `root` from verified blobs."""
+    def _materialise(self, manifest: Manifest, root: Path, *, link: bool = False) -> None:
+        """Write every file of `manifest` under `root` from verified blobs.
+
+        `link`: hard-link the (read-only) blobs instead of copying and rehashing them, for a folder that
+        is only read and then deleted, such as the one a commit validates; blobs were verified when stored.
+        """
         for entry in manifest.files:
             dst = root / check_relpath(entry.path)
             dst.parent.mkdir(parents=True, exist_ok=True)
+            source = self.store.path(entry.sha256) if link else None
+            if source is not None:
+                try:
+                    os.link(source, dst)
+                    continue
+                except OSError:
+                    pass  # another filesystem: copy below
             self._copy_blob(entry.sha256, dst, entry.path)
 
     def manifest(self, repo_id: str, format: str | None = None) -> Manifest:

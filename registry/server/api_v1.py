@@ -30,6 +30,8 @@ import filelock
 from fastapi import APIRouter, Depends, Header, Path as PathParam, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
+
+from .responses import BlobResponse
 from fastapi.routing import APIRoute
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
@@ -443,7 +445,7 @@ def get_blob(request: Request, digest: DIGEST, _: Annotated[Caller, Depends(_rea
         raise HTTPError(404, "blob_not_found", f"blob {digest} is not in the store") from None
     if path is None:  # a remote store: no file to hand to the server (not built yet)
         raise HTTPError(501, "not_implemented", "this store cannot serve blobs over HTTP yet")
-    return FileResponse(path, media_type="application/octet-stream", stat_result=stat,
+    return BlobResponse(path, media_type="application/octet-stream", stat_result=stat,
                         headers={"ETag": f'"{digest}"', "Accept-Ranges": "bytes"})
 
 

@@ -61,6 +61,8 @@ from typing import Any, Callable
 from fastapi import APIRouter, Request
 from fastapi.responses import FileResponse, JSONResponse, Response
 
+from .responses import BlobResponse
+
 import converters
 
 from ..errors import AmbiguousRefError, InvalidIdError, NotFoundError, RegistryError
@@ -441,7 +443,7 @@ def resolve_file(request: Request, namespace: str, name: str, rev: str, path: st
     headers = {"ETag": etag, "X-Linked-Etag": etag, "X-Linked-Size": str(entry.size),
                "X-Repo-Commit": served.commit, "Accept-Ranges": "bytes"}
     media_type = mimetypes.guess_type(entry.path)[0] or "application/octet-stream"
-    return FileResponse(local, headers=headers, media_type=media_type, stat_result=stat)
+    return BlobResponse(local, headers=headers, media_type=media_type, stat_result=stat)
 
 
 def _local_file(registry: Registry, served: Served, entry: FileEntry) -> tuple[Path, os.stat_result]:
