@@ -256,7 +256,7 @@ class _AdapterCheck:
                 if self.base is not None:
                     base = self.base.tensor(key)
                     if base is None:
-                        self.problem(key, f"modules_to_save tensor has no counterpart in the base model")
+                        self.problem(key, "modules_to_save tensor has no counterpart in the base model")
                     elif base.shape != info.shape:
                         self.problem(key, f"shape {list(info.shape)} differs from the base model's "
                                      f"{list(base.shape)}")

@@ -72,7 +72,7 @@ from .errors import (
 from .ids import DEFAULT_REF, RepoId, check_tag, parse_id
 from .manifest import Manifest, build_manifest, collect_files
 from .service import GcResult, Kind, Progress, PushResult, RepoInfo, RevisionInfo, _base_meta
-from .snapshots import SnapshotCache
+from .snapshots import SnapshotCache, copy_snapshot
 from .store.base import fsync_dir
 from .store.digests import digest_hex, format_digest, new_hasher, validate_digest
 
@@ -709,20 +709,7 @@ class RemoteRegistry:
         snapshot = self.resolve(repo_id, format)
         if output is None:
             return snapshot
-        dst = Path(output).absolute()
-        if dst.exists() and not overwrite:
-            raise RegistryError(f"{dst} already exists; choose a new path or pass --overwrite")
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", suffix=".partial", dir=dst.parent))
-        try:
-            shutil.copytree(snapshot, tmp, dirs_exist_ok=True, copy_function=shutil.copyfile)
-            if dst.exists():
-                shutil.rmtree(dst)
-            os.rename(tmp, dst)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        return dst
+        return copy_snapshot(snapshot, Path(output), overwrite=overwrite)
 
     # refs/<ns>/<name>/<format or _stored>/<ref>: the last folder a ref resolved to, for offline use.
 

@@ -8,7 +8,6 @@ only unreferenced blobs (gc reclaims them); a crash after it leaves a complete r
 from __future__ import annotations
 
 import os
-import shutil
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -35,7 +34,7 @@ from .errors import (
 )
 from .ids import DEFAULT_REF, RepoId, check_tag, parse_id
 from .manifest import Manifest, build_manifest, check_relpath, collect_files
-from .snapshots import SnapshotCache
+from .snapshots import SnapshotCache, copy_snapshot
 from .store import BlobStore, LocalBlobStore
 from .store.errors import CorruptBlob, StoreError
 
@@ -653,20 +652,7 @@ class Registry:
         snapshot = self.resolve(repo_id, format)
         if output is None:
             return snapshot
-        dst = Path(output).absolute()
-        if dst.exists() and not overwrite:
-            raise RegistryError(f"{dst} already exists; choose a new path or pass --overwrite")
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", suffix=".partial", dir=dst.parent))
-        try:
-            shutil.copytree(snapshot, tmp, dirs_exist_ok=True, copy_function=shutil.copyfile)
-            if dst.exists():
-                shutil.rmtree(dst)
-            os.rename(tmp, dst)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        return dst
+        return copy_snapshot(snapshot, Path(output), overwrite=overwrite)
 
     def verify(self, repo_id: str) -> list[str]:
         """Digests of the revision's blobs whose stored bytes no longer match (empty: all good)."""

@@ -16,6 +16,9 @@ from typing import Callable
 
 from filelock import FileLock
 
+from converters.conversion import publish_folder
+
+from .errors import RegistryError
 from .manifest import Manifest, check_relpath
 
 
@@ -46,3 +49,19 @@ class SnapshotCache:
                 shutil.rmtree(tmp, ignore_errors=True)
                 raise
         return folder
+
+
+def copy_snapshot(snapshot: Path, output: Path, *, overwrite: bool = False) -> Path:
+    """`pull -o`: a writable copy of a snapshot at `output`, appearing whole or not at all."""
+    dst = output.absolute()
+    if dst.exists() and not overwrite:
+        raise RegistryError(f"{dst} already exists; choose a new path or pass --overwrite")
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", suffix=".partial", dir=dst.parent))
+    try:
+        shutil.copytree(snapshot, tmp, dirs_exist_ok=True, copy_function=shutil.copyfile)
+        publish_folder(tmp, dst)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return dst

@@ -3,13 +3,11 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from pathlib import Path
 
 import pytest
 from sqlalchemy import select, text
 
-import registry
 from registry.db.models import DerivedRecord, RevisionRecord
 from registry.errors import (
     AmbiguousRefError, IntegrityError, InvalidCheckpointError, InvalidIdError, NotFoundError, RefExistsError,

@@ -7,7 +7,6 @@ and schemathesis fuzzes the published OpenAPI document looking for any 500.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -19,7 +18,7 @@ import pytest
 from tests.checkpoints import write_peft_lora
 from tests.server import Server, _env, running_server
 from tests.test_server_api import (
-    API, TIMEOUT, assert_error, checkpoint_files, client, manifest_of, push_folder, raw_http, server, sha256, upload,
+    API, assert_error, checkpoint_files, client, manifest_of, push_folder, raw_http, server, sha256, upload,
 )
 
 __all__ = ["server"]  # the module-scoped server fixture, one per database
