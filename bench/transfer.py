@@ -26,6 +26,9 @@ What it measures
     repeat, MiB/s of adapter bytes, and ratios. Every output folder is checked to hold exactly the
     source's files and bytes (equal work).
 
+      sha256              hashing the adapter's files, from the page cache, on one core: the least time any
+                          pull that verifies every byte can take here (cp does not hash).
+
 Targets
     pull -o at least half of cp's throughput; a re-push of unchanged content under 1 s (the API call).
     Exit code 0 whether or not they are met (a benchmark, not a test); the verdict lines say MET / MISSED.
@@ -214,7 +217,7 @@ def run(args: argparse.Namespace, work: Path) -> int:
             raise SystemExit(f"error: {what} gave {sorted(got)} with other bytes than the source {sorted(expected)}")
 
     times: dict[str, list[float]] = {k: [] for k in (
-        "cp", "push", "repush", "repush_cli", "curl", "resolve", "pull", "hf")}
+        "cp", "push", "repush", "repush_cli", "curl", "sha256", "resolve", "pull", "hf")}
     weights = max(expected, key=lambda rel: expected[rel][0])
     curl = shutil.which("curl")
     hf_skip: str | None = None
@@ -225,6 +228,9 @@ def run(args: argparse.Namespace, work: Path) -> int:
         assert warm == expected
         t, _ = timed(lambda: subprocess.run(["cp", "-r", str(src), str(base / "cp")], check=True))
         times["cp"].append(t)
+        # The floor of any verified pull: sha256 of every byte on one core, from the page cache.
+        t, _ = timed(lambda: folder_digests(src))
+        times["sha256"].append(t)
         check(base / "cp", "cp -r")
         shutil.rmtree(base / "cp")
 
@@ -290,6 +296,7 @@ def run(args: argparse.Namespace, work: Path) -> int:
         ("repush", "swiftreg push, unchanged content (API)"),
         ("repush_cli", "swiftreg push, unchanged (whole CLI process)"),
         ("curl", "curl GET of the weights blob > /dev/null (server)"),
+        ("sha256", "sha256 of the adapter's files (floor of a verified pull)"),
         ("resolve", "swiftreg resolve, empty cache (API)"),
         ("pull", "swiftreg pull -o, empty cache (API)"),
         ("hf", "huggingface_hub snapshot_download (our server)"),
@@ -311,6 +318,9 @@ def run(args: argparse.Namespace, work: Path) -> int:
     say(f"re-push of unchanged content: {med['repush']:.3f} s (whole CLI process {med['repush_cli']:.3f} s); "
         f"target < {REPUSH_TARGET_S} s: {'MET' if med['repush'] < REPUSH_TARGET_S else 'MISSED'}")
     say(f"push throughput: {mib / med['push']:.0f} MiB/s ({med['cp'] / med['push']:.2f}x cp's)")
+    say(f"sha256 of the adapter's bytes alone (one core, page cache): {med['sha256']:.3f} s, so no verified pull "
+        f"can exceed {med['cp'] / med['sha256']:.2f}x cp's throughput on this machine; pull -o takes "
+        f"{med['pull'] / med['sha256']:.2f}x the hashing time")
     if "curl" in med:
         say(f"the server alone serves the weights blob at {expected[weights][0] / 2**20 / med['curl']:.0f} MiB/s "
             f"(curl to /dev/null): resolve takes {med['resolve'] / med['curl']:.2f}x that time")

@@ -15,7 +15,7 @@ from typing import Any, Literal, Mapping
 from .base_model import BaseModel
 from .errors import FormatError
 from .layout import Adapter, Checkpoint, detect
-from .methods import GRAMMAR
+from .methods import GRAMMAR, SWIFT_ONLY_TUNERS
 from .safetensors_io import FLOAT_DTYPES, INT_DTYPES
 from .tensors import TensorInfo, WeightsFile
 
@@ -79,8 +79,26 @@ class _AdapterCheck:
     def problem(self, where: str, message: str, severity: Severity = "error") -> None:
         self.report.problems.append(Problem(self.a.name, where, message, severity))
 
+    def _check_swift_only(self) -> None:
+        """A tuner only ms-swift has (Adapter, Prompt, Side, LLaMA-Pro, ReFT, ...): kept in its own form.
+
+        Its weights file must read; its tensors follow no grammar swiftreg knows, so they are not
+        checked, and it has no PEFT form (the ModelScope API serves it as Swift, for ms-swift).
+        """
+        if self.a.weights is not None:
+            try:
+                WeightsFile.open(self.a.weights).infos()
+            except FormatError as exc:
+                self.problem(self.a.weights.name, str(exc))
+                return
+        self.problem("adapter_config.json", f"{self.a.type_name} is a Swift-only tuner: stored as is (ms-swift "
+                     "loads it); its tensors are not checked and it has no PEFT form", "warning")
+
     def run(self) -> None:
         method = self.a.method
+        if method is None and "swift_type" in self.c and self.a.type_name in SWIFT_ONLY_TUNERS:
+            self._check_swift_only()
+            return
         if method is None:
             self.problem("adapter_config.json", f"tuner type {self.a.type_name!r} is not one swiftreg can check")
             return

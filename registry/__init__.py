@@ -78,6 +78,12 @@ def resolve(repo_id: str, format: str | None = None) -> Path:
     return _last[1].resolve(repo_id, format)
 
 
+def import_from(source: str, repo_id: str, **options: Any) -> Any:
+    """Import `hf://owner/name[@rev]` or `ms://owner/name[@rev]` as a new revision of `repo_id` (see
+    Registry.import_from: tag, base_model, subfolder, message), into the registry the environment names."""
+    return default_registry().import_from(source, repo_id, **options)
+
+
 def __getattr__(name: str) -> Any:
     if name == "Registry":
         from .service import Registry
@@ -92,4 +98,4 @@ def __getattr__(name: str) -> Any:
 
 __all__ = ["AmbiguousRefError", "IntegrityError", "InvalidCheckpointError", "InvalidIdError", "NotFoundError",
            "RefExistsError", "Registry", "RegistryError", "RemoteRegistry", "UnsafePathError",
-           "default_registry", "resolve"]
+           "default_registry", "import_from", "resolve"]

@@ -118,13 +118,27 @@ def inspect(path: Path, as_json: bool) -> None:
 
 
 @main.command()
-@click.argument("path", type=click.Path(path_type=Path))
+@click.argument("path", type=click.Path(path_type=Path), metavar="PATH|NS/NAME[@REF]")
 @click.option("--base-model", type=click.Path(path_type=Path),
-              help="A base model folder (config.json + *.safetensors) the adapter must fit.")
+              help="A base model folder (config.json + *.safetensors) the adapter must fit; with --target vllm "
+                   "also a registry base model NS/NAME[@REF]: the model vLLM serves.")
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
+@click.option("--target", type=click.Choice(["vllm"]),
+              help="Check what this engine can serve: vLLM's load-time limits (DoRA, rank, bias, ...) and the base.")
+@click.option("--max-lora-rank", type=click.IntRange(min=1), default=16, show_default=True,
+              help="The --max-lora-rank vLLM is started with (with --target vllm).")
 @_format_errors
-def validate(path: Path, base_model: Path | None, as_json: bool) -> None:
-    """Check configs against tensors (and against a base model); exit 1 on any error."""
+def validate(path: Path, base_model: Path | None, as_json: bool, target: str | None = None,
+             max_lora_rank: int = 16) -> None:
+    """Check configs against tensors (and against a base model); exit 1 on any error.
+
+    PATH is a checkpoint folder, or a registry id (resolved in PEFT form) when no such folder exists.
+    """
+    if target == "vllm":
+        _validate_for_vllm(path, base_model, max_lora_rank, as_json)
+        return
+    if not path.exists():
+        path = _registry().resolve(str(path), "peft")
     report = converters.validate(path, base_model)
     if as_json:
         click.echo(json.dumps({"path": str(report.path), "format": report.format, "ok": report.ok,
@@ -136,6 +150,46 @@ def validate(path: Path, base_model: Path | None, as_json: bool) -> None:
         verdict = "valid" if report.ok else f"INVALID ({len(report.errors)} errors)"
         click.echo(f"{report.path}: {report.format}, adapters {', '.join(report.adapters)}: {verdict}")
     if not report.ok:
+        sys.exit(1)
+
+
+def _push_check(reg: Any, revision: Any, base_model: str | None, max_lora_rank: int) -> dict[str, Any]:
+    """`push --check vllm`: the serving verdict of the pushed revision, computed and recorded by the registry."""
+    return reg.check_serving(f"{revision.repo}@{revision.number}", "vllm", max_lora_rank=max_lora_rank,
+                             served_model=base_model)
+
+
+def _validate_for_vllm(path: Path, base_model: Path | None, max_lora_rank: int, as_json: bool) -> None:
+    """`validate --target vllm`: the serving checks of registry/serving.py on a folder or a registry id."""
+    from .serving import Reason, Verdict, check_revision, check_vllm, served_base
+
+    if path.exists():
+        subject = str(path)
+        verdict = check_vllm(path, max_lora_rank=max_lora_rank)
+        if base_model is not None:  # a folder has no recorded base: check that the adapter fits this one
+            report = converters.validate(path, base_model)
+            extra = tuple(Reason("base_model", f"{p.adapter}: {p.where}", p.message, f"serve it on the model it was "
+                                 f"trained on, not {base_model}") for p in report.errors)
+            verdict = Verdict(verdict.path, verdict.max_lora_rank, verdict.reasons + extra, verdict.notes)
+    else:
+        reg = _registry()
+        served = served_base(reg, str(base_model)) if base_model is not None else None
+        info, _folder, verdict = check_revision(reg, str(path), max_lora_rank=max_lora_rank, served=served)
+        subject = f"{info.repo}@{info.number} {info.digest[:19]}"
+        if served is not None and not info.base_model:
+            verdict = Verdict(verdict.path, verdict.max_lora_rank, verdict.reasons, verdict.notes + (
+                f"{info.repo}@{info.number} records no base model (push --base-model): {base_model} was not "
+                "compared",))
+    if as_json:
+        _echo_json({"subject": subject, **verdict.to_dict()})
+    else:
+        for reason in verdict.reasons:
+            click.secho(f"[vllm:{reason.limit}] {reason}", fg="red")
+        for note in verdict.notes:
+            click.secho(f"note: {note}", fg="yellow")
+        click.echo(f"{subject}: " + (f"servable by vLLM (--max-lora-rank {max_lora_rank})" if verdict.ok
+                                     else f"NOT servable by vLLM ({len(verdict.reasons)} reasons)"))
+    if not verdict.ok:
         sys.exit(1)
 
 
@@ -202,18 +256,30 @@ def _echo_json(data: Any) -> None:
 @click.option("-m", "--message", help="A note kept with the revision.")
 @click.option("--base-model", metavar="NS/NAME[@REF]", help="Validate against this registered base model.")
 @click.option("--json", "as_json", is_flag=True)
+@click.option("--check", "check_target", type=click.Choice(["vllm"]),
+              help="Also check what vLLM can serve and record the verdict on the revision (validation_runs).")
+@click.option("--max-lora-rank", type=click.IntRange(min=1), default=16, show_default=True,
+              help="The --max-lora-rank vLLM runs with (with --check vllm).")
 @_format_errors
 def push(path: Path, repo_id: str, tag: str | None, force: bool, message: str | None, base_model: str | None,
-         as_json: bool) -> None:
+         as_json: bool, check_target: str | None = None, max_lora_rank: int = 16) -> None:
     """Store the adapter checkpoint at PATH as a new revision of NAMESPACE/NAME."""
+    reg = _registry()
     with _progress(_folder_size(path), "push") as bar:
-        result = _registry().push(path, repo_id, tag=tag, force=force, message=message, base_model=base_model,
-                                  progress=bar.update)
+        result = reg.push(path, repo_id, tag=tag, force=force, message=message, base_model=base_model,
+                          progress=bar.update)
+    check = _push_check(reg, result.revision, base_model, max_lora_rank) if check_target == "vllm" else None
     if as_json:
         _echo_json({"created": result.created, "blobs_written": result.blobs_written,
                     "bytes_written": result.bytes_written, "notices": result.notices,
-                    "revision": result.revision.to_dict()})
+                    "revision": result.revision.to_dict(), **({"check": check} if check else {})})
         return
+    if check is not None:
+        for line in check["reasons"]:
+            click.secho(f"vllm: {line['where']}: {line['message']}; {line['advice']}", fg="yellow", err=True)
+        click.secho("vllm: " + ("servable" if check["ok"] else "NOT servable") + f" (--max-lora-rank {max_lora_rank})"
+                    + ("; verdict recorded" if check.get("recorded") else ""), fg="green" if check["ok"] else "yellow",
+                    err=True)
     for notice in result.notices:
         click.secho(f"note: {notice}", fg="yellow", err=True)
     rev = result.revision
@@ -286,6 +352,10 @@ def show(repo_id: str, as_json: bool) -> None:
         click.echo(f"  {meta.get('architecture')} dtype={meta.get('dtype')} params={meta.get('parameters', 0):,}")
     if info.message:
         click.echo(f"  {info.message}")
+    for p in info.provenance:
+        click.echo(f"  imported from {p['hub']}://{p['repo']}" + (f"/{p['subfolder']}" if p["subfolder"] else "")
+                   + f" at {p['requested_revision'] or 'default branch'} (commit {p['commit']}, {p['endpoint']}, "
+                   f"{p['imported_at']})")
     for f in info.manifest["files"]:
         click.echo(f"  {f['size']:>12,}  {f['sha256'][:19]}  {f['path']}")
 
@@ -530,11 +600,14 @@ def check_equivalence(adapter_ref: str, base_ref: str, merged_ref: str | None, d
 @click.option("--anonymous-read", is_flag=True, help="Allow reads without a token.")
 @click.option("--log-level", default="info", show_default=True,
               type=click.Choice(["critical", "error", "warning", "info", "debug"]))
+@click.option("--log-format", default="json", show_default=True, type=click.Choice(["json", "text"]),
+              help="json: one object per line (access log: request_id, status, bytes, duration_ms, token_id, ...).")
 @click.option("--ssl-certfile", type=click.Path(path_type=Path))
 @click.option("--ssl-keyfile", type=click.Path(path_type=Path))
 @_format_errors
 def serve(host: str, port: int, home: Path | None, database_url: str | None, store: Path | None,
-          anonymous_read: bool, log_level: str, ssl_certfile: Path | None, ssl_keyfile: Path | None) -> None:
+          anonymous_read: bool, log_level: str, log_format: str, ssl_certfile: Path | None,
+          ssl_keyfile: Path | None) -> None:
     """Serve the registry over HTTP: swiftreg's API v1 and the Hugging Face download protocol."""
     import logging
 
@@ -544,11 +617,19 @@ def serve(host: str, port: int, home: Path | None, database_url: str | None, sto
     from .service import Registry
     from .store import LocalBlobStore
 
-    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    from .server.access_log import JsonLogFormatter
+
+    handler = logging.StreamHandler()
+    handler.setFormatter(JsonLogFormatter() if log_format == "json"
+                         else logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
+    logging.basicConfig(level=log_level.upper(), handlers=[handler], force=True)
     registry = Registry(home=home, database_url=database_url, store=LocalBlobStore(store) if store else None)
     registry._ready()  # migrate before the first request, not during it
     app = create_app(registry, ServerSettings(anonymous_read=anonymous_read))
-    uvicorn.run(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=30,
+    # log_config=None: uvicorn's own loggers go through the handler above; its text access log is
+    # replaced by the JSON one of server/access_log.py (logged when a response ends, with its bytes).
+    uvicorn.run(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=30, log_config=None,
+                access_log=False,
                 ssl_certfile=str(ssl_certfile) if ssl_certfile else None,
                 ssl_keyfile=str(ssl_keyfile) if ssl_keyfile else None)
 
@@ -604,5 +685,50 @@ def token_list(as_json: bool) -> None:
                    f"{'revoked' if r.revoked else 'active'}")
 
 
+@main.command(name="import")
+@click.argument("source", metavar="hf://OWNER/NAME[@REV] | ms://OWNER/NAME[@REV]")
+@click.argument("repo_id", metavar="NAMESPACE/NAME")
+@click.option("--tag", help="Also tag the imported revision.")
+@click.option("--base-model", metavar="NS/NAME[@REF]", help="Validate against this registered base model.")
+@click.option("--subfolder", metavar="DIR", help="The folder of the hub repo that holds the adapter.")
+@click.option("-m", "--message", help="A note kept with the revision (default: where it came from).")
+@click.option("--json", "as_json", is_flag=True)
+@_format_errors
+def import_(source: str, repo_id: str, tag: str | None, base_model: str | None, subfolder: str | None,
+            message: str | None, as_json: bool) -> None:
+    """Import an adapter from the Hugging Face Hub (hf://) or ModelScope (ms://) with its provenance.
+
+    Downloaded with the hub's own client (HF_ENDPOINT, HF_TOKEN, MODELSCOPE_ENDPOINT, MODELSCOPE_API_TOKEN
+    apply), validated like push; pickles are left out. Importing the same hub commit again is a no-op.
+    """
+    registry = _registry()
+    with _progress(0, "import") as bar:
+        result = registry.import_from(source, repo_id, tag=tag, base_model=base_model, subfolder=subfolder,
+                                      message=message, progress=bar.update)
+    if as_json:
+        _echo_json({"created": result.created, "already_imported": result.already_imported,
+                    "commit": result.commit, "files": result.files, "notices": result.notices,
+                    "revision": result.revision.to_dict()})
+        return
+    for notice in result.notices:
+        click.secho(f"note: {notice}", fg="yellow", err=True)
+    rev = result.revision
+    verb = ("already imported:" if result.already_imported else "imported" if result.created
+            else "unchanged: same files as")
+    click.echo(f"{verb} {rev.repo}@{rev.number} {rev.digest} ({rev.format}) from {result.source.hub}://"
+               f"{result.source.repo} commit {result.commit}{' tags: ' + ', '.join(rev.tags) if rev.tags else ''}")
+
+
+
+# ----- jobs, workers and nightly validation (registry/cli_jobs.py) -------------------------------------
+
 if __name__ == "__main__":
-    main()
+    # `python -m registry.cli`: run the one `registry.cli` module instance, the one cli_jobs imports
+    # and registers its commands on (registering them on this __main__ copy would import cli twice).
+    from registry.cli import main as _main
+
+    _main()
+else:
+    from .cli_jobs import register as _register_job_commands  # noqa: E402 - needs the helpers above
+
+    _register_job_commands(main)

@@ -10,7 +10,15 @@
     ├── IntegrityError              stored bytes do not match their digest (never served)
     ├── BlobsMissingError           a manifest commit names blobs not uploaded yet (see .missing)
     ├── StoreError                  the blob store itself (registry/store/errors.py has its subtree)
-    └── WorkerError                 tensor work refused (registry/worker/errors.py has its subtree)
+    ├── HubError                    an import from the Hugging Face Hub or ModelScope failed (registry/hubs/)
+    │   ├── HubNotFoundError        no such repository or revision on the hub (also a NotFoundError)
+    │   └── HubNoAdapterError       the hub repository (or --subfolder) holds no adapter, or only pickles
+    ├── WorkerError                 tensor work refused (registry/worker/errors.py has its subtree)
+    └── JobError                    a job cannot be submitted, found or changed (registry/jobs/)
+        ├── JobNotFoundError        no job with that id (also a NotFoundError)
+        ├── InvalidJobError         unknown kind, or parameters the kind does not take
+        ├── JobConflictError        an idempotency key reused for a different job
+        └── JobStateError           the job is already finished (cancel), or not this worker's any more
 
 Format problems from the converters (converters.FormatError) pass through unchanged: they already
 name the file, key or field at fault. The CLI prints any of these as one line and exits 1.
@@ -62,3 +70,36 @@ class BlobsMissingError(RegistryError):
     def __init__(self, message: str, missing: Sequence[str]) -> None:
         self.missing = list(missing)
         super().__init__(message)
+
+
+class HubError(RegistryError):
+    """An import from a hub failed (unreachable, refused, dropped mid-download): nothing was registered."""
+
+
+class HubNotFoundError(HubError, NotFoundError):
+    """The hub has no such repository or revision (or it is private and no token was given)."""
+
+
+class HubNoAdapterError(HubError):
+    """The hub repository holds no adapter checkpoint where it was looked for (or only pickle files)."""
+
+
+
+class JobError(RegistryError):
+    """A job operation refused (registry/jobs/)."""
+
+
+class JobNotFoundError(JobError, NotFoundError):
+    """No job with that id."""
+
+
+class InvalidJobError(JobError, ValueError):
+    """The job's kind is unknown or its parameters are not what that kind takes."""
+
+
+class JobConflictError(JobError):
+    """The idempotency key names a job submitted with another kind or other parameters."""
+
+
+class JobStateError(JobError):
+    """The job is in a state that does not allow this (a finished job cannot be cancelled)."""

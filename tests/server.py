@@ -61,14 +61,14 @@ def running_server(home: Path, database_url: str, *, anonymous_read: bool = Fals
     log = open(home.parent / f"server-{port}.log", "w") if home.parent.exists() else subprocess.DEVNULL
     home.mkdir(parents=True, exist_ok=True)
     process = subprocess.Popen(args, env=_env(home, database_url), stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
+    url = f"{'https' if '--ssl-certfile' in extra_args else 'http'}://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 60
         while True:
             if process.poll() is not None:
                 raise RuntimeError(f"swiftreg serve exited with {process.returncode}; see {home.parent}/server-{port}.log")
             try:
-                if httpx.get(url + "/healthz", timeout=1).status_code == 200:
+                if httpx.get(url + "/healthz", timeout=1, verify=False).status_code == 200:  # local self-signed TLS
                     break
             except httpx.HTTPError:
                 pass

@@ -12,12 +12,15 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
 import time
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import httpx
 import numpy as np
@@ -210,68 +213,100 @@ def test_a_gc_post_is_not_resent_after_it_may_have_reached_the_server(tmp_path: 
     assert calls == ["POST"]
 
 
-def _blob_server(data: bytes, *, honour_range: bool = True, cut: int | None = None) -> tuple[Callable, list]:
+@contextmanager
+def _blob_server(data: bytes, *, honour_range: bool = True, cut: int | None = None) -> Iterator[tuple[str, list]]:
+    """A real HTTP server on 127.0.0.1 serving one blob at /api/v1/blobs/<any>, misbehaving on request.
+
+    `cut`: the first answer declares the whole length but the connection closes after `cut` bytes.
+    `honour_range=False`: Range headers are ignored (200 with every byte).
+    """
     seen: list[str | None] = []
 
-    def handler(request: httpx.Request) -> httpx.Response:
-        rng = request.headers.get("range")
-        seen.append(rng)
-        start = int(re.fullmatch(r"bytes=(\d+)-", rng).group(1)) if rng and honour_range else 0
-        body = data[start:]
-        if cut is not None and len(seen) == 1:
-            body = body[:cut]  # the connection "closes" early
-        headers = {"Content-Range": f"bytes {start}-{len(data) - 1}/{len(data)}"} if start else {}
-        pieces = iter([body[i:i + (1 << 16)] for i in range(0, len(body), 1 << 16)])  # as a socket delivers it
-        return httpx.Response(206 if start else 200, content=pieces, headers=headers)
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
 
-    return handler, seen
+        def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+            rng = self.headers.get("Range")
+            seen.append(rng)
+            match = re.fullmatch(r"bytes=(\d+)-", rng) if rng else None
+            start = int(match.group(1)) if match and honour_range else 0
+            body = data[start:]
+            self.send_response(206 if start else 200)
+            if start:
+                self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            if cut is not None and len(seen) == 1:
+                self.wfile.write(body[:cut])
+                self.wfile.flush()
+                self.close_connection = True
+                self.connection.shutdown(socket.SHUT_RDWR)
+                return
+            for i in range(0, len(body), 1 << 16):  # as a socket delivers it
+                self.wfile.write(body[i:i + (1 << 16)])
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}", seen
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def _blob_client(url: str, home: Path) -> RemoteRegistry:
+    return RemoteRegistry(url, "t", home=home, backoff=0.001)
 
 
 def test_download_resumes_from_the_part_file_and_verifies(tmp_path: Path) -> None:
     data = os.urandom(300_000)
     digest = "sha256:" + hashlib.sha256(data).hexdigest()
-    handler, seen = _blob_server(data)
-    reg = _mock(handler, tmp_path / "c")
-    part = reg.cache / "downloads" / f"{digest[7:]}.part"
-    part.parent.mkdir(parents=True)
-    part.write_bytes(data[:123_456])  # left by a killed process
-    dst = tmp_path / "out.bin"
-    reg._download(digest, len(data), dst, "adapter_model.safetensors")
+    with _blob_server(data) as (url, seen):
+        reg = _blob_client(url, tmp_path / "c")
+        part = reg.cache / "downloads" / f"{digest[7:]}.part"
+        part.parent.mkdir(parents=True)
+        part.write_bytes(data[:123_456])  # left by a killed process
+        dst = tmp_path / "out.bin"
+        reg._download(digest, len(data), dst, "adapter_model.safetensors")
     assert dst.read_bytes() == data and seen == ["bytes=123456-"] and not part.exists()
 
 
 def test_a_download_cut_short_continues_in_the_same_call(tmp_path: Path) -> None:
     data = os.urandom(200_000)
     digest = "sha256:" + hashlib.sha256(data).hexdigest()
-    handler, seen = _blob_server(data, cut=50_000)
-    _mock(handler, tmp_path / "c")._download(digest, len(data), tmp_path / "out", "w")
+    with _blob_server(data, cut=50_000) as (url, seen):
+        _blob_client(url, tmp_path / "c")._download(digest, len(data), tmp_path / "out", "w")
     assert (tmp_path / "out").read_bytes() == data and seen == [None, "bytes=50000-"]
 
 
 def test_a_server_ignoring_range_restarts_the_file(tmp_path: Path) -> None:
     data = os.urandom(100_000)
     digest = "sha256:" + hashlib.sha256(data).hexdigest()
-    handler, seen = _blob_server(data, honour_range=False)
-    reg = _mock(handler, tmp_path / "c")
-    part = reg.cache / "downloads" / f"{digest[7:]}.part"
-    part.parent.mkdir(parents=True)
-    part.write_bytes(b"x" * 10)
-    reg._download(digest, len(data), tmp_path / "out", "w")
+    with _blob_server(data, honour_range=False) as (url, seen):
+        reg = _blob_client(url, tmp_path / "c")
+        part = reg.cache / "downloads" / f"{digest[7:]}.part"
+        part.parent.mkdir(parents=True)
+        part.write_bytes(b"x" * 10)
+        reg._download(digest, len(data), tmp_path / "out", "w")
     assert (tmp_path / "out").read_bytes() == data and seen == ["bytes=10-"]
 
 
 def test_a_corrupt_part_file_is_deleted_and_named(tmp_path: Path) -> None:
     data = os.urandom(100_000)
     digest = "sha256:" + hashlib.sha256(data).hexdigest()
-    handler, _ = _blob_server(data)
-    reg = _mock(handler, tmp_path / "c")
-    part = reg.cache / "downloads" / f"{digest[7:]}.part"
-    part.parent.mkdir(parents=True)
-    part.write_bytes(b"\0" * 60_000)  # wrong bytes: the resumed whole cannot hash right
-    with pytest.raises(IntegrityError, match=rf"weights.bin: the bytes downloaded for blob {digest} hash to"):
-        reg._download(digest, len(data), tmp_path / "out", "weights.bin")
-    assert not part.exists() and not (tmp_path / "out").exists()
-    reg._download(digest, len(data), tmp_path / "out", "weights.bin")  # the rerun starts clean
+    with _blob_server(data) as (url, _):
+        reg = _blob_client(url, tmp_path / "c")
+        part = reg.cache / "downloads" / f"{digest[7:]}.part"
+        part.parent.mkdir(parents=True)
+        part.write_bytes(b"\0" * 60_000)  # wrong bytes: the resumed whole cannot hash right
+        with pytest.raises(IntegrityError, match=rf"weights.bin: the bytes downloaded for blob {digest} hash to"):
+            reg._download(digest, len(data), tmp_path / "out", "weights.bin")
+        assert not part.exists() and not (tmp_path / "out").exists()
+        reg._download(digest, len(data), tmp_path / "out", "weights.bin")  # the rerun starts clean
     assert (tmp_path / "out").read_bytes() == data
 
 
@@ -283,7 +318,6 @@ def test_a_disk_error_during_a_large_download_surfaces_without_hanging(tmp_path:
 
     data = os.urandom(12 << 20)  # large enough for the threaded writer
     digest = "sha256:" + hashlib.sha256(data).hexdigest()
-    handler, _ = _blob_server(data)
     written = [0]
     real = client._write_all
 
@@ -293,14 +327,15 @@ def test_a_disk_error_during_a_large_download_surfaces_without_hanging(tmp_path:
         real(fd, chunk)
         written[0] += len(chunk)
 
-    monkeypatch.setattr(client, "_write_all", failing)
-    reg = _mock(handler, tmp_path / "c")
-    with pytest.raises(OSError, match="No space left"):
+    with _blob_server(data) as (url, _):
+        monkeypatch.setattr(client, "_write_all", failing)
+        reg = _blob_client(url, tmp_path / "c")
+        with pytest.raises(OSError, match="No space left"):
+            reg._download(digest, len(data), tmp_path / "out", "w")
+        part = reg.cache / "downloads" / f"{digest[7:]}.part"
+        assert part.stat().st_size == written[0] and part.read_bytes() == data[:written[0]]  # no gap: resumable
+        monkeypatch.setattr(client, "_write_all", real)
         reg._download(digest, len(data), tmp_path / "out", "w")
-    part = reg.cache / "downloads" / f"{digest[7:]}.part"
-    assert part.stat().st_size == written[0] and part.read_bytes() == data[:written[0]]  # no gap: resumable
-    monkeypatch.setattr(client, "_write_all", real)
-    reg._download(digest, len(data), tmp_path / "out", "w")
     assert (tmp_path / "out").read_bytes() == data
 
 

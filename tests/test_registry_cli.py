@@ -26,7 +26,9 @@ def cli(database_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
 
 def test_push_tag_pull_log_show_ls_over_the_cli(cli, tmp_path: Path) -> None:
     db = cli("db", "upgrade")
-    assert "schema at 0001" in db.output
+    from migrations import HEAD
+
+    assert f"schema at {HEAD}" in db.output
     pushed = json.loads(cli("push", write_swift_lora(tmp_path / "a", seed=1), "team/sql-lora", "--tag", "v1",
                             "-m", "first", "--json").output)
     assert pushed["created"] and pushed["revision"]["number"] == 1 and pushed["revision"]["tags"] == ["v1"]

@@ -403,3 +403,33 @@ def test_schemathesis_finds_no_server_error(database_url: str, tmp_path: Path) -
         log = next(tmp_path.glob("server-*.log")).read_text()
     assert done.returncode == 0, done.stdout[-8000:] + done.stderr[-2000:]
     assert "Traceback" not in log and "unhandled error" not in log, log[-5000:]
+
+
+def test_blob_routes_are_scoped_to_the_token_namespaces(server: Server, world: dict[str, Any],
+                                                        tmp_path: Path) -> None:
+    """A digest is not a key: a namespace token reads and builds on only its namespaces' blobs."""
+    blob = max(world["files"], key=lambda f: f["size"])
+    data = (server.home / "blobs" / "sha256" / blob["sha256"][7:9] / blob["sha256"][9:]).read_bytes()
+    outsider, insider = server.token("write", "outside"), world["team_write"]
+    # read: absent for the outsider (the same answer as a blob nobody has), present for the team
+    assert_error(_call(server, outsider, "GET", f"{API}/blobs/{blob['sha256']}"), 404, "blob_not_found")
+    assert _call(server, insider, "GET", f"{API}/blobs/{blob['sha256']}").content == data
+    assert _call(server, server.read_token, "GET", f"{API}/blobs/{blob['sha256']}").status_code == 200
+    # dedup answers do not leak it either
+    missing = _call(server, outsider, "POST", f"{API}/blobs/missing", json={"digests": [blob["sha256"]]})
+    assert missing.json()["missing"] == [blob["sha256"]]
+    assert _call(server, insider, "POST", f"{API}/blobs/missing",
+                 json={"digests": [blob["sha256"]]}).json()["missing"] == []
+    head = _call(server, outsider, "HEAD", f"{API}/uploads/{blob['sha256']}")
+    assert head.headers["upload-complete"] == "false" and head.headers["upload-offset"] == "0"
+    # a commit naming it is refused until the outsider proves it holds the bytes by uploading them
+    manifest = {"files": [{"path": "adapter_model.safetensors", "size": blob["size"], "sha256": blob["sha256"]}]}
+    refused = _call(server, outsider, "POST", f"{API}/repos/outside/copy/revisions", json={"manifest": manifest})
+    assert assert_error(refused, 409, "blobs_missing")["missing"] == [blob["sha256"]]
+    with client(server, outsider) as http:
+        assert upload(http, data, blob["sha256"]).status_code == 201
+    head = _call(server, outsider, "HEAD", f"{API}/uploads/{blob['sha256']}")
+    assert head.headers["upload-complete"] == "true"
+    # the bytes it uploaded are its own now (nothing was stored twice: the store holds one copy)
+    assert _call(server, outsider, "GET", f"{API}/blobs/{blob['sha256']}").content == data
+    assert len(list((server.home / "blobs" / "sha256" / blob["sha256"][7:9]).glob(blob["sha256"][9:] + "*"))) == 1

@@ -1,10 +1,10 @@
 """Persistence: typed models, engines and migrations."""
 from .engine import downgrade, ensure_schema, make_engine, read_session, upgrade, write_session
 from .models import (
-    AdapterRecord, Base, BaseModelRecord, DerivedRecord, JobRecord, RefRecord, RevisionRecord, TokenRecord,
-    ValidationRunRecord,
+    AdapterRecord, Base, BaseModelRecord, DerivedRecord, JobRecord, ProvenanceRecord, RefRecord, RevisionRecord,
+    TokenRecord, ValidationRunRecord,
 )
 
-__all__ = ["AdapterRecord", "Base", "BaseModelRecord", "DerivedRecord", "JobRecord", "RefRecord", "RevisionRecord",
+__all__ = ["AdapterRecord", "Base", "BaseModelRecord", "DerivedRecord", "JobRecord", "ProvenanceRecord", "RefRecord", "RevisionRecord",
            "TokenRecord", "ValidationRunRecord", "downgrade", "ensure_schema", "make_engine", "read_session",
            "upgrade", "write_session"]

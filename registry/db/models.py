@@ -156,6 +156,7 @@ class JobRecord(Base):
     result: Mapped[Optional[dict[str, Any]]]
     log: Mapped[Optional[str]] = mapped_column(Text)
     idempotency_key: Mapped[Optional[str]] = mapped_column(String(200), unique=True)
+    namespace: Mapped[Optional[str]] = mapped_column(NAME, index=True)  # whose job it is (auth on the server)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     started_at: Mapped[Optional[datetime]]
     finished_at: Mapped[Optional[datetime]]
@@ -172,3 +173,24 @@ class ValidationRunRecord(Base):
     library_versions: Mapped[dict[str, Any]]
     started_at: Mapped[datetime] = mapped_column(default=utcnow)
     finished_at: Mapped[Optional[datetime]]
+    run_id: Mapped[Optional[str]] = mapped_column(String(64), index=True)  # one `validate-all` invocation
+    job_id: Mapped[Optional[int]] = mapped_column(Integer)                  # the job that ran the check
+
+
+class ProvenanceRecord(Base):
+    """Where an imported revision came from (`swiftreg import`): hub, repo, requested revision, the
+    commit id the hub answered, and when. A revision may have several (the same bytes imported from
+    two places); importing the same hub commit into the same repository again is recognised by it."""
+
+    __tablename__ = "provenance"
+    __table_args__ = (UniqueConstraint("revision_id", "hub", "source_repo", "source_commit", "subfolder"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    revision_id: Mapped[int] = mapped_column(ForeignKey("revisions.id"), index=True)
+    hub: Mapped[str] = mapped_column(String(16))                   # "hf" or "ms"
+    endpoint: Mapped[str] = mapped_column(String(300))             # the hub's URL as the client used it
+    source_repo: Mapped[str] = mapped_column(String(200))          # owner/name on the hub
+    requested_revision: Mapped[Optional[str]] = mapped_column(String(200))  # as asked (None: the default)
+    source_commit: Mapped[str] = mapped_column(String(128))        # what the hub answered
+    subfolder: Mapped[str] = mapped_column(String(300), default="")
+    imported_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -10,7 +10,7 @@ import os
 import subprocess
 import tempfile
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 from .. import constants
 
@@ -33,16 +33,23 @@ def swift_python() -> str:
     return python
 
 
-def run_jobs(jobs: Sequence[dict[str, Any]], *, timeout: float = 1800) -> list[dict[str, Any]]:
-    """Run `jobs` in one ms-swift process; one result dict per job (`ok`, and `error` when not)."""
+def run_jobs(jobs: Sequence[dict[str, Any]], *, timeout: float = 1800, env: Mapping[str, str] | None = None,
+             python: str | None = None) -> list[dict[str, Any]]:
+    """Run `jobs` in one ms-swift process; one result dict per job (`ok`, and `error` when not).
+
+    `env`: variables set last (e.g. MODELSCOPE_ENDPOINT with MODELSCOPE_OFFLINE="0" to load from a hub);
+    `python`: another interpreter that imports ms-swift (the classic ModelScope client's environment).
+    """
     with tempfile.TemporaryDirectory(prefix="swiftreg-swift-") as tmp:
         jobs_path, results_path = Path(tmp, "jobs.json"), Path(tmp, "results.json")
         jobs_path.write_text(json.dumps(list(jobs)))
+        env_extra = dict(env or {})
         env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", MODELSCOPE_OFFLINE="1",
                    PYTHONWARNINGS="ignore", OMP_NUM_THREADS="1",
                    # peft writes target_modules from a set: a fixed hash seed makes saves reproducible
                    PYTHONHASHSEED="0")
-        done = subprocess.run([swift_python(), str(SCRIPT), str(jobs_path), str(results_path)],
+        env.update(env_extra)
+        done = subprocess.run([python or swift_python(), str(SCRIPT), str(jobs_path), str(results_path)],
                               capture_output=True, text=True, env=env, timeout=timeout)
         if done.returncode != 0 or not results_path.exists():
             raise SwiftEnvironmentError(

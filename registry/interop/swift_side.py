@@ -125,11 +125,18 @@ def load(job) -> dict:
         if os.path.isfile(os.path.join(job["checkpoint"], d, "adapter_config.json")))
     outputs, kinds = {}, set()
     for name in names:
-        loaded = Swift.from_pretrained(_load_base(job), job["checkpoint"], adapter_name=[name])
+        # checkpoint: a folder, or a hub id downloaded by ms-swift itself (modelscope, `revision`)
+        loaded = Swift.from_pretrained(_load_base(job), job["checkpoint"], adapter_name=[name],
+                                       revision=job.get("revision"))
         kinds.add(type(loaded).__name__)
         outputs[name] = _forward(loaded.eval(), job["probe"])
     _save_outputs(job["outputs"], outputs)
-    return {"adapters": names, "kind": sorted(kinds)}
+    result = {"adapters": names, "kind": sorted(kinds)}
+    if job.get("report_modelscope"):
+        import modelscope
+
+        result["modelscope"] = modelscope.__version__
+    return result
 
 
 def main() -> int:

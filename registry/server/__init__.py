@@ -25,6 +25,13 @@ The /api/v1 protocol (errors are JSON `{"error": {"code", "message"}}` with the 
     DELETE /api/v1/repos/{ns}/{name}/refs/{ref}?force=                                              write(ns)
     POST   /api/v1/gc {"grace_seconds", "dry_run"}       gc result                                  admin
     GET    /api/v1/stats                                 {"bytes_received", "blobs_stored", ...}    admin
+    POST   /api/v1/jobs {"kind", "params", "idempotency_key"}  201 job (200: the key's existing job); 409
+                                                         job_conflict (key reused, other params)  write(target ns),
+                                                                                                  read(inputs' ns)
+    GET    /api/v1/jobs?status=&kind=&limit=             [job], newest first (scoped tokens: theirs) read
+    GET    /api/v1/jobs/{id}                             job: status, attempts, worker, result, log   read(job ns)
+    POST   /api/v1/jobs/{id}/cancel                      job; 409 job_state when already finished     write(job ns)
+    GET    /api/v1/repos/{ns}/{name}/refs/{ref}/validations?check=   [recorded check], newest first  read(ns)
 
 Authentication: `Authorization: Bearer <token>` (swiftreg token create). Reads need a read token
 unless the server runs with --anonymous-read.

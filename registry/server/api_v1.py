@@ -200,6 +200,7 @@ class RepoOut(BaseModel):
     main: int | None
     updated_at: str | None
     base_model: str | None
+    source: dict[str, Any] | None = None
 
 
 class RevisionSummary(BaseModel):
@@ -215,6 +216,7 @@ class RevisionSummary(BaseModel):
     author: str | None
     meta: dict[str, Any]
     base_model: str | None = None
+    provenance: list[dict[str, Any]] = Field(default_factory=list, description="hub imports it came from")
     parents: list[dict[str, Any]] = []
 
 
@@ -340,6 +342,33 @@ def _registry(request: Request) -> Registry:
     return request.app.state.registry
 
 
+def _scoped(caller: Caller) -> bool:
+    return caller is not None and caller.namespaces is not None
+
+
+def _visible(request: Request, caller: Caller, digest: str) -> bool:
+    """Whether the caller may treat a stored blob as its own (see Registry.blob_in_namespaces).
+
+    Tokens scoped to namespaces see only the blobs those namespaces hold or that they uploaded
+    themselves (the upload proved they have the bytes); everyone else sees the whole store.
+    """
+    if not _scoped(caller):
+        return True
+    assert caller is not None and caller.namespaces is not None
+    if digest in request.app.state.proven.get(caller.id, ()):
+        return True
+    return _registry(request).blob_in_namespaces(digest, caller.namespaces)
+
+
+def _prove(request: Request, caller: Caller, digest: str) -> None:
+    if _scoped(caller):
+        assert caller is not None
+        proven = request.app.state.proven.setdefault(caller.id, set())
+        if len(proven) > 100_000:
+            proven.clear()
+        proven.add(digest)
+
+
 def _repo(ns: str, name: str) -> str:
     return f"{check_name(ns, 'namespace')}/{check_name(name, 'name')}"
 
@@ -435,12 +464,14 @@ def show_ref(request: Request, ns: NS, name: NAME, ref: REF, _: Annotated[Caller
 @router.get("/blobs/{digest}", summary="A blob's bytes (Range supported)", response_class=FileResponse,
             responses={200: {"content": {"application/octet-stream": {}}, "description": "the blob"},
                        206: {"description": "the requested range"}, **_errors(400, 401, 403, 404, 416)})
-def get_blob(request: Request, digest: DIGEST, _: Annotated[Caller, Depends(_read_any)]) -> Response:
+def get_blob(request: Request, digest: DIGEST, caller: Annotated[Caller, Depends(_read_any)]) -> Response:
     store = _registry(request).store
     validate_digest(digest)
     try:
         path = store.path(digest)
         stat = os.stat(path) if path is not None else None
+        if not _visible(request, caller, digest):  # the same answer as absent: existence is not leaked
+            raise FileNotFoundError(digest)
     except (BlobNotFound, FileNotFoundError):
         raise HTTPError(404, "blob_not_found", f"blob {digest} is not in the store") from None
     if path is None:  # a remote store: no file to hand to the server (not built yet)
@@ -453,12 +484,15 @@ def get_blob(request: Request, digest: DIGEST, _: Annotated[Caller, Depends(_rea
 
 @router.post("/blobs/missing", summary="Which of these blobs the server lacks (present ones are kept from gc)",
              response_model=MissingOut, responses=_errors(400, 401, 403, 413, 422))
-def blobs_missing(request: Request, body: MissingIn, _: Annotated[Caller, Depends(_write_any)]) -> Response:
+def blobs_missing(request: Request, body: MissingIn, caller: Annotated[Caller, Depends(_write_any)]) -> Response:
     store = _registry(request).store
     absent = store.missing(body.digests)
     gone = set(absent)
     for digest in dict.fromkeys(body.digests):
         if digest in gone:
+            continue
+        if not _visible(request, caller, digest):  # stored for another namespace: prove it by uploading
+            absent.append(digest)
             continue
         try:
             store.touch(digest)  # a commit is about to rely on it: refresh it for gc's grace period
@@ -472,12 +506,12 @@ def blobs_missing(request: Request, body: MissingIn, _: Annotated[Caller, Depend
                                                "headers": {"Upload-Offset": {"schema": {"type": "integer"}},
                                                            "Upload-Complete": {"schema": {"type": "string"}}}},
                                          **_errors(400, 401, 403)})
-def upload_status(request: Request, digest: DIGEST, _: Annotated[Caller, Depends(_write_any)]) -> Response:
+def upload_status(request: Request, digest: DIGEST, caller: Annotated[Caller, Depends(_write_any)]) -> Response:
     store = _registry(request).store
     partial = _partial(request, digest)
     headers = {"Cache-Control": "no-store"}
     try:
-        if store.exists(digest):
+        if store.exists(digest) and _visible(request, caller, digest):
             return Response(status_code=200, headers={**headers, "Upload-Offset": str(store.size(digest)),
                                                       "Upload-Complete": "true"})
     except BlobNotFound:
@@ -494,7 +528,7 @@ def upload_status(request: Request, digest: DIGEST, _: Annotated[Caller, Depends
               openapi_extra={"requestBody": {"required": False, "content": {
                   "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}})
 async def upload_bytes(
-    request: Request, digest: DIGEST, _: Annotated[Caller, Depends(_write_any)],
+    request: Request, digest: DIGEST, caller: Annotated[Caller, Depends(_write_any)],
     upload_offset: Annotated[str, Header(alias="Upload-Offset", description="bytes the server holds (HEAD)",
                                          json_schema_extra={"pattern": "^[0-9]{1,20}$"})],
     upload_length: Annotated[str, Header(alias="Upload-Length", description="the blob's total size in bytes",
@@ -512,7 +546,7 @@ async def upload_bytes(
     declared = request.headers.get("content-length", "")
     if offset > length or (declared.isdigit() and offset + int(declared) > length):
         raise HTTPError(400, "too_many_bytes", "the body would run past Upload-Length")
-    if await run_in_threadpool(_stored, reg, digest):
+    if await run_in_threadpool(lambda: _stored(reg, digest) and _visible(request, caller, digest)):
         size = await run_in_threadpool(reg.store.size, digest)
         return JSONResponse({"digest": digest, "size": size}, status_code=201,
                             headers={"Upload-Offset": str(size), "Upload-Complete": "true"})
@@ -561,6 +595,7 @@ async def upload_bytes(
         finally:
             partial.unlink(missing_ok=True)
         stats["blobs_stored"] += 1
+        _prove(request, caller, digest)
         return JSONResponse({"digest": info.digest, "size": info.size}, status_code=201,
                             headers={"Upload-Offset": str(info.size), "Upload-Complete": "true"})
     finally:
@@ -592,6 +627,11 @@ def push_revision(request: Request, ns: NS, name: NAME, body: PushIn,
     if body.tag is not None:
         check_tag(body.tag)
     _check_manifest_shape(body.manifest)
+    if _scoped(caller):  # a namespace-scoped writer builds only on blobs it holds or has uploaded
+        unseen = [d for d in dict.fromkeys(f.sha256 for f in body.manifest.files) if not _visible(request, caller, d)]
+        if unseen:
+            raise E.BlobsMissingError(f"{len(unseen)} blob(s) of this manifest are not in the store for "
+                                      "this token's namespaces: upload them first", unseen)
     result = _registry(request).push_manifest(
         body.manifest.model_dump(), repo, kind=body.kind, tag=body.tag, force=body.force, message=body.message,
         author=caller.owner if caller is not None else None, base_model=body.base_model, parents=body.parents)
@@ -623,6 +663,29 @@ def delete_ref(request: Request, ns: NS, name: NAME, ref: REF, _: Annotated[Call
                force: bool = False) -> Response:
     _registry(request).remove_ref(_at(ns, name, ref), force=force)
     return Response(status_code=204)
+
+
+# ----- serving checks (registry/serving.py) ----------------------------------------------------------------
+
+class ServingCheckIn(BaseModel):
+    max_lora_rank: int = Field(16, ge=1, le=4096, description="the --max-lora-rank vLLM runs with")
+    base_model: str | None = Field(None, max_length=200, description="the registry base model vLLM serves, "
+                                   "ns/name[@ref], compared with the base the revision records")
+
+
+@router.post("/repos/{ns}/{name}/refs/{ref}/checks/vllm", summary="Check what vLLM can serve of a revision and "
+             "record the verdict (validation_runs)", responses=_errors(400, 401, 403, 404, 409, 413, 422))
+def post_vllm_check(request: Request, ns: NS, name: NAME, ref: REF, body: ServingCheckIn,
+                    _: Annotated[Caller, Depends(_write_ns)]) -> Response:
+    from ..ids import parse_id
+
+    served = None
+    if body.base_model:  # a registry id only, never a path on the server's disk
+        served = body.base_model
+        parse_id(served)
+    result = _registry(request).check_serving(_at(ns, name, ref), "vllm", max_lora_rank=body.max_lora_rank,
+                                              served_model=served)
+    return JSONResponse(result)
 
 
 # ----- operations --------------------------------------------------------------------------------------------

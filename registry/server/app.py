@@ -7,7 +7,6 @@ stack trace reaches a client).
 from __future__ import annotations
 
 import logging
-import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,6 +20,7 @@ import converters
 from .. import errors as E
 from ..service import Registry
 from ..store import errors as SE
+from .access_log import AccessLogMiddleware
 
 log = logging.getLogger("swiftreg.server")
 
@@ -39,6 +39,9 @@ ERROR_CODES: list[tuple[type[BaseException], int, str]] = [
     (E.IntegrityError, 500, "integrity_error"),
     (converters.RefusedError, 422, "refused"),
     (converters.FormatError, 422, "invalid_checkpoint"),
+    (E.JobConflictError, 409, "job_conflict"),
+    (E.JobStateError, 409, "job_state"),
+    (E.InvalidJobError, 400, "invalid_job"),
     (E.RegistryError, 400, "bad_request"),
 ]
 
@@ -74,6 +77,7 @@ def create_app(registry: Registry, settings: ServerSettings | None = None) -> Fa
     app.state.registry = registry
     app.state.settings = settings
     app.state.stats = {"bytes_received": 0, "blobs_stored": 0, "requests": 0}
+    app.state.proven = {}  # token id -> digests its uploads proved it holds (namespace-scoped tokens)
 
     @app.exception_handler(HTTPError)
     async def _http_error(_: Request, exc: HTTPError) -> JSONResponse:
@@ -102,16 +106,13 @@ def create_app(registry: Registry, settings: ServerSettings | None = None) -> Fa
         return error_response(500, "internal_error", "internal server error (logged on the server)")
 
     @app.middleware("http")
-    async def _access_log(request: Request, call_next):  # type: ignore[no-untyped-def]
-        started = time.perf_counter()
+    async def _limits(request: Request, call_next):  # type: ignore[no-untyped-def]
         app.state.stats["requests"] += 1
         if sum(len(k) + len(v) for k, v in request.scope["headers"]) > settings.max_header_bytes:
             response = error_response(431, "headers_too_large", "the request headers exceed "
                                       f"{settings.max_header_bytes} bytes", {"Connection": "close"})
         else:
             response = await call_next(request)
-        log.info("%s %s %s %d %.1fms", request.client.host if request.client else "-", request.method,
-                 request.url.path, response.status_code, (time.perf_counter() - started) * 1000)
         return response
 
     @app.get("/healthz", tags=["operations"])
@@ -122,4 +123,11 @@ def create_app(registry: Registry, settings: ServerSettings | None = None) -> Fa
 
     app.include_router(api_v1.router)
     app.include_router(hf.router)
+    from . import modelscope  # noqa: E402 - the ModelScope read API (MODELSCOPE.md)
+
+    app.include_router(modelscope.router)
+    from . import jobs  # noqa: E402 - jobs and validation history (registry/jobs/)
+
+    app.include_router(jobs.router)
+    app.add_middleware(AccessLogMiddleware)  # outermost: it sees every response, errors included
     return app

@@ -207,8 +207,13 @@ def _registry(request: Request) -> Registry:
     return request.app.state.registry
 
 
-def _served(registry: Registry, state: _State, info: RevisionInfo) -> Served:
-    """The served form of a revision: adapters as PEFT (Swift ones converted), base models as stored."""
+def _served(registry: Registry, state: _State, info: RevisionInfo, *, swift_fallback: bool = False) -> Served:
+    """The served form of a revision: adapters as PEFT (Swift ones converted), base models as stored.
+
+    `swift_fallback` (the ModelScope dialect, whose main client ms-swift loads both forms): a Swift
+    revision PEFT cannot express (Swift-only tuners, extra_states/) is served in its stored Swift form
+    instead of being refused.
+    """
     folder = None
     if info.kind == "adapter" and info.format != "peft":
         # Stopgap until the service offers the derived manifest (Registry.manifest(id, format)):
@@ -224,20 +229,25 @@ def _served(registry: Registry, state: _State, info: RevisionInfo) -> Served:
                 refused = f"{info.repo}@{info.number} cannot be served in PEFT format: {detail}"
                 with state.lock:
                     state.refused[key] = refused
-        if refused is not None:
+        if refused is not None and swift_fallback:
+            folder = None
+        elif refused is not None:
             raise HFError(422, None, refused)
-        assert folder is not None
+    if folder is not None:
         manifest, fmt = state.folder_manifest(folder), "peft"
     else:
-        manifest, fmt = Manifest.from_json(info.manifest), ("peft" if info.kind == "adapter" else info.format)
+        manifest, fmt = Manifest.from_json(info.manifest), info.format  # stored form: PEFT, Swift fallback, base
     served = Served(info.repo, info, fmt, manifest, manifest.digest.removeprefix("sha256:")[:40], folder)
     state.remember(served)
     return served
 
 
-def _repo_id(request: Request, namespace: str, name: str) -> str:
-    """Check the caller may read `namespace`, then that `namespace/name` is a repository id at all."""
-    _authorize(request, namespace)
+def _repo_id(request: Request, namespace: str, name: str, secret: str | None = None) -> str:
+    """Check the caller may read `namespace`, then that `namespace/name` is a repository id at all.
+
+    `secret`: a token found outside the Authorization header (ModelScope's session cookie).
+    """
+    _authorize(request, namespace, secret)
     repo = f"{namespace}/{name}"
     if ".." in repo or "@" in repo or "--" in repo:
         raise _repo_not_found(repo)
@@ -248,12 +258,12 @@ def _repo_id(request: Request, namespace: str, name: str) -> str:
     return repo
 
 
-def _authorize(request: Request, namespace: str) -> None:
+def _authorize(request: Request, namespace: str, secret: str | None = None) -> None:
     try:
-        require(request, "read", namespace)
+        require(request, "read", namespace, secret=secret)
     except HTTPError as exc:
         headers = {k: v for k, v in exc.headers.items() if k.lower() == "www-authenticate"}
-        if exc.status == 401 and bearer(request) is not None:
+        if exc.status == 401 and (bearer(request) or secret) is not None:
             raise HFError(401, None, INVALID_CREDENTIALS, headers) from None
         raise HFError(exc.status, "RepoNotFound", exc.message, headers) from None
 
@@ -270,11 +280,12 @@ def _revision_not_found(repo: str, rev: str, detail: str = "") -> HFError:
     return HFError(404, "RevisionNotFound", message)
 
 
-def _lookup(request: Request, namespace: str, name: str, rev: str) -> Served:
-    repo = _repo_id(request, namespace, name)
+def _lookup(request: Request, namespace: str, name: str, rev: str, *, swift_fallback: bool = False,
+            secret: str | None = None) -> Served:
+    repo = _repo_id(request, namespace, name, secret)
     registry, state = _registry(request), _state(request)
     if COMMIT.match(rev):
-        served = _by_commit(registry, state, repo, rev)
+        served = _by_commit(registry, state, repo, rev, swift_fallback=swift_fallback)
         if served is not None:
             return served
     try:
@@ -289,22 +300,23 @@ def _lookup(request: Request, namespace: str, name: str, rev: str) -> Served:
         raise _revision_not_found(repo, rev) from None
     except AmbiguousRefError as exc:
         raise _revision_not_found(repo, rev, str(exc)) from None
-    return _served(registry, state, info)
+    return _served(registry, state, info, swift_fallback=swift_fallback)
 
 
-def _by_commit(registry: Registry, state: _State, repo: str, commit: str) -> Served | None:
+def _by_commit(registry: Registry, state: _State, repo: str, commit: str, *,
+               swift_fallback: bool = False) -> Served | None:
     """The revision whose served form has commit id `commit`, if any."""
     with state.lock:
         number = state.commits.get((repo, commit))
     if number is not None:
         try:
-            served = _served(registry, state, registry.show(f"{repo}@{number}"))
+            served = _served(registry, state, registry.show(f"{repo}@{number}"), swift_fallback=swift_fallback)
             if served.commit == commit:
                 return served
         except (NotFoundError, HFError):
             pass
     try:
-        served = _served(registry, state, registry.show(f"{repo}@sha256:{commit}"))
+        served = _served(registry, state, registry.show(f"{repo}@sha256:{commit}"), swift_fallback=swift_fallback)
         if served.commit == commit:
             return served
     except (NotFoundError, AmbiguousRefError, HFError):
@@ -317,7 +329,7 @@ def _by_commit(registry: Registry, state: _State, repo: str, commit: str) -> Ser
         if info.kind != "adapter" or info.format == "peft":
             continue
         try:
-            served = _served(registry, state, info)
+            served = _served(registry, state, info, swift_fallback=swift_fallback)
         except HFError:  # refused conversion: it has no PEFT form, so no commit id
             continue
         if served.commit == commit:

@@ -1,0 +1,281 @@
+"""The job queue in the registry's database: submit, claim, heartbeat, finish, requeue, cancel.
+
+Every state change is one short transaction, so any number of `swiftreg worker` processes (and the
+Ray driver, and the server) can share one queue:
+
+    queued --claim--> running --finish--> succeeded | failed
+       ^                 |  \\--cancel--> cancelled  (the worker's finish is then ignored)
+       |                 | heartbeat stopped for `stale_after` seconds:
+       +-- requeue ------+   attempts < max_attempts -> queued again, else failed with the reason
+    queued --cancel--> cancelled
+
+Claims are safe under concurrency: on PostgreSQL `SELECT ... FOR UPDATE SKIP LOCKED` hands each
+queued row to one transaction; on SQLite the write transaction is `BEGIN IMMEDIATE` (one writer at a
+time) and the UPDATE is a compare-and-set on `status = 'queued'`. Finishing and heartbeating are
+compare-and-sets on (status = 'running', worker = me): a worker that lost its job (requeued after a
+stall, or cancelled) cannot overwrite what happened since.
+
+Times are stored in UTC. Submission takes an idempotency key: the same key again returns the first
+job instead of queueing a second one (a retried HTTP request does not run twice).
+"""
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from typing import Any, Iterable, Literal
+
+from sqlalchemy import Engine, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+
+from ..db import engine as db
+from ..db.models import JobRecord
+from ..errors import InvalidJobError, JobConflictError, JobNotFoundError, JobStateError
+
+Status = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+STATUSES: tuple[str, ...] = ("queued", "running", "succeeded", "failed", "cancelled")
+FINISHED: frozenset[str] = frozenset({"succeeded", "failed", "cancelled"})
+#: merge/unmerge/combine/validate do the product's work; `sleep` is a diagnostic kind (queue
+#: mechanics, worker health checks): it sleeps `seconds` and may append one line to a `record` file.
+KINDS: tuple[str, ...] = ("merge", "unmerge", "combine", "validate", "sleep")
+LOG_TAIL = 16_000  # characters of a job's log kept in the database
+
+DEFAULT_MAX_ATTEMPTS = 3
+DEFAULT_STALE_AFTER = 60.0  # seconds without a heartbeat before a running job is given back
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def _aware(value: datetime | None) -> datetime | None:
+    """SQLite hands datetimes back without their zone; ours are always UTC."""
+    if value is None or value.tzinfo is not None:
+        return value
+    return value.replace(tzinfo=timezone.utc)
+
+
+def default_worker_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+@dataclass(frozen=True)
+class JobInfo:
+    id: int
+    kind: str
+    params: dict[str, Any]
+    status: str
+    attempts: int
+    worker: str | None
+    heartbeat_at: datetime | None
+    result: dict[str, Any] | None
+    log: str | None
+    idempotency_key: str | None
+    namespace: str | None
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+
+    @property
+    def finished(self) -> bool:
+        return self.status in FINISHED
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dict(self.__dict__)
+        for key in ("heartbeat_at", "created_at", "started_at", "finished_at"):
+            d[key] = d[key].isoformat() if d[key] is not None else None
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "JobInfo":
+        """The inverse of to_dict (the remote client builds JobInfo from the server's JSON)."""
+        d = dict(d)
+        for key in ("heartbeat_at", "created_at", "started_at", "finished_at"):
+            d[key] = datetime.fromisoformat(d[key]) if d.get(key) else None
+        return cls(**{k: d.get(k) for k in cls.__dataclass_fields__})  # type: ignore[arg-type]
+
+
+def _info(row: JobRecord) -> JobInfo:
+    return JobInfo(id=row.id, kind=row.kind, params=dict(row.params or {}), status=row.status, attempts=row.attempts,
+                   worker=row.worker, heartbeat_at=_aware(row.heartbeat_at), result=row.result, log=row.log,
+                   idempotency_key=row.idempotency_key, namespace=row.namespace,
+                   created_at=_aware(row.created_at), started_at=_aware(row.started_at),  # type: ignore[arg-type]
+                   finished_at=_aware(row.finished_at))
+
+
+def _tail(text: str | None) -> str | None:
+    return text[-LOG_TAIL:] if text else text
+
+
+class JobQueue:
+    """The `jobs` table as a queue. `engine` must already have the schema (Registry._ready())."""
+
+    def __init__(self, engine: Engine, *, max_attempts: int = DEFAULT_MAX_ATTEMPTS,
+                 stale_after: float = DEFAULT_STALE_AFTER) -> None:
+        self.engine = engine
+        self.max_attempts = max_attempts
+        self.stale_after = stale_after
+        self._postgres = engine.dialect.name == "postgresql"
+
+    # ----- submitting and reading --------------------------------------------------------------------
+
+    def submit(self, kind: str, params: dict[str, Any], *, key: str | None = None,
+               namespace: str | None = None) -> tuple[JobInfo, bool]:
+        """Queue a job; (job, created). With `key`, a second submission returns the first job.
+
+        The same key with another kind or other parameters is refused: that is a different job, and
+        silently answering the old one would hide the mistake.
+        """
+        if kind not in KINDS:
+            raise InvalidJobError(f"unknown job kind {kind!r}; kinds: {', '.join(KINDS)}")
+        if not isinstance(params, dict):
+            raise InvalidJobError("job parameters must be a JSON object")
+        if key is not None and not (0 < len(key) <= 200):
+            raise InvalidJobError("an idempotency key must have 1 to 200 characters")
+        values = dict(kind=kind, params=params, status="queued", attempts=0, idempotency_key=key,
+                      namespace=namespace, created_at=utcnow())
+        with db.write_session(self.engine) as session:
+            if key is None:
+                row = JobRecord(**values)
+                session.add(row)
+                session.flush()
+                return _info(row), True
+            insert = (postgresql.insert if self._postgres else sqlite.insert)(JobRecord)
+            inserted = session.execute(insert.values(**values).on_conflict_do_nothing()
+                                       .returning(JobRecord.id)).scalar_one_or_none()
+            row = session.scalars(select(JobRecord).where(JobRecord.idempotency_key == key)).one()
+            if inserted is None and (row.kind != kind or row.params != params):
+                raise JobConflictError(f"idempotency key {key!r} was used for job {row.id} ({row.kind}) with other "
+                                       "parameters; use a new key for a new job")
+            return _info(row), inserted is not None
+
+    def get(self, job_id: int) -> JobInfo:
+        if not 0 < job_id < 2**31:  # the column is a 32-bit INTEGER: PostgreSQL refuses larger values
+            raise JobNotFoundError(f"no job {job_id} in this registry (swiftreg jobs ls lists them)")
+        with db.read_session(self.engine) as session:
+            row = session.get(JobRecord, job_id)
+            if row is None:
+                raise JobNotFoundError(f"no job {job_id} in this registry (swiftreg jobs ls lists them)")
+            return _info(row)
+
+    def list(self, *, status: str | None = None, kind: str | None = None, namespaces: Iterable[str] | None = None,
+             ids: Iterable[int] | None = None, limit: int = 100) -> list[JobInfo]:
+        """Jobs, newest first."""
+        if status is not None and status not in STATUSES:
+            raise InvalidJobError(f"unknown job status {status!r}; statuses: {', '.join(STATUSES)}")
+        query = select(JobRecord).order_by(JobRecord.id.desc())
+        if status is not None:
+            query = query.where(JobRecord.status == status)
+        if kind is not None:
+            query = query.where(JobRecord.kind == kind)
+        if namespaces is not None:
+            query = query.where(JobRecord.namespace.in_(list(namespaces)))
+        if ids is not None:
+            query = query.where(JobRecord.id.in_(list(ids)))
+        with db.read_session(self.engine) as session:
+            return [_info(r) for r in session.scalars(query.limit(limit)).all()]
+
+    # ----- working ------------------------------------------------------------------------------------
+
+    def claim(self, worker: str, *, kinds: Iterable[str] | None = None, ids: Iterable[int] | None = None) -> JobInfo | None:
+        """Take the oldest queued job (of `kinds`, among `ids`) for `worker`; None when there is none."""
+        query = select(JobRecord.id).where(JobRecord.status == "queued").order_by(JobRecord.id).limit(1)
+        if kinds is not None:
+            query = query.where(JobRecord.kind.in_(list(kinds)))
+        if ids is not None:
+            query = query.where(JobRecord.id.in_(list(ids)))
+        if self._postgres:
+            query = query.with_for_update(skip_locked=True)
+        now = utcnow()
+        with db.write_session(self.engine) as session:
+            job_id = session.execute(query).scalar_one_or_none()
+            if job_id is None:
+                return None
+            changed = session.execute(
+                update(JobRecord).where(JobRecord.id == job_id, JobRecord.status == "queued")
+                .values(status="running", worker=worker, attempts=JobRecord.attempts + 1, heartbeat_at=now,
+                        started_at=now, finished_at=None)).rowcount
+            if changed != 1:  # cannot happen under the locks above; never hand out a job twice
+                return None
+            return _info(session.get(JobRecord, job_id))
+
+    def heartbeat(self, job_id: int, worker: str) -> bool:
+        """Say the job is alive; False when it is no longer this worker's (cancelled or requeued)."""
+        with db.write_session(self.engine) as session:
+            return session.execute(
+                update(JobRecord).where(JobRecord.id == job_id, JobRecord.status == "running",
+                                        JobRecord.worker == worker).values(heartbeat_at=utcnow())).rowcount == 1
+
+    def finish(self, job_id: int, worker: str, *, succeeded: bool, result: dict[str, Any] | None,
+               log: str | None = None) -> bool:
+        """Record the outcome; False (and nothing written) when the job is no longer this worker's."""
+        with db.write_session(self.engine) as session:
+            row = session.get(JobRecord, job_id)
+            previous = (row.log + "\n") if row is not None and row.log else ""
+            return session.execute(
+                update(JobRecord).where(JobRecord.id == job_id, JobRecord.status == "running",
+                                        JobRecord.worker == worker)
+                .values(status="succeeded" if succeeded else "failed", result=result,
+                        log=_tail(previous + (log or "")), finished_at=utcnow(), heartbeat_at=utcnow())).rowcount == 1
+
+    def release(self, job_id: int, worker: str, reason: str) -> JobInfo | None:
+        """Give a job back now (its runner died under us): queued again, or failed when out of attempts."""
+        with db.write_session(self.engine) as session:
+            row = session.get(JobRecord, job_id)
+            if row is None or row.status != "running" or row.worker != worker:
+                return None
+            log = (row.log + "\n" if row.log else "") + reason
+            if row.attempts >= self.max_attempts:
+                values: dict[str, Any] = dict(status="failed", finished_at=utcnow(), log=_tail(log + "; no attempts left"),
+                                              result={"error": reason + "; no attempts left"})
+            else:
+                values = dict(status="queued", worker=None, heartbeat_at=None, log=_tail(log + "; requeued"))
+            session.execute(update(JobRecord).where(JobRecord.id == job_id, JobRecord.status == "running",
+                                                    JobRecord.worker == worker).values(**values))
+            session.flush()
+            session.refresh(row)
+            return _info(row)
+
+    def requeue_stale(self, *, stale_after: float | None = None) -> list[JobInfo]:
+        """Give back running jobs whose heartbeat stopped; fail those out of attempts. Returns them."""
+        cutoff = utcnow() - timedelta(seconds=self.stale_after if stale_after is None else stale_after)
+        changed = []
+        with db.write_session(self.engine) as session:
+            query = select(JobRecord).where(JobRecord.status == "running")
+            if self._postgres:
+                query = query.with_for_update(skip_locked=True)
+            for row in session.scalars(query).all():
+                beat = _aware(row.heartbeat_at)
+                if beat is not None and beat >= cutoff:
+                    continue
+                when = beat.isoformat(timespec="seconds") if beat else "never"
+                reason = (f"worker {row.worker} stopped heartbeating (last heartbeat {when}) during attempt "
+                          f"{row.attempts} of {self.max_attempts}")
+                log = (row.log + "\n" if row.log else "") + reason
+                if row.attempts >= self.max_attempts:
+                    values = dict(status="failed", finished_at=utcnow(), log=_tail(log + "; no attempts left"),
+                                  result={"error": reason + "; no attempts left", "stalled": True})
+                else:
+                    values = dict(status="queued", worker=None, heartbeat_at=None, log=_tail(log + "; requeued"))
+                session.execute(update(JobRecord).where(JobRecord.id == row.id, JobRecord.status == "running",
+                                                        JobRecord.worker == row.worker).values(**values))
+                session.flush()
+                changed.append(_info(session.get(JobRecord, row.id)))
+        return changed
+
+    def cancel(self, job_id: int) -> JobInfo:
+        """Cancel a queued or running job (a running job's worker sees it at its next heartbeat)."""
+        self.get(job_id)  # a clear "no job N" for any id, also one past the column's range
+        with db.write_session(self.engine) as session:
+            row = session.get(JobRecord, job_id)
+            if row is None:
+                raise JobNotFoundError(f"no job {job_id} in this registry (swiftreg jobs ls lists them)")
+            if row.status in FINISHED:
+                raise JobStateError(f"job {job_id} already {row.status}; only queued or running jobs can be cancelled")
+            session.execute(update(JobRecord).where(JobRecord.id == job_id, JobRecord.status == row.status)
+                            .values(status="cancelled", finished_at=utcnow(),
+                                    log=_tail((row.log + "\n" if row.log else "") + "cancelled")))
+            session.flush()
+            session.refresh(row)
+            return _info(row)

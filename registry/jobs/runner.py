@@ -1,0 +1,210 @@
+"""Run one job of any kind in this process and say how it went: (succeeded, result, log tail).
+
+Every backend (inline, `swiftreg worker`, a Ray task) ends here, so a job does the same work
+wherever it runs. merge / unmerge / combine go through registry/worker/ops.py (which checks every
+result on a real model before it pushes); validate through validation.py; `sleep` is a diagnostic.
+
+Parameters are checked at submission (`check_params`), not only when a worker gets to them, so a
+mistyped job is refused at once with the field at fault instead of failing hours later.
+"""
+from __future__ import annotations
+
+import io
+import logging
+import os
+import time
+import traceback
+import warnings
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any, Callable, Iterator
+
+from ..errors import InvalidJobError, RegistryError
+from ..ids import parse_id
+
+if TYPE_CHECKING:
+    from ..service import Registry
+    from .queue import JobInfo
+
+#: kind -> (required parameters, optional parameters)
+PARAMS: dict[str, tuple[frozenset[str], frozenset[str]]] = {
+    "merge": (frozenset({"adapter", "base", "push"}), frozenset({"tag", "dtype", "device", "precision", "safe"})),
+    "unmerge": (frozenset({"merged", "adapter", "push"}), frozenset({"tag", "device", "precision"})),
+    "combine": (frozenset({"refs", "weights", "method", "push"}),
+                frozenset({"tag", "semantics", "rank", "svd_clamp", "density", "majority_sign_method", "seed",
+                           "base", "device"})),
+    "validate": (frozenset({"revisions"}), frozenset({"run_id", "checks", "swift"})),
+    "sleep": (frozenset({"seconds"}), frozenset({"record", "fail"})),
+}
+#: kinds that do tensor work on a model: a Ray task for them asks for a GPU when the cluster has one
+GPU_KINDS = frozenset({"merge", "unmerge", "combine"})
+
+
+def check_params(kind: str, params: dict[str, Any]) -> None:
+    """Refuse parameters a kind does not take, or lacks, naming the field."""
+    if kind not in PARAMS:
+        raise InvalidJobError(f"unknown job kind {kind!r}; kinds: {', '.join(PARAMS)}")
+    required, optional = PARAMS[kind]
+    missing = sorted(required - set(params))
+    if missing:
+        raise InvalidJobError(f"a {kind} job needs the parameter(s) {', '.join(missing)}")
+    unknown = sorted(set(params) - required - optional)
+    if unknown:
+        raise InvalidJobError(f"a {kind} job does not take {', '.join(unknown)}; it takes "
+                              f"{', '.join(sorted(required | optional))}")
+    ids = {"merge": ["adapter", "base", "push"], "unmerge": ["merged", "adapter", "push"],
+           "combine": ["push"] + (["base"] if params.get("base") else [])}.get(kind, [])
+    for key in ids:
+        if not isinstance(params[key], str):
+            raise InvalidJobError(f"{kind} job: {key} must be a registry id (namespace/name[@ref])")
+        parse_id(params[key], allow_ref=key != "push")
+    if kind == "combine":
+        refs, weights = params["refs"], params["weights"]
+        if not (isinstance(refs, list) and all(isinstance(r, str) for r in refs) and len(refs) >= 2):
+            raise InvalidJobError("combine job: refs must be a list of at least two registry ids")
+        for ref in refs:
+            parse_id(ref)
+        if not (isinstance(weights, list) and len(weights) == len(refs)
+                and all(isinstance(w, (int, float)) and not isinstance(w, bool) for w in weights)):
+            raise InvalidJobError(f"combine job: weights must be {len(refs)} numbers, one per ref")
+    if kind == "validate":
+        revisions = params["revisions"]
+        if not (isinstance(revisions, list) and revisions and all(isinstance(r, str) for r in revisions)):
+            raise InvalidJobError("validate job: revisions must be a non-empty list of ids (namespace/name@N)")
+        for ref in revisions:
+            parse_id(ref)
+    if kind == "sleep":
+        seconds = params["seconds"]
+        if not isinstance(seconds, (int, float)) or isinstance(seconds, bool) or not 0 <= seconds <= 86400:
+            raise InvalidJobError("sleep job: seconds must be a number from 0 to 86400")
+
+
+def job_namespaces(kind: str, params: dict[str, Any]) -> tuple[str | None, list[str]]:
+    """(the namespace the job writes to, the namespaces it reads): what a token must allow."""
+    reads: list[str] = []
+    if kind == "merge":
+        reads = [params["adapter"], params["base"]]
+    elif kind == "unmerge":
+        reads = [params["merged"], params["adapter"]]
+    elif kind == "combine":
+        reads = list(params["refs"]) + ([params["base"]] if params.get("base") else [])
+    elif kind == "validate":
+        reads = list(params["revisions"])
+    read_ns = sorted({parse_id(r).namespace for r in reads})
+    if kind in ("merge", "unmerge", "combine"):
+        return parse_id(params["push"], allow_ref=False).namespace, read_ns
+    return (read_ns[0] if len(read_ns) == 1 else None), read_ns
+
+
+class _Capture(logging.Handler):
+    def __init__(self, buffer: io.StringIO) -> None:
+        super().__init__(logging.INFO)
+        self.buffer = buffer
+        self.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self.buffer.write(self.format(record) + "\n")
+        except Exception:  # noqa: BLE001 - a log line must never fail a job
+            pass
+
+
+@contextmanager
+def _captured() -> Iterator[io.StringIO]:
+    """Log records and warnings raised while the job runs, for the job's log tail."""
+    buffer = io.StringIO()
+    handler = _Capture(buffer)
+    root = logging.getLogger()
+    root.addHandler(handler)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("default")
+        try:
+            yield buffer
+        finally:
+            root.removeHandler(handler)
+            for w in caught:
+                buffer.write(f"warning: {w.category.__name__}: {w.message}\n")
+
+
+def _op_result(result: Any) -> tuple[bool, dict[str, Any], list[str]]:
+    out = {"operation": result.operation, "passed": result.passed,
+           "comparisons": [c.to_dict() for c in result.comparisons], "notes": list(result.notes),
+           "pushed": None}
+    if result.pushed is not None:
+        out["pushed"] = {"repo": result.pushed.repo, "number": result.pushed.number, "digest": result.pushed.digest}
+    lines = list(result.notes) + [f"{c.name}: max|diff| {c.max_abs:.3g} rel {c.rel_err:.3g} "
+                                  f"{'ok' if c.passed else 'FAILED'}" for c in result.comparisons]
+    if out["pushed"]:
+        lines.append(f"pushed {out['pushed']['repo']}@{out['pushed']['number']} {out['pushed']['digest']}")
+    return result.passed, out, lines
+
+
+def _merge(reg: "Registry", p: dict[str, Any], job: "JobInfo") -> tuple[bool, dict[str, Any], list[str]]:
+    from ..worker import ops
+
+    return _op_result(ops.merge(reg, p["adapter"], p["base"], push=p["push"], tag=p.get("tag"), dtype=p.get("dtype"),
+                                device=p.get("device", "auto"), precision=p.get("precision", "float32"),
+                                safe=bool(p.get("safe", False))))
+
+
+def _unmerge(reg: "Registry", p: dict[str, Any], job: "JobInfo") -> tuple[bool, dict[str, Any], list[str]]:
+    from ..worker import ops
+
+    return _op_result(ops.unmerge(reg, p["merged"], p["adapter"], push=p["push"], tag=p.get("tag"),
+                                  device=p.get("device", "auto"), precision=p.get("precision", "float32")))
+
+
+def _combine(reg: "Registry", p: dict[str, Any], job: "JobInfo") -> tuple[bool, dict[str, Any], list[str]]:
+    from ..worker import ops
+
+    extra = {k: p[k] for k in ("semantics", "rank", "svd_clamp", "density", "majority_sign_method", "seed")
+             if p.get(k) is not None}
+    return _op_result(ops.combine(reg, list(p["refs"]), [float(w) for w in p["weights"]], p["method"],
+                                  base_ref=p.get("base"), push=p["push"], tag=p.get("tag"),
+                                  device=p.get("device", "auto"), **extra))
+
+
+def _validate(reg: "Registry", p: dict[str, Any], job: "JobInfo") -> tuple[bool, dict[str, Any], list[str]]:
+    from .validation import validate_revisions
+
+    outcomes = validate_revisions(reg, list(p["revisions"]), run_id=p.get("run_id"), job_id=job.id,
+                                  checks=p.get("checks"), swift=p.get("swift"))
+    failed = [o for o in outcomes if not o.passed]
+    lines = [f"{o.revision}: {o.check} {'ok' if o.passed else 'FAILED: ' + o.reason}" for o in outcomes]
+    return not failed, {"checks": len(outcomes), "failed": len(failed),
+                        "failures": [o.to_dict() for o in failed]}, lines
+
+
+def _sleep(reg: "Registry", p: dict[str, Any], job: "JobInfo") -> tuple[bool, dict[str, Any], list[str]]:
+    """Diagnostic: sleep, optionally append `job_id attempt pid` to a file (tests count executions)."""
+    if p.get("record"):
+        with open(p["record"], "a") as f:
+            f.write(f"{job.id} {job.attempts} {os.getpid()} start\n")
+    time.sleep(float(p["seconds"]))
+    if p.get("record"):
+        with open(p["record"], "a") as f:
+            f.write(f"{job.id} {job.attempts} {os.getpid()} done\n")
+    if p.get("fail"):
+        raise RegistryError(f"sleep job {job.id} asked to fail: {p['fail']}")
+    return True, {"slept": float(p["seconds"]), "pid": os.getpid()}, [f"slept {p['seconds']} s"]
+
+
+RUNNERS: dict[str, Callable[["Registry", dict[str, Any], "JobInfo"], tuple[bool, dict[str, Any], list[str]]]] = {
+    "merge": _merge, "unmerge": _unmerge, "combine": _combine, "validate": _validate, "sleep": _sleep,
+}
+
+
+def run_job(reg: "Registry", job: "JobInfo") -> tuple[bool, dict[str, Any], str]:
+    """Run `job` here; never raises for a job's own failure (that is the job's result)."""
+    started = time.monotonic()
+    with _captured() as buffer:
+        try:
+            check_params(job.kind, job.params)
+            ok, result, lines = RUNNERS[job.kind](reg, job.params, job)
+        except RegistryError as exc:  # a refusal: its message already says what and what to do
+            ok, result, lines = False, {"error": str(exc), "type": type(exc).__name__}, [f"error: {exc}"]
+        except Exception as exc:  # noqa: BLE001 - a crash of the job, kept with its traceback
+            ok, result = False, {"error": f"{type(exc).__name__}: {exc}", "type": type(exc).__name__}
+            lines = [traceback.format_exc()]
+    result["seconds"] = round(time.monotonic() - started, 3)
+    log = buffer.getvalue() + "\n".join(lines)
+    return ok, result, log
