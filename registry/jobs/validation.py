@@ -377,7 +377,8 @@ def _swift_loads(revs: list[_Revision], python: str) -> None:
             if ours is None:  # no PEFT form (a Swift-only tuner), or peft_load failed and says so itself
                 notes.append(f"adapter {name}: loaded by ms-swift; no peft outputs to compare with")
                 continue
-            c = eq.compare(f"ms-swift vs peft ({name})", theirs[name], ours, "float32")
+            c = eq.compare(f"ms-swift vs peft ({name})", theirs[name], ours, "float32",
+                           logits=eq.is_causal_lm(rev.base))
             figures[name] = c.to_dict()
             if not c.passed:
                 problems.append(f"adapter {name}: ms-swift and peft disagree: relative error {c.rel_err:.3g} "

@@ -209,8 +209,9 @@ def _combine_checks(base_dir: Path, combined_dir: Path, source_dirs: list[Path],
         params["method"] == "svd" and params["semantics"] == "exact" and params["rank"] is not None
         and params["rank"] >= sum(max((m.r for m in t.modules.values()), default=0) for t in tensors))
     reference = eq.outputs_with_deltas(base_dir, intended, inputs, device=device)
+    logits = eq.is_causal_lm(base_dir)
     checks = [eq.compare("combined vs base + intended delta (float64)", ours, reference, "float32",
-                         informational=not (lossless and params["semantics"] == "exact"))]
+                         informational=not (lossless and params["semantics"] == "exact"), logits=logits)]
     if params["semantics"] == "peft":
         # PEFT draws DARE masks from the global RNG, interleaved with its own layer creation: from
         # outside they cannot be matched mask for mask (tests/test_worker_combine.py proves equality
@@ -218,7 +219,7 @@ def _combine_checks(base_dir: Path, combined_dir: Path, source_dirs: list[Path],
         random_masks = params["method"].startswith("dare")
         checks.append(eq.compare("combined vs peft add_weighted_adapter", ours,
                                  _peft_weighted_outputs(base_dir, source_dirs, weights, params, inputs, device),
-                                 "float32", informational=random_masks))
+                                 "float32", informational=random_masks, logits=logits))
     return checks
 
 
