@@ -700,11 +700,19 @@ def import_(source: str, repo_id: str, tag: str | None, base_model: str | None, 
 
     Downloaded with the hub's own client (HF_ENDPOINT, HF_TOKEN, MODELSCOPE_ENDPOINT, MODELSCOPE_API_TOKEN
     apply), validated like push; pickles are left out. Importing the same hub commit again is a no-op.
+    Against a server (SWIFTREG_URL) the import runs there as a job, downloaded by its workers.
     """
+    from . import constants
+
     registry = _registry()
+    remote: dict[str, object] = {}
+    if constants.url():  # the server's workers import: say which job, then wait for it
+        remote["on_queued"] = lambda job: click.echo(
+            f"queued as import job {job.id} on {constants.url()}: a `swiftreg worker` beside that server "
+            "runs it; waiting (Ctrl-C stops waiting, not the job)", err=True)
     with _progress(0, "import") as bar:
         result = registry.import_from(source, repo_id, tag=tag, base_model=base_model, subfolder=subfolder,
-                                      message=message, progress=bar.update)
+                                      message=message, progress=bar.update, **remote)
     if as_json:
         _echo_json({"created": result.created, "already_imported": result.already_imported,
                     "commit": result.commit, "files": result.files, "notices": result.notices,

@@ -16,6 +16,7 @@ import click
 
 from . import cli as _cli
 from .errors import RegistryError
+from .jobs.kinds import KINDS
 
 _format_errors = _cli._format_errors
 
@@ -42,6 +43,7 @@ def _job_line(job: Any) -> str:
             "combine": lambda p: f"{'+'.join(p.get('refs', []))} -> {p.get('push')}",
             "validate": lambda p: f"{len(p.get('revisions', []))} revisions" + (f" (run {p['run_id']})"
                                                                                  if p.get("run_id") else ""),
+            "import": lambda p: f"{p.get('source')} -> {p.get('id')}",
             "sleep": lambda p: f"{p.get('seconds')} s"}.get(job.kind, lambda p: "")(job.params)
     return (f"{job.id:>6}  {job.kind:<8} {job.status:<9} {job.attempts:>2}  {_when(job.created_at)}  "
             f"{(job.worker or '-'):<24} {what}").rstrip()
@@ -79,7 +81,7 @@ def register(main: click.Group) -> None:
 @click.option("--backend", type=click.Choice(["local", "ray"]), default="local", show_default=True,
               help="local: run jobs in this process; ray: dispatch them as Ray tasks.")
 @click.option("--ray-address", metavar="ADDR", help="The Ray cluster (auto, ray://host:10001); default: a local Ray.")
-@click.option("--kind", "kinds", multiple=True, type=click.Choice(["merge", "unmerge", "combine", "validate", "sleep"]),
+@click.option("--kind", "kinds", multiple=True, type=click.Choice(KINDS),
               help="Only claim jobs of this kind (repeatable). Default: all.")
 @click.option("--worker-id", help="How this worker is named in the jobs table (default: host:pid).")
 @click.option("--heartbeat", type=click.FloatRange(min=0.05), default=10.0, show_default=True,
@@ -131,7 +133,7 @@ def jobs() -> None:
 
 
 @jobs.command(name="submit")
-@click.argument("kind", type=click.Choice(["merge", "unmerge", "combine", "validate", "sleep"]))
+@click.argument("kind", type=click.Choice(KINDS))
 @click.option("--param", "pairs", multiple=True, metavar="KEY=VALUE",
               help="A parameter (repeatable); VALUE is parsed as JSON when it is JSON (numbers, lists).")
 @click.option("--params", "params_json", metavar="JSON", help="All parameters as one JSON object.")
@@ -169,7 +171,7 @@ def jobs_submit(kind: str, pairs: tuple[str, ...], params_json: str | None, key:
 
 @jobs.command(name="ls")
 @click.option("--status", type=click.Choice(["queued", "running", "succeeded", "failed", "cancelled"]))
-@click.option("--kind", type=click.Choice(["merge", "unmerge", "combine", "validate", "sleep"]))
+@click.option("--kind", type=click.Choice(KINDS))
 @click.option("--limit", type=click.IntRange(min=1, max=10000), default=50, show_default=True)
 @click.option("--json", "as_json", is_flag=True)
 @_format_errors

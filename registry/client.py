@@ -52,9 +52,10 @@ import shutil
 import tempfile
 import threading
 import time
+import uuid
 from datetime import datetime
 from pathlib import Path
-from typing import Any, BinaryIO, Iterable, Iterator, Mapping
+from typing import Any, BinaryIO, Callable, Iterable, Iterator, Mapping
 from urllib.parse import quote
 
 import httpx
@@ -67,8 +68,8 @@ from converters.validation import validate_checkpoint
 
 from . import constants
 from .errors import (
-    AmbiguousRefError, BlobsMissingError, IntegrityError, InvalidCheckpointError, InvalidIdError, NotFoundError,
-    RefExistsError, RegistryError, UnsafePathError,
+    AmbiguousRefError, BlobsMissingError, HubError, HubNoAdapterError, HubNotFoundError, IntegrityError,
+    InvalidCheckpointError, InvalidIdError, JobError, NotFoundError, RefExistsError, RegistryError, UnsafePathError,
 )
 from .ids import DEFAULT_REF, RepoId, check_tag, parse_id
 from .manifest import Manifest, build_manifest, collect_files
@@ -505,11 +506,45 @@ class RemoteRegistry:
 
     # ----- push --------------------------------------------------------------------------------------------
 
-    def import_from(self, source: str, repo_id: str, **options: Any) -> Any:
-        """Hub imports run where the registry's files are: not over HTTP until the server runs jobs."""
-        raise RegistryError(f"importing {source} into a remote registry is not supported yet (the server will run "
-                            "imports as jobs): run `swiftreg import` on the server's machine, or import into a "
-                            "local registry and `swiftreg push` from there")
+    def import_from(self, source: str, repo_id: str, *, tag: str | None = None, base_model: str | None = None,
+                    subfolder: str | None = None, message: str | None = None, progress: Progress | None = None,
+                    wait: float | None = 3600.0, poll: float = 1.0,
+                    on_queued: Callable[[Any], None] | None = None) -> Any:
+        """Import on the server's side: an `import` job its workers run, downloading from the hub there
+        (the server's HF_ENDPOINT / MODELSCOPE_ENDPOINT apply, and no adapter bytes cross this client).
+
+        Waits up to `wait` seconds for the job (None: for ever); `on_queued` hears the queued job
+        first. Returns the same ImportResult as a local import; a failed import raises the job's error.
+        """
+        from .hubs import ImportResult, parse_source
+
+        params: dict[str, Any] = {"source": source, "id": repo_id}
+        for key, value in (("tag", tag), ("base_model", base_model), ("subfolder", subfolder), ("message", message)):
+            if value is not None:
+                params[key] = value
+        src = parse_source(source)
+        job = self.submit_job("import", params, key=f"import:{uuid.uuid4().hex}")
+        if on_queued is not None:
+            on_queued(job)
+        deadline = None if wait is None else time.monotonic() + wait
+        while not job.finished:
+            if deadline is not None and time.monotonic() > deadline:
+                raise JobError(f"import job {job.id} on {self.url} is still {job.status} after {wait:.0f} s: is a "
+                               f"`swiftreg worker` running beside that server? (`swiftreg jobs show {job.id}` "
+                               "follows it; it stays queued)")
+            time.sleep(poll)
+            job = self.job(job.id)
+        result = job.result or {}
+        if job.status != "succeeded":
+            error = result.get("error") or f"the import job ended {job.status}"
+            # the hub refusals keep their class (a HubNotFoundError is still a NotFoundError here)
+            cls = {c.__name__: c for c in (HubError, HubNotFoundError, HubNoAdapterError, InvalidCheckpointError,
+                                            InvalidIdError, NotFoundError)}.get(result.get("type", ""), JobError)
+            raise cls(f"{error} (import job {job.id} on {self.url})")
+        revision = self.show(f"{result['revision']['repo']}@{result['revision']['number']}")
+        return ImportResult(revision, bool(result.get("created")), bool(result.get("already_imported")), src,
+                            str(result.get("commit", "")), list(result.get("files", [])),
+                            list(result.get("notices", [])))
 
     def push(self, path: Path | str, repo_id: str, *, tag: str | None = None, force: bool = False,
              message: str | None = None, author: str | None = None, base_model: str | None = None,

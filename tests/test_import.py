@@ -172,8 +172,38 @@ def test_import_from_both_hubs_bit_identical_with_provenance_and_no_op_again(
         remote = RemoteRegistry(local.url, local.read_token, home=tmp_path / "remote-cache")
         assert remote.show("local/lora@1").provenance[0]["commit"] == commit
         assert remote.list()[0].source["hub"] == "hf"
-        with pytest.raises(Exception, match="not supported yet"):
-            remote.import_from("hf://team/peft-lora@v1", "local/other")
+
+        # Over HTTP an import is a job: a `swiftreg worker` beside the server downloads from the hub
+        # (with the hub variables of the worker's environment); the client only waits.
+        from registry.client import AccessDeniedError
+
+        with pytest.raises(AccessDeniedError):
+            remote.import_from("hf://team/peft-lora@v1", "local/other", wait=5)  # a read token may not
+        worker = subprocess.Popen([sys.executable, "-m", "registry.cli", "worker", "--poll", "0.1"], env=env,
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        try:
+            client = {k: v for k, v in env.items() if not k.startswith(("HF_", "MODELSCOPE"))}
+            client.update(SWIFTREG_URL=local.url, SWIFTREG_TOKEN=local.write_token,
+                          SWIFTREG_HOME=str(tmp_path / "client"), HF_ENDPOINT="http://127.0.0.1:9")  # never asked
+            over_http = swiftreg(client, "import", "ms://team/peft-lora@v1", "local/other", "--tag", "v1", "--json")
+            assert over_http.returncode == 0, over_http.stderr[-3000:]
+            assert "queued as import job" in over_http.stderr
+            job_import = json.loads(over_http.stdout)
+            assert job_import["created"] and job_import["commit"] == commit
+            assert job_import["revision"]["repo"] == "local/other" and job_import["revision"]["tags"] == ["v1"]
+            assert job_import["revision"]["provenance"][0]["hub"] == "ms"
+            writer = RemoteRegistry(local.url, local.write_token, home=tmp_path / "writer-cache")
+            again = writer.import_from("ms://team/peft-lora@v1", "local/other", poll=0.1)
+            assert again.already_imported and again.revision.number == 1 and again.commit == commit
+            assert _files(writer.resolve("local/other@v1")) == _files(hub["peft"])
+            from registry.errors import HubError
+
+            with pytest.raises(HubError, match="team/nope"):
+                writer.import_from("hf://team/nope@v1", "local/none", poll=0.1)
+            assert [r.repo for r in writer.list()] == ["local/lora", "local/other"]
+        finally:
+            worker.terminate()
+            worker.wait(timeout=60)
 
 
 def test_import_swift_repo_subfolder_default_branch_and_python_api(hub: dict, tmp_path: Path) -> None:

@@ -7,9 +7,25 @@
     validation.py   the checks of one revision, recorded in `validation_runs`
     report.py       what a `validate-all` found: table, JSON, JUnit XML, regressions
     api.py          the operations the service exposes (submit, run, validate_all)
+    kinds.py        the job kinds (imports nothing: the CLI reads them without loading the database layer)
+
+The queue's names are loaded on first use, so importing registry.jobs.kinds stays free.
 """
 from __future__ import annotations
 
-from .queue import FINISHED, KINDS, STATUSES, JobInfo, JobQueue
+from typing import TYPE_CHECKING, Any
+
+from .kinds import KINDS
+
+if TYPE_CHECKING:
+    from .queue import FINISHED, STATUSES, JobInfo, JobQueue
 
 __all__ = ["FINISHED", "KINDS", "STATUSES", "JobInfo", "JobQueue"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in ("FINISHED", "STATUSES", "JobInfo", "JobQueue"):
+        from . import queue
+
+        return getattr(queue, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

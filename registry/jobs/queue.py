@@ -32,13 +32,11 @@ from sqlalchemy.dialects import postgresql, sqlite
 from ..db import engine as db
 from ..db.models import JobRecord
 from ..errors import InvalidJobError, JobConflictError, JobNotFoundError, JobStateError
+from .kinds import KINDS
 
 Status = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 STATUSES: tuple[str, ...] = ("queued", "running", "succeeded", "failed", "cancelled")
 FINISHED: frozenset[str] = frozenset({"succeeded", "failed", "cancelled"})
-#: merge/unmerge/combine/validate do the product's work; `sleep` is a diagnostic kind (queue
-#: mechanics, worker health checks): it sleeps `seconds` and may append one line to a `record` file.
-KINDS: tuple[str, ...] = ("merge", "unmerge", "combine", "validate", "sleep")
 LOG_TAIL = 16_000  # characters of a job's log kept in the database
 
 DEFAULT_MAX_ATTEMPTS = 3

@@ -2,7 +2,9 @@
 
 Every backend (inline, `swiftreg worker`, a Ray task) ends here, so a job does the same work
 wherever it runs. merge / unmerge / combine go through registry/worker/ops.py (which checks every
-result on a real model before it pushes); validate through validation.py; `sleep` is a diagnostic.
+result on a real model before it pushes); validate through validation.py; import through
+registry/hubs/ (the server's way to import: its workers download from the hub, not the client);
+`sleep` is a diagnostic.
 
 Parameters are checked at submission (`check_params`), not only when a worker gets to them, so a
 mistyped job is refused at once with the field at fault instead of failing hours later.
@@ -20,6 +22,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from ..errors import InvalidJobError, RegistryError
 from ..ids import parse_id
+from .kinds import KINDS
 
 if TYPE_CHECKING:
     from ..service import Registry
@@ -33,8 +36,10 @@ PARAMS: dict[str, tuple[frozenset[str], frozenset[str]]] = {
                 frozenset({"tag", "semantics", "rank", "svd_clamp", "density", "majority_sign_method", "seed",
                            "base", "device"})),
     "validate": (frozenset({"revisions"}), frozenset({"run_id", "checks", "swift"})),
+    "import": (frozenset({"source", "id"}), frozenset({"tag", "base_model", "subfolder", "message"})),
     "sleep": (frozenset({"seconds"}), frozenset({"record", "fail"})),
 }
+assert tuple(PARAMS) == KINDS, "registry/jobs/kinds.py and PARAMS name the same kinds"
 #: kinds that do tensor work on a model: a Ray task for them asks for a GPU when the cluster has one
 GPU_KINDS = frozenset({"merge", "unmerge", "combine"})
 
@@ -52,11 +57,12 @@ def check_params(kind: str, params: dict[str, Any]) -> None:
         raise InvalidJobError(f"a {kind} job does not take {', '.join(unknown)}; it takes "
                               f"{', '.join(sorted(required | optional))}")
     ids = {"merge": ["adapter", "base", "push"], "unmerge": ["merged", "adapter", "push"],
-           "combine": ["push"] + (["base"] if params.get("base") else [])}.get(kind, [])
+           "combine": ["push"] + (["base"] if params.get("base") else []),
+           "import": ["id"] + (["base_model"] if params.get("base_model") is not None else [])}.get(kind, [])
     for key in ids:
         if not isinstance(params[key], str):
             raise InvalidJobError(f"{kind} job: {key} must be a registry id (namespace/name[@ref])")
-        parse_id(params[key], allow_ref=key != "push")
+        parse_id(params[key], allow_ref=key not in ("push", "id"))
     if kind == "combine":
         refs, weights = params["refs"], params["weights"]
         if not (isinstance(refs, list) and all(isinstance(r, str) for r in refs) and len(refs) >= 2):
@@ -72,10 +78,29 @@ def check_params(kind: str, params: dict[str, Any]) -> None:
             raise InvalidJobError("validate job: revisions must be a non-empty list of ids (namespace/name@N)")
         for ref in revisions:
             parse_id(ref)
+    if kind == "import":
+        _check_import(params)
     if kind == "sleep":
         seconds = params["seconds"]
         if not isinstance(seconds, (int, float)) or isinstance(seconds, bool) or not 0 <= seconds <= 86400:
             raise InvalidJobError("sleep job: seconds must be a number from 0 to 86400")
+
+
+def _check_import(params: dict[str, Any]) -> None:
+    from ..hubs import parse_source
+    from ..ids import check_tag
+    from ..manifest import check_relpath
+
+    if not isinstance(params["source"], str):
+        raise InvalidJobError("import job: source must be hf://owner/name[@revision] or ms://owner/name[@revision]")
+    parse_source(params["source"])
+    for key in ("tag", "subfolder", "message"):
+        if params.get(key) is not None and not isinstance(params[key], str):
+            raise InvalidJobError(f"import job: {key} must be a string")
+    if params.get("tag") is not None:
+        check_tag(params["tag"])
+    if (params.get("subfolder") or "").strip("/"):
+        check_relpath(params["subfolder"].strip("/"))
 
 
 def job_namespaces(kind: str, params: dict[str, Any]) -> tuple[str | None, list[str]]:
@@ -89,9 +114,13 @@ def job_namespaces(kind: str, params: dict[str, Any]) -> tuple[str | None, list[
         reads = list(params["refs"]) + ([params["base"]] if params.get("base") else [])
     elif kind == "validate":
         reads = list(params["revisions"])
+    elif kind == "import":
+        reads = [params["base_model"]] if params.get("base_model") is not None else []
     read_ns = sorted({parse_id(r).namespace for r in reads})
     if kind in ("merge", "unmerge", "combine"):
         return parse_id(params["push"], allow_ref=False).namespace, read_ns
+    if kind == "import":
+        return parse_id(params["id"], allow_ref=False).namespace, read_ns
     return (read_ns[0] if len(read_ns) == 1 else None), read_ns
 
 
@@ -174,6 +203,16 @@ def _validate(reg: "Registry", p: dict[str, Any], job: "JobInfo") -> tuple[bool,
                         "failures": [o.to_dict() for o in failed]}, lines
 
 
+def _import(reg: "Registry", p: dict[str, Any], job: "JobInfo") -> tuple[bool, dict[str, Any], list[str]]:
+    result = reg.import_from(p["source"], p["id"], tag=p.get("tag"), base_model=p.get("base_model"),
+                             subfolder=p.get("subfolder"), message=p.get("message"))
+    rev = result.revision
+    out = {"created": result.created, "already_imported": result.already_imported, "commit": result.commit,
+           "files": list(result.files), "notices": list(result.notices), "revision": rev.to_dict()}
+    verb = "already imported as" if result.already_imported else "imported as" if result.created else "same files as"
+    return True, out, list(result.notices) + [f"{result.source}: {verb} {rev.repo}@{rev.number} {rev.digest}"]
+
+
 def _sleep(reg: "Registry", p: dict[str, Any], job: "JobInfo") -> tuple[bool, dict[str, Any], list[str]]:
     """Diagnostic: sleep, optionally append `job_id attempt pid` to a file (tests count executions)."""
     if p.get("record"):
@@ -189,7 +228,8 @@ def _sleep(reg: "Registry", p: dict[str, Any], job: "JobInfo") -> tuple[bool, di
 
 
 RUNNERS: dict[str, Callable[["Registry", dict[str, Any], "JobInfo"], tuple[bool, dict[str, Any], list[str]]]] = {
-    "merge": _merge, "unmerge": _unmerge, "combine": _combine, "validate": _validate, "sleep": _sleep,
+    "merge": _merge, "unmerge": _unmerge, "combine": _combine, "validate": _validate, "import": _import,
+    "sleep": _sleep,
 }
 
 

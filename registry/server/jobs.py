@@ -7,7 +7,8 @@
     GET  /api/v1/repos/{ns}/{name}/refs/{ref}/validations    the revision's recorded checks, newest first
 
 Submitting needs a write token for the namespace the job writes to (merge/unmerge/combine: the push
-target; validate: the revisions' namespaces, since it records results there) and read access to
+target; import: the repository it imports into; validate: the revisions' namespaces, since it
+records results there) and read access to
 every namespace it reads. The server only records jobs: `swiftreg worker` processes (or a Ray
 driver) next to the database run them. The diagnostic `sleep` kind's `record` file is refused here:
 a client never names a path on the server.
@@ -22,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from .. import tokens
 from ..jobs.api import queue_of
+from ..jobs.kinds import KINDS
 from ..jobs.runner import check_params, job_namespaces
 from .api_v1 import NAME, NS, REF, ErrorOut, _at, _read_ns, _V1Route, _registry
 from .app import HTTPError
@@ -29,7 +31,7 @@ from .auth import require
 
 router = APIRouter(prefix="/api/v1", tags=["jobs"], route_class=_V1Route)
 Caller = tokens.TokenInfo | None
-KIND = Literal["merge", "unmerge", "combine", "validate", "sleep"]
+KIND = Literal[KINDS]  # type: ignore[valid-type] - the one list, in registry/jobs/kinds.py
 STATUS = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 JOB_ID = Annotated[int, PathParam(ge=1, le=2**31 - 1, description="the job's id")]  # an INTEGER column
 

@@ -1,0 +1,9 @@
+"""The job kinds, in one place: the queue, the runner, the CLI and the server all take them from here.
+
+merge / unmerge / combine / validate / import do the product's work; `sleep` is a diagnostic kind
+(queue mechanics, worker health checks): it sleeps `seconds` and may append one line to a `record`
+file. This module imports nothing, so the CLI can offer the kinds without loading the database layer.
+"""
+from __future__ import annotations
+
+KINDS: tuple[str, ...] = ("merge", "unmerge", "combine", "validate", "import", "sleep")
