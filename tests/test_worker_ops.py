@@ -81,6 +81,8 @@ def test_combine_cat_is_exact_and_pushed_with_lineage(world) -> None:
     assert not check.informational and check.rel_err < 1e-5
     info = reg.show("team/mix")
     assert [p.get("repo") for p in info.parents if p["role"].startswith("source")] == ["team/sql", "team/chat"]
+    assert info.base_model == f"meta/tiny@{reg.show('meta/tiny@v1').number}"  # checked on it: linked to it
+    assert [p["repo"] for p in info.parents if p["role"] == "base"] == ["meta/tiny"]
     config = json.loads((reg.resolve("team/mix") / "adapter_config.json").read_text())
     assert config["r"] == config["lora_alpha"] and not config.get("use_rslora")
 

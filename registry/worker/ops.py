@@ -71,7 +71,8 @@ def source(reg: Registry, ref: str, role: str, fmt: str | None, scratch: Path) -
 
 
 def _finish(reg: Registry, result: OpResult, built: Path, *, kind: str, push: str | None, output: Path | None,
-            lineage: list[dict[str, Any]], message: str, tag: str | None = None) -> OpResult:
+            lineage: list[dict[str, Any]], message: str, tag: str | None = None,
+            base_model: str | None = None) -> OpResult:
     lineage = lineage + [{"role": "operation", "op": result.operation, **result.figures,
                           "versions": library_versions(),
                           "equivalence": [c.to_dict() for c in result.comparisons]}]
@@ -80,7 +81,7 @@ def _finish(reg: Registry, result: OpResult, built: Path, *, kind: str, push: st
         return result
     if push:
         pushed = (reg.push_base(built, push, tag=tag, message=message, parents=lineage) if kind == "base"
-                  else reg.push(built, push, tag=tag, message=message, parents=lineage))
+                  else reg.push(built, push, tag=tag, message=message, parents=lineage, base_model=base_model))
         result.pushed = pushed.revision
     if output is not None:
         output = Path(output).absolute()
@@ -181,15 +182,20 @@ def combine(reg: Registry, refs: list[str], weights: list[float], method: str, *
         built = scratch / "combined"
         save_adapter(combined.adapter, built)
         result = OpResult("combine", [], notes=list(combined.notes), figures={"params": params})
+        lineage = [s.record for s in sources]
+        base_model = None
         if base_ref is not None:
             base = source(reg, base_ref, "base", None, scratch)
             result.comparisons.extend(_combine_checks(base.folder, built, [s.folder for s in sources], tensors,
                                                       weights, params, pick_device(device)))
+            lineage.append(base.record)
+            if "repo" in base.record:  # a registered base: the pushed adapter records it, pinned to that revision
+                base_model = f"{base.record['repo']}@{base.record['number']}"
         else:
             result.notes.append("no --base given: the combined adapter was not run on a model")
-        lineage = [s.record for s in sources]
         return _finish(reg, result, built, kind="adapter", push=push, output=output, lineage=lineage, tag=tag,
-                       message=f"{method} ({semantics}) of {', '.join(refs)} with weights {weights}")
+                       message=f"{method} ({semantics}) of {', '.join(refs)} with weights {weights}",
+                       base_model=base_model)
 
 
 def _combine_checks(base_dir: Path, combined_dir: Path, source_dirs: list[Path], tensors: list[AdapterTensors],
