@@ -33,8 +33,9 @@ Every call has timeouts; idempotent ones (GET, HEAD, PUT, DELETE, and the read-o
 blobs/missing) are retried with exponential backoff on connection errors and 5xx answers; an upload
 is resumed from the server's offset instead, a download from the `.part` file's length.
 
-Errors are the local ones (NotFoundError, RefExistsError, InvalidCheckpointError, ...) rebuilt from
-the server's JSON error code and message, plus:
+The HTTP itself (client, retries, error mapping) is registry/transport.py; blob downloads
+(.part files, Range, verification) registry/downloads.py. Errors are the local ones (NotFoundError,
+RefExistsError, InvalidCheckpointError, ...) rebuilt from the server's JSON error code and message, plus:
 
     RegistryError
     └── RemoteError                 a refusal local mode has no class for (.status, .code)
@@ -45,12 +46,9 @@ from __future__ import annotations
 
 import json
 import os
-import queue
-import random
 import re
 import shutil
 import tempfile
-import threading
 import time
 import uuid
 from datetime import datetime
@@ -59,8 +57,6 @@ from typing import Any, BinaryIO, Callable, Iterable, Iterator, Mapping
 from urllib.parse import quote
 
 import httpx
-import urllib3
-from filelock import FileLock
 
 import converters
 from converters.layout import Checkpoint
@@ -68,216 +64,27 @@ from converters.validation import validate_checkpoint
 
 from . import constants
 from .errors import (
-    AmbiguousRefError, BlobsMissingError, HubError, HubNoAdapterError, HubNotFoundError, IntegrityError,
-    InvalidCheckpointError, InvalidIdError, JobError, NotFoundError, RefExistsError, RegistryError, UnsafePathError,
+    BlobsMissingError, HubError, HubNoAdapterError, HubNotFoundError, IntegrityError, InvalidCheckpointError,
+    InvalidIdError, JobError, NotFoundError, RefExistsError, RegistryError,
 )
 from .ids import DEFAULT_REF, RepoId, check_tag, parse_id
 from .manifest import Manifest, build_manifest, collect_files
 from .service import GcResult, Kind, Progress, PushResult, RepoInfo, RevisionInfo, _base_meta
 from .snapshots import SnapshotCache, copy_snapshot
-from .store.base import fsync_dir
-from .store.digests import digest_hex, format_digest, new_hasher, validate_digest
+from .downloads import READ_CHUNK, BlobDownloader
+from .store.digests import format_digest, new_hasher, validate_digest
+from .transport import (  # the remote errors are part of this module's API: re-exported
+    COMMIT_TIMEOUT, DEFAULT_TIMEOUT, AccessDeniedError, Http, RemoteError, ServerUnreachableError, error_from,
+    retryable_status,
+)
+
+__all__ = ["AccessDeniedError", "RemoteError", "RemoteRegistry", "ServerUnreachableError", "cache_dir_name",
+           "revision_from_json"]
 
 #: Bytes per upload request (PATCH), streamed from disk READ_PIECE at a time. Each request is a resume
 #: point: a push killed midway resends at most one (none when the server keeps a cut request's bytes).
 UPLOAD_CHUNK = 32 << 20
 READ_PIECE = 1 << 20
-#: Read size of local files while hashing a resumed download.
-READ_CHUNK = 8 << 20
-#: Downloads: received bytes are handed to the writer thread in batches of this size, at most
-#: SINK_QUEUE batches ahead of it (bounded memory: SINK_BATCH * SINK_QUEUE).
-SINK_BATCH = 1 << 20
-SINK_QUEUE = 16
-#: A download is flushed to disk (fdatasync, on a third thread) every SYNC_EVERY bytes, so the fsync
-#: before the rename into the snapshot only waits for the tail.
-SYNC_EVERY = 32 << 20
-#: Blobs with more than this many bytes left to fetch are written by the threaded pipeline.
-THREADED_DOWNLOAD = 4 << 20
-DEFAULT_TIMEOUT = httpx.Timeout(connect=10.0, read=120.0, write=120.0, pool=30.0)
-#: A commit rebuilds and validates the checkpoint on the server: allow it longer than one read.
-COMMIT_TIMEOUT = httpx.Timeout(connect=10.0, read=900.0, write=120.0, pool=30.0)
-_IDEMPOTENT = frozenset({"GET", "HEAD", "PUT", "DELETE", "OPTIONS"})
-_CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
-
-
-# ----- errors ---------------------------------------------------------------------------------------
-
-class RemoteError(RegistryError):
-    """The server refused or failed in a way local mode has no exception class for."""
-
-    def __init__(self, message: str, status: int | None = None, code: str | None = None) -> None:
-        self.status, self.code = status, code
-        super().__init__(message)
-
-
-class AccessDeniedError(RemoteError):
-    """401: no token or an unknown / revoked one; 403: the token lacks the scope or namespace."""
-
-
-class ServerUnreachableError(RemoteError):
-    """The server gave no usable answer after every retry (connection refused or reset, timeouts, 5xx)."""
-
-
-def _error_from(response: httpx.Response, what: str) -> RegistryError:
-    """The local exception class for a refusal, carrying the server's own message."""
-    status = response.status_code
-    code, message, extra = None, None, {}
-    try:
-        body = json.loads(response.read() or b"null") if response.request.method != "HEAD" else None
-    except (ValueError, httpx.StreamError):
-        body = None
-    if isinstance(body, Mapping) and isinstance(body.get("error"), Mapping):
-        err = body["error"]
-        code, message = err.get("code"), err.get("message")
-        extra = {k: v for k, v in err.items() if k not in ("code", "message")}
-    elif isinstance(body, Mapping) and isinstance(body.get("detail"), (str, list)):  # FastAPI's own 4xx
-        message = body["detail"] if isinstance(body["detail"], str) else json.dumps(body["detail"])[:500]
-    message = str(message or f"{what}: HTTP {status} {response.reason_phrase}")
-    if code in ("unauthorized", "forbidden") or status in (401, 403):
-        return AccessDeniedError(message, status, code or ("unauthorized" if status == 401 else "forbidden"))
-    simple: dict[str, type[RegistryError]] = {
-        "not_found": NotFoundError, "blob_not_found": NotFoundError, "invalid_id": InvalidIdError,
-        "unsafe_path": UnsafePathError, "ambiguous_ref": AmbiguousRefError, "ref_exists": RefExistsError,
-        "digest_mismatch": IntegrityError, "integrity_error": IntegrityError, "bad_request": RegistryError,
-    }
-    if code in simple:
-        return simple[code](message)
-    if code == "blobs_missing":
-        return BlobsMissingError(message, list(extra.get("missing") or []))
-    if code == "invalid_checkpoint":
-        return InvalidCheckpointError(message, list(extra.get("problems") or []))
-    if code == "refused":
-        return converters.RefusedError(message)  # type: ignore[return-value]
-    if code is None and status == 404:
-        return NotFoundError(message)
-    return RemoteError(f"{message} (HTTP {status}{', ' + code if code else ''})", status, code)
-
-
-def _retryable_status(response: httpx.Response) -> bool:
-    """5xx that another try may cure; an integrity error (stored bytes are bad) is final."""
-    if response.status_code < 500:
-        return False
-    if response.status_code == 500 and response.request.method != "HEAD":
-        try:
-            code = (json.loads(response.read() or b"null") or {}).get("error", {}).get("code")
-        except (ValueError, AttributeError, httpx.StreamError):
-            code = None
-        return code != "integrity_error"
-    return True
-
-
-# ----- transport ------------------------------------------------------------------------------------
-
-class _Http:
-    """One httpx client (keep-alive pool), bearer auth, timeouts, retries with exponential backoff."""
-
-    def __init__(self, url: str, token: str | None, timeout: httpx.Timeout, retries: int, backoff: float,
-                 transport: httpx.BaseTransport | None = None) -> None:
-        from importlib.metadata import PackageNotFoundError, version
-
-        try:
-            ua = f"swiftreg/{version('swiftreg')}"
-        except PackageNotFoundError:  # pragma: no cover - running from a bare checkout
-            ua = "swiftreg"
-        headers = {"User-Agent": ua}
-        if token:
-            headers["Authorization"] = f"Bearer {token}"
-        self.url = url
-        self.retries, self.backoff = retries, backoff
-        self.headers, self.timeout = headers, timeout
-        self.client = httpx.Client(base_url=url, headers=headers, timeout=timeout, follow_redirects=True,
-                                   transport=transport)
-        self._bulk: urllib3.PoolManager | None = None
-
-    @property
-    def bulk(self) -> urllib3.PoolManager:
-        """The connection pool for blob bodies: urllib3, because httpx reads 64 KiB per socket read.
-
-        Measured on a 300 MiB blob over loopback: httpx 0.77-1.04 s, urllib3 0.21-0.27 s, curl
-        0.22-0.29 s. Same headers, timeouts, proxy variables and certificate bundle as the httpx
-        client used for everything else.
-        """
-        if self._bulk is None:
-            self._bulk = _bulk_pool(self.url, self.timeout)
-        return self._bulk
-
-    def pause(self, attempt: int) -> None:
-        time.sleep(min(self.backoff * (2 ** attempt), 10.0) * (0.75 + random.random() / 2))
-
-    def unreachable(self, method: str, path: str, exc: Exception | None, attempts: int,
-                    response: httpx.Response | None = None) -> ServerUnreachableError:
-        why = f"HTTP {response.status_code}" if response is not None else f"{type(exc).__name__}: {exc}"
-        return ServerUnreachableError(f"{self.url} gave no usable answer to {method} {path} after {attempts} "
-                                      f"attempt{'s' if attempts != 1 else ''} ({why}); is the server running "
-                                      "and is SWIFTREG_URL right?",
-                                      response.status_code if response is not None else None, "unreachable")
-
-    def send(self, method: str, path: str, *, idempotent: bool | None = None, allow: Iterable[int] = (),
-             retries: int | None = None, **kwargs: Any) -> httpx.Response:
-        """The response (status < 400 or in `allow`), or the mapped exception."""
-        idempotent = method in _IDEMPOTENT if idempotent is None else idempotent
-        retries = self.retries if retries is None else min(retries, self.retries)
-        allowed = set(allow)
-        attempt = 0
-        while True:
-            try:
-                response = self.client.request(method, path, **kwargs)
-            except httpx.TransportError as exc:
-                # A request that never reached the server is safe to send again, whatever its method.
-                safe = idempotent or isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout))
-                if not safe or attempt >= retries:
-                    raise self.unreachable(method, path, exc, attempt + 1) from None
-            else:
-                if response.status_code in allowed or response.status_code < 400:
-                    return response
-                if not (idempotent and _retryable_status(response)):
-                    raise _error_from(response, f"{method} {path}")
-                if attempt >= retries:
-                    if response.status_code in (502, 503, 504):
-                        raise self.unreachable(method, path, None, attempt + 1, response)
-                    raise _error_from(response, f"{method} {path}")
-            self.pause(attempt)
-            attempt += 1
-
-    def json(self, method: str, path: str, **kwargs: Any) -> Any:
-        response = self.send(method, path, **kwargs)
-        try:
-            return response.json()
-        except ValueError:
-            raise RemoteError(f"{method} {path}: the server answered {response.status_code} without JSON",
-                              response.status_code) from None
-
-    def close(self) -> None:
-        self.client.close()
-        if self._bulk is not None:
-            self._bulk.clear()
-
-
-def _bulk_pool(url: str, timeout: httpx.Timeout) -> urllib3.PoolManager:
-    """A urllib3 pool that honours the environment the way httpx does (HTTP(S)_PROXY, NO_PROXY, SSL_CERT_FILE)."""
-    from urllib.parse import urlsplit
-    from urllib.request import getproxies, proxy_bypass
-
-    import certifi
-
-    parts = urlsplit(url)
-    options: dict[str, Any] = {
-        "num_pools": 4, "maxsize": 4, "retries": False,
-        "timeout": urllib3.Timeout(connect=timeout.connect, read=timeout.read),
-    }
-    if parts.scheme == "https":
-        options["ca_certs"] = os.environ.get("SSL_CERT_FILE") or certifi.where()
-    proxy = getproxies().get(parts.scheme)
-    if proxy and not proxy_bypass(parts.hostname or ""):
-        return urllib3.ProxyManager(proxy, **options)
-    return urllib3.PoolManager(**options)
-
-
-def _as_httpx(response: urllib3.BaseHTTPResponse, method: str, url: str) -> httpx.Response:
-    """A refusal read through urllib3, in the shape the error mapping reads (status, headers, JSON body)."""
-    body = response.read(1 << 20, decode_content=True) or b""
-    return httpx.Response(response.status, headers=list(response.headers.items()), content=body,
-                          request=httpx.Request(method, url))
 
 
 # ----- parsing answers --------------------------------------------------------------------------------
@@ -361,32 +168,6 @@ def _file_range(f: BinaryIO, offset: int, length: int, rel: str) -> Iterator[byt
         yield piece
 
 
-def _write_all(fd: int, data: bytes | memoryview) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view):]
-
-
-class _Partial:
-    """A `.part` file and the sha256 of its bytes so far."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.hasher = new_hasher()
-        self.size = 0
-        try:
-            with open(path, "rb") as f:
-                while chunk := f.read(READ_CHUNK):
-                    self.hasher.update(chunk)
-                    self.size += len(chunk)
-        except FileNotFoundError:
-            pass
-
-    def restart(self) -> None:
-        self.path.unlink(missing_ok=True)
-        self.hasher, self.size = new_hasher(), 0
-
-
 # ----- the registry --------------------------------------------------------------------------------------
 
 class RemoteRegistry:
@@ -404,7 +185,8 @@ class RemoteRegistry:
         self.snapshots = SnapshotCache(self.cache / "snapshots")
         self.chunk_size = max(1, int(chunk_size))
         timeout = timeout if isinstance(timeout, httpx.Timeout) else httpx.Timeout(timeout)
-        self._http = _Http(self.url, token, timeout, max(0, retries), backoff, transport)
+        self._http = Http(self.url, token, timeout, max(0, retries), backoff, transport)
+        self._downloads = BlobDownloader(self._http, self.url, self.cache / "downloads")
         # resolve() memo for immutable refs (numbers, digests): (id, format) -> folder.
         self._memo: dict[tuple[str, str | None], Path] = {}
 
@@ -711,17 +493,17 @@ class RemoteRegistry:
                     if response.status_code == 409:  # someone else's bytes moved the offset: follow it
                         failures += 1
                         if failures > self._http.retries + 4:
-                            raise _error_from(response, f"PATCH {url}")
+                            raise error_from(response, f"PATCH {url}")
                         offset, sent, complete = self._follow(digest, offset, size, sent, progress)
                         if complete:
                             return sent
                         continue
                     if response.status_code == 422:
                         raise IntegrityError(f"{rel}: the server refused the bytes of blob {digest}: "
-                                             f"{_error_from(response, 'PATCH ' + url)} (did the file change during "
+                                             f"{error_from(response, 'PATCH ' + url)} (did the file change during "
                                              "the push? push it again)")
-                    if not _retryable_status(response):
-                        raise _error_from(response, f"PATCH {url}")
+                    if not retryable_status(response):
+                        raise error_from(response, f"PATCH {url}")
                 # A dropped connection or a 5xx: ask the server where it stands and go on from there.
                 if failures >= self._http.retries:
                     raise self._http.unreachable("PATCH", url, error, failures + 1, response)
@@ -850,7 +632,7 @@ class RemoteRegistry:
             first = placed.get(digest)
             if first is None or not self._copy_verified(first, dst, digest):
                 if not self._reuse_sibling(folder, rel, size, digest, dst):
-                    self._download(digest, size, dst, rel)
+                    self._downloads.download(digest, size, dst, rel)
             placed[digest] = dst
 
         return self.snapshots.materialise(folder, lambda: files, fetch)
@@ -887,108 +669,6 @@ class RemoteRegistry:
             except OSError:
                 continue
         return False
-
-    def _download(self, digest: str, size: int, dst: Path, rel: str) -> None:
-        """Fetch one blob into `dst`: through downloads/<hex>.part, resumed with Range, verified, renamed."""
-        downloads = self.cache / "downloads"
-        locks = downloads / ".locks"
-        locks.mkdir(parents=True, exist_ok=True)
-        hexdigest = digest_hex(digest)
-        with FileLock(str(locks / f"{hexdigest[:2]}.lock")):
-            part = _Partial(downloads / f"{hexdigest}.part")  # what an earlier, interrupted run left
-            if part.size > size:
-                part.restart()
-            failures = 0
-            while part.size < size:
-                before = part.size
-                try:
-                    self._fetch_range(digest, size, part, rel)
-                except (httpx.TransportError, urllib3.exceptions.HTTPError, _Retry) as exc:
-                    if part.size > before:
-                        failures = 0
-                    elif failures >= self._http.retries:
-                        raise self._http.unreachable("GET", f"/api/v1/blobs/{digest}", exc, failures + 1,
-                                                     exc.response if isinstance(exc, _Retry) else None) from None
-                    self._http.pause(failures)
-                    failures += 1
-                    part = _Partial(part.path)  # trust only what is on disk
-            actual = format_digest(part.hasher.hexdigest())
-            if actual != digest:
-                part.restart()
-                raise IntegrityError(f"{rel}: the bytes downloaded for blob {digest} hash to {actual}; the partial "
-                                     "download was deleted, run the command again")
-            with open(part.path, "rb+") as f:
-                os.fsync(f.fileno())
-            os.replace(part.path, dst)
-        fsync_dir(dst.parent)
-
-    def _fetch_range(self, digest: str, size: int, part: _Partial, rel: str) -> None:
-        """One GET of the blob from `part.size` on, appended to the .part file as it arrives."""
-        headers = {**self._http.headers, "Accept-Encoding": "identity"}  # urllib3 replaces, not merges
-        if part.size:
-            headers["Range"] = f"bytes={part.size}-"
-        url = f"{self.url}/api/v1/blobs/{self._q(digest)}"
-        response = self._http.bulk.request("GET", url, headers=headers, preload_content=False,
-                                           decode_content=False, redirect=False)
-        try:
-            self._receive(response, url, digest, size, part, rel)
-        finally:
-            response.release_conn()
-
-    def _receive(self, response: urllib3.BaseHTTPResponse, url: str, digest: str, size: int, part: _Partial,
-                 rel: str) -> None:
-        status = response.status
-        if status >= 500:
-            raise _Retry(_as_httpx(response, "GET", url))
-        if status == 416:  # the server holds fewer bytes than we do: start over
-            part.restart()
-            raise _Retry(_as_httpx(response, "GET", url))
-        if status >= 300:
-            raise _error_from(_as_httpx(response, "GET", url), f"GET blob {digest} ({rel})")
-        if status == 206:
-            match = _CONTENT_RANGE.fullmatch(response.headers.get("Content-Range", ""))
-            if match is None or int(match.group(1)) != part.size:
-                part.restart()  # not the range we asked for: take the whole blob again
-                raise _Retry(None)
-        elif part.size:  # 200: the server ignored the Range header and sends everything
-            part.restart()
-        flags = os.O_WRONLY | os.O_CREAT | (os.O_APPEND if part.size else os.O_TRUNC)
-        fd = os.open(part.path, flags, 0o644)
-        sink = _Sink(part, fd, threaded=size - part.size > THREADED_DOWNLOAD)
-        received = part.size
-        batch: list[bytes] = []
-        batched = 0
-        try:
-            # read1: what the socket has (up to a batch) per call, so a cut connection loses nothing
-            # that arrived before it.
-            while chunk := response.read1(SINK_BATCH):
-                received += len(chunk)
-                if received > size:
-                    raise _TooLong()
-                batch.append(chunk)
-                batched += len(chunk)
-                if batched >= SINK_BATCH:
-                    sink.put(b"".join(batch) if len(batch) > 1 else batch[0])
-                    batch, batched = [], 0
-            if batch:
-                sink.put(b"".join(batch))
-        except _TooLong:
-            sink.close()
-            part.restart()
-            raise IntegrityError(f"{rel}: the server sent more than the {size} bytes blob {digest} has; "
-                                 "nothing was kept") from None
-        except BaseException:
-            if batch:
-                sink.put(b"".join(batch))  # keep every byte that arrived: a rerun resumes after it
-            raise
-        finally:
-            try:
-                sink.close()
-            finally:
-                os.close(fd)
-        if part.size < size:
-            raise _Retry(None)  # the server closed early: resume from here
-
 
     # ----- jobs and validation history (issue 6; the server only queues: its workers run them) -----------
 
@@ -1045,95 +725,3 @@ class RemoteRegistry:
     def validate_all(self, **options: Any) -> Any:
         raise RegistryError("validate-all runs where the registry's database is (a cron job or a Kubernetes CronJob "
                             "beside the server): not over HTTP")
-
-class _TooLong(Exception):
-    """The server sent more bytes than the manifest says the blob has."""
-
-
-class _Sink:
-    """Appends a download to its .part file and hashes it.
-
-    For a large blob the write and the sha256 each run on a thread of their own while the socket is
-    read (at most SINK_QUEUE batches wait for either, so memory stays bounded), and a fourth thread
-    flushes the file every SYNC_EVERY bytes so the fsync before the rename only waits for the tail.
-    A small blob is written inline. `part.size` counts bytes written; the hash is complete after
-    close().
-    """
-
-    def __init__(self, part: _Partial, fd: int, threaded: bool) -> None:
-        self.part, self.fd, self.threaded = part, fd, threaded
-        self.error: BaseException | None = None  # the first write error; the writer stops writing at it
-        self.reported = False
-        self.closed = False
-        self.unsynced = 0
-        if threaded:
-            self.to_write: queue.Queue[bytes | None] = queue.Queue(maxsize=SINK_QUEUE)
-            self.to_hash: queue.Queue[bytes | None] = queue.Queue(maxsize=SINK_QUEUE)
-            self.wake = threading.Event()
-            self.threads = [threading.Thread(target=target, name=f"swiftreg-download-{name}", daemon=True)
-                            for name, target in (("writer", self._write), ("hasher", self._hash),
-                                                 ("flusher", self._flush))]
-            for thread in self.threads:
-                thread.start()
-
-    def _write(self) -> None:
-        while (data := self.to_write.get()) is not None:
-            if self.error is not None:
-                continue  # keep draining so the reader never blocks on a full queue
-            try:
-                _write_all(self.fd, data)  # unbuffered: what is on disk is what a rerun resumes from
-                self.part.size += len(data)
-                self.unsynced += len(data)
-                if self.unsynced >= SYNC_EVERY:
-                    self.unsynced = 0
-                    self.wake.set()
-            except BaseException as exc:  # noqa: BLE001 - handed to the reading thread
-                self.error = exc
-
-    def _hash(self) -> None:
-        while (data := self.to_hash.get()) is not None:
-            self.part.hasher.update(data)
-
-    def _flush(self) -> None:
-        while not self.closed:
-            self.wake.wait()
-            self.wake.clear()
-            try:
-                os.fdatasync(self.fd)
-            except OSError:
-                return
-
-    def put(self, data: bytes) -> None:
-        if self.error is not None:
-            self.reported = True  # close() will not raise it a second time
-            raise self.error
-        if self.threaded:
-            self.to_write.put(data)
-            self.to_hash.put(data)
-        else:
-            _write_all(self.fd, data)
-            self.part.hasher.update(data)
-            self.part.size += len(data)
-
-    def close(self) -> None:
-        """Wait until everything handed over is written and hashed; raise what the writer met, if anything."""
-        if not self.closed:
-            self.closed = True
-            if self.threaded:
-                self.to_write.put(None)
-                self.to_hash.put(None)
-                self.threads[0].join()
-                self.threads[1].join()
-                self.wake.set()
-                self.threads[2].join()
-        if self.error is not None and not self.reported:
-            self.reported = True
-            raise self.error
-
-
-class _Retry(Exception):
-    """A download attempt that another try (from the .part's length) may complete."""
-
-    def __init__(self, response: httpx.Response | None) -> None:
-        self.response = response
-        super().__init__(f"HTTP {response.status_code}" if response is not None else "connection closed early")

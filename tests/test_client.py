@@ -32,9 +32,10 @@ import registry
 from registry import constants
 from registry.cli import main
 from registry.client import (
-    SINK_BATCH, AccessDeniedError, RemoteError, RemoteRegistry, ServerUnreachableError, _error_from, cache_dir_name,
-    revision_from_json,
+    AccessDeniedError, RemoteError, RemoteRegistry, ServerUnreachableError, cache_dir_name, revision_from_json,
 )
+from registry.downloads import SINK_BATCH
+from registry.transport import error_from
 from registry.errors import (
     AmbiguousRefError, BlobsMissingError, IntegrityError, InvalidCheckpointError, InvalidIdError, NotFoundError,
     RefExistsError, RegistryError, UnsafePathError,
@@ -117,17 +118,17 @@ def _response(status: int, body: Any = None, method: str = "GET", headers: dict[
 ])
 def test_error_codes_become_the_local_exception_classes_with_the_servers_message(status: int, code: str,
                                                                                    cls: type) -> None:
-    exc = _error_from(_response(status, {"error": {"code": code, "message": f"the {code} message"}}), "GET x")
+    exc = error_from(_response(status, {"error": {"code": code, "message": f"the {code} message"}}), "GET x")
     assert type(exc) is cls
     assert "the " + code + " message" in str(exc)
 
 
 def test_blobs_missing_keeps_the_list_and_statuses_without_a_body_still_map() -> None:
-    exc = _error_from(_response(409, {"error": {"code": "blobs_missing", "message": "m", "missing": ["sha256:" + "a" * 64]}}), "x")
+    exc = error_from(_response(409, {"error": {"code": "blobs_missing", "message": "m", "missing": ["sha256:" + "a" * 64]}}), "x")
     assert isinstance(exc, BlobsMissingError) and exc.missing == ["sha256:" + "a" * 64]
-    assert isinstance(_error_from(_response(401, method="HEAD"), "HEAD x"), AccessDeniedError)
-    assert isinstance(_error_from(_response(404, method="HEAD"), "HEAD x"), NotFoundError)
-    teapot = _error_from(_response(418, b"not json"), "GET x")
+    assert isinstance(error_from(_response(401, method="HEAD"), "HEAD x"), AccessDeniedError)
+    assert isinstance(error_from(_response(404, method="HEAD"), "HEAD x"), NotFoundError)
+    teapot = error_from(_response(418, b"not json"), "GET x")
     assert isinstance(teapot, RemoteError) and teapot.status == 418
 
 
@@ -271,7 +272,7 @@ def test_download_resumes_from_the_part_file_and_verifies(tmp_path: Path) -> Non
         part.parent.mkdir(parents=True)
         part.write_bytes(data[:123_456])  # left by a killed process
         dst = tmp_path / "out.bin"
-        reg._download(digest, len(data), dst, "adapter_model.safetensors")
+        reg._downloads.download(digest, len(data), dst, "adapter_model.safetensors")
     assert dst.read_bytes() == data and seen == ["bytes=123456-"] and not part.exists()
 
 
@@ -279,7 +280,7 @@ def test_a_download_cut_short_continues_in_the_same_call(tmp_path: Path) -> None
     data = os.urandom(200_000)
     digest = "sha256:" + hashlib.sha256(data).hexdigest()
     with _blob_server(data, cut=50_000) as (url, seen):
-        _blob_client(url, tmp_path / "c")._download(digest, len(data), tmp_path / "out", "w")
+        _blob_client(url, tmp_path / "c")._downloads.download(digest, len(data), tmp_path / "out", "w")
     assert (tmp_path / "out").read_bytes() == data and seen == [None, "bytes=50000-"]
 
 
@@ -291,7 +292,7 @@ def test_a_server_ignoring_range_restarts_the_file(tmp_path: Path) -> None:
         part = reg.cache / "downloads" / f"{digest[7:]}.part"
         part.parent.mkdir(parents=True)
         part.write_bytes(b"x" * 10)
-        reg._download(digest, len(data), tmp_path / "out", "w")
+        reg._downloads.download(digest, len(data), tmp_path / "out", "w")
     assert (tmp_path / "out").read_bytes() == data and seen == ["bytes=10-"]
 
 
@@ -304,9 +305,9 @@ def test_a_corrupt_part_file_is_deleted_and_named(tmp_path: Path) -> None:
         part.parent.mkdir(parents=True)
         part.write_bytes(b"\0" * 60_000)  # wrong bytes: the resumed whole cannot hash right
         with pytest.raises(IntegrityError, match=rf"weights.bin: the bytes downloaded for blob {digest} hash to"):
-            reg._download(digest, len(data), tmp_path / "out", "weights.bin")
+            reg._downloads.download(digest, len(data), tmp_path / "out", "weights.bin")
         assert not part.exists() and not (tmp_path / "out").exists()
-        reg._download(digest, len(data), tmp_path / "out", "weights.bin")  # the rerun starts clean
+        reg._downloads.download(digest, len(data), tmp_path / "out", "weights.bin")  # the rerun starts clean
     assert (tmp_path / "out").read_bytes() == data
 
 
@@ -314,12 +315,12 @@ def test_a_disk_error_during_a_large_download_surfaces_without_hanging(tmp_path:
                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     import errno
 
-    import registry.client as client
+    import registry.downloads as downloads
 
     data = os.urandom(12 << 20)  # large enough for the threaded writer
     digest = "sha256:" + hashlib.sha256(data).hexdigest()
     written = [0]
-    real = client._write_all
+    real = downloads._write_all
 
     def failing(fd: int, chunk: bytes) -> None:
         if written[0] > 3 << 20:
@@ -328,14 +329,14 @@ def test_a_disk_error_during_a_large_download_surfaces_without_hanging(tmp_path:
         written[0] += len(chunk)
 
     with _blob_server(data) as (url, _):
-        monkeypatch.setattr(client, "_write_all", failing)
+        monkeypatch.setattr(downloads, "_write_all", failing)
         reg = _blob_client(url, tmp_path / "c")
         with pytest.raises(OSError, match="No space left"):
-            reg._download(digest, len(data), tmp_path / "out", "w")
+            reg._downloads.download(digest, len(data), tmp_path / "out", "w")
         part = reg.cache / "downloads" / f"{digest[7:]}.part"
         assert part.stat().st_size == written[0] and part.read_bytes() == data[:written[0]]  # no gap: resumable
-        monkeypatch.setattr(client, "_write_all", real)
-        reg._download(digest, len(data), tmp_path / "out", "w")
+        monkeypatch.setattr(downloads, "_write_all", real)
+        reg._downloads.download(digest, len(data), tmp_path / "out", "w")
     assert (tmp_path / "out").read_bytes() == data
 
 

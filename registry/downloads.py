@@ -1,0 +1,266 @@
+"""Blob downloads for RemoteRegistry: resumable across processes, verified before they count.
+
+A blob goes to `downloads/<sha256 hex>.part` under a per-prefix file lock. A later run (or another
+process) hashes what the .part already holds and asks for the rest with `Range`; the finished file is
+checked against its digest, fsynced and renamed into the snapshot being built. Bodies are read
+through urllib3 (see transport.Http.bulk) with `read1`, so bytes that arrived before a cut
+connection are kept; large blobs are written, hashed and flushed on threads of their own while the
+socket is read, with bounded memory.
+"""
+from __future__ import annotations
+
+import os
+import queue
+import re
+import threading
+from pathlib import Path
+from urllib.parse import quote
+
+import httpx
+import urllib3
+from filelock import FileLock
+
+from .errors import IntegrityError
+from .store.base import fsync_dir
+from .store.digests import digest_hex, format_digest, new_hasher
+from .transport import Http, as_httpx, error_from
+
+#: Read size of local files while hashing a resumed download.
+READ_CHUNK = 8 << 20
+#: Downloads: received bytes are handed to the writer thread in batches of this size, at most
+#: SINK_QUEUE batches ahead of it (bounded memory: SINK_BATCH * SINK_QUEUE).
+SINK_BATCH = 1 << 20
+SINK_QUEUE = 16
+#: A download is flushed to disk (fdatasync, on a third thread) every SYNC_EVERY bytes, so the fsync
+#: before the rename into the snapshot only waits for the tail.
+SYNC_EVERY = 32 << 20
+#: Blobs with more than this many bytes left to fetch are written by the threaded pipeline.
+THREADED_DOWNLOAD = 4 << 20
+_CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
+
+
+def _write_all(fd: int, data: bytes | memoryview) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+class _Partial:
+    """A `.part` file and the sha256 of its bytes so far."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.hasher = new_hasher()
+        self.size = 0
+        try:
+            with open(path, "rb") as f:
+                while chunk := f.read(READ_CHUNK):
+                    self.hasher.update(chunk)
+                    self.size += len(chunk)
+        except FileNotFoundError:
+            pass
+
+    def restart(self) -> None:
+        self.path.unlink(missing_ok=True)
+        self.hasher, self.size = new_hasher(), 0
+
+
+class BlobDownloader:
+    """Fetches blobs of one server into `downloads` (the .part files), for RemoteRegistry's snapshots."""
+
+    def __init__(self, http: Http, url: str, downloads: Path) -> None:
+        self._http, self.url, self.downloads = http, url, downloads
+
+    def download(self, digest: str, size: int, dst: Path, rel: str) -> None:
+        """Fetch one blob into `dst`: through downloads/<hex>.part, resumed with Range, verified, renamed."""
+        downloads = self.downloads
+        locks = downloads / ".locks"
+        locks.mkdir(parents=True, exist_ok=True)
+        hexdigest = digest_hex(digest)
+        with FileLock(str(locks / f"{hexdigest[:2]}.lock")):
+            part = _Partial(downloads / f"{hexdigest}.part")  # what an earlier, interrupted run left
+            if part.size > size:
+                part.restart()
+            failures = 0
+            while part.size < size:
+                before = part.size
+                try:
+                    self._fetch_range(digest, size, part, rel)
+                except (httpx.TransportError, urllib3.exceptions.HTTPError, _Retry) as exc:
+                    if part.size > before:
+                        failures = 0
+                    elif failures >= self._http.retries:
+                        raise self._http.unreachable("GET", f"/api/v1/blobs/{digest}", exc, failures + 1,
+                                                     exc.response if isinstance(exc, _Retry) else None) from None
+                    self._http.pause(failures)
+                    failures += 1
+                    part = _Partial(part.path)  # trust only what is on disk
+            actual = format_digest(part.hasher.hexdigest())
+            if actual != digest:
+                part.restart()
+                raise IntegrityError(f"{rel}: the bytes downloaded for blob {digest} hash to {actual}; the partial "
+                                     "download was deleted, run the command again")
+            with open(part.path, "rb+") as f:
+                os.fsync(f.fileno())
+            os.replace(part.path, dst)
+        fsync_dir(dst.parent)
+
+    def _fetch_range(self, digest: str, size: int, part: _Partial, rel: str) -> None:
+        """One GET of the blob from `part.size` on, appended to the .part file as it arrives."""
+        headers = {**self._http.headers, "Accept-Encoding": "identity"}  # urllib3 replaces, not merges
+        if part.size:
+            headers["Range"] = f"bytes={part.size}-"
+        url = f"{self.url}/api/v1/blobs/{quote(digest, safe=':')}"
+        response = self._http.bulk.request("GET", url, headers=headers, preload_content=False,
+                                           decode_content=False, redirect=False)
+        try:
+            self._receive(response, url, digest, size, part, rel)
+        finally:
+            response.release_conn()
+
+    def _receive(self, response: urllib3.BaseHTTPResponse, url: str, digest: str, size: int, part: _Partial,
+                 rel: str) -> None:
+        status = response.status
+        if status >= 500:
+            raise _Retry(as_httpx(response, "GET", url))
+        if status == 416:  # the server holds fewer bytes than we do: start over
+            part.restart()
+            raise _Retry(as_httpx(response, "GET", url))
+        if status >= 300:
+            raise error_from(as_httpx(response, "GET", url), f"GET blob {digest} ({rel})")
+        if status == 206:
+            match = _CONTENT_RANGE.fullmatch(response.headers.get("Content-Range", ""))
+            if match is None or int(match.group(1)) != part.size:
+                part.restart()  # not the range we asked for: take the whole blob again
+                raise _Retry(None)
+        elif part.size:  # 200: the server ignored the Range header and sends everything
+            part.restart()
+        flags = os.O_WRONLY | os.O_CREAT | (os.O_APPEND if part.size else os.O_TRUNC)
+        fd = os.open(part.path, flags, 0o644)
+        sink = _Sink(part, fd, threaded=size - part.size > THREADED_DOWNLOAD)
+        received = part.size
+        batch: list[bytes] = []
+        batched = 0
+        try:
+            # read1: what the socket has (up to a batch) per call, so a cut connection loses nothing
+            # that arrived before it.
+            while chunk := response.read1(SINK_BATCH):
+                received += len(chunk)
+                if received > size:
+                    raise _TooLong()
+                batch.append(chunk)
+                batched += len(chunk)
+                if batched >= SINK_BATCH:
+                    sink.put(b"".join(batch) if len(batch) > 1 else batch[0])
+                    batch, batched = [], 0
+            if batch:
+                sink.put(b"".join(batch))
+        except _TooLong:
+            sink.close()
+            part.restart()
+            raise IntegrityError(f"{rel}: the server sent more than the {size} bytes blob {digest} has; "
+                                 "nothing was kept") from None
+        except BaseException:
+            if batch:
+                sink.put(b"".join(batch))  # keep every byte that arrived: a rerun resumes after it
+            raise
+        finally:
+            try:
+                sink.close()
+            finally:
+                os.close(fd)
+        if part.size < size:
+            raise _Retry(None)  # the server closed early: resume from here
+
+
+class _TooLong(Exception):
+    """The server sent more bytes than the manifest says the blob has."""
+
+
+class _Sink:
+    """Appends a download to its .part file and hashes it.
+
+    For a large blob the write and the sha256 each run on a thread of their own while the socket is
+    read (at most SINK_QUEUE batches wait for either, so memory stays bounded), and a fourth thread
+    flushes the file every SYNC_EVERY bytes so the fsync before the rename only waits for the tail.
+    A small blob is written inline. `part.size` counts bytes written; the hash is complete after
+    close().
+    """
+
+    def __init__(self, part: _Partial, fd: int, threaded: bool) -> None:
+        self.part, self.fd, self.threaded = part, fd, threaded
+        self.error: BaseException | None = None  # the first write error; the writer stops writing at it
+        self.reported = False
+        self.closed = False
+        self.unsynced = 0
+        if threaded:
+            self.to_write: queue.Queue[bytes | None] = queue.Queue(maxsize=SINK_QUEUE)
+            self.to_hash: queue.Queue[bytes | None] = queue.Queue(maxsize=SINK_QUEUE)
+            self.wake = threading.Event()
+            self.threads = [threading.Thread(target=target, name=f"swiftreg-download-{name}", daemon=True)
+                            for name, target in (("writer", self._write), ("hasher", self._hash),
+                                                 ("flusher", self._flush))]
+            for thread in self.threads:
+                thread.start()
+
+    def _write(self) -> None:
+        while (data := self.to_write.get()) is not None:
+            if self.error is not None:
+                continue  # keep draining so the reader never blocks on a full queue
+            try:
+                _write_all(self.fd, data)  # unbuffered: what is on disk is what a rerun resumes from
+                self.part.size += len(data)
+                self.unsynced += len(data)
+                if self.unsynced >= SYNC_EVERY:
+                    self.unsynced = 0
+                    self.wake.set()
+            except BaseException as exc:  # noqa: BLE001 - handed to the reading thread
+                self.error = exc
+
+    def _hash(self) -> None:
+        while (data := self.to_hash.get()) is not None:
+            self.part.hasher.update(data)
+
+    def _flush(self) -> None:
+        while not self.closed:
+            self.wake.wait()
+            self.wake.clear()
+            try:
+                os.fdatasync(self.fd)
+            except OSError:
+                return
+
+    def put(self, data: bytes) -> None:
+        if self.error is not None:
+            self.reported = True  # close() will not raise it a second time
+            raise self.error
+        if self.threaded:
+            self.to_write.put(data)
+            self.to_hash.put(data)
+        else:
+            _write_all(self.fd, data)
+            self.part.hasher.update(data)
+            self.part.size += len(data)
+
+    def close(self) -> None:
+        """Wait until everything handed over is written and hashed; raise what the writer met, if anything."""
+        if not self.closed:
+            self.closed = True
+            if self.threaded:
+                self.to_write.put(None)
+                self.to_hash.put(None)
+                self.threads[0].join()
+                self.threads[1].join()
+                self.wake.set()
+                self.threads[2].join()
+        if self.error is not None and not self.reported:
+            self.reported = True
+            raise self.error
+
+
+class _Retry(Exception):
+    """A download attempt that another try (from the .part's length) may complete."""
+
+    def __init__(self, response: httpx.Response | None) -> None:
+        self.response = response
+        super().__init__(f"HTTP {response.status_code}" if response is not None else "connection closed early")
