@@ -861,21 +861,6 @@ class Registry:
             session.flush()
             return run.id
 
-    def validations(self, repo_id: str, check_kind: str | None = None) -> list[dict[str, Any]]:
-        """The recorded validation runs of a revision, newest first."""
-        from .db.models import ValidationRunRecord
-
-        rid = parse_id(repo_id)
-        kind = self._kind_of(rid)
-        with self._read() as session:
-            rev = self._revision(session, kind, self._repo_or_fail(session, kind, rid), rid)
-            query = select(ValidationRunRecord).where(ValidationRunRecord.revision_id == rev.id)
-            if check_kind is not None:
-                query = query.where(ValidationRunRecord.check_kind == check_kind)
-            runs = session.scalars(query.order_by(ValidationRunRecord.id.desc())).all()
-            return [{"id": r.id, "check_kind": r.check_kind, "passed": r.passed, "metrics": r.metrics,
-                     "library_versions": r.library_versions, "finished_at": r.finished_at} for r in runs]
-
     def check_serving(self, repo_id: str, target: str = "vllm", *, max_lora_rank: int = 16,
                       served_model: str | None = None, record: bool = True) -> dict[str, Any]:
         """Can `target` serve this revision (registry/serving.py)? The verdict, recorded in validation_runs.

@@ -216,11 +216,11 @@ def test_push_check_vllm_records_the_verdict_and_validate_resolves_ids(cli, made
 
     reg = Registry(home=tmp_path / "home", database_url=database_url)
     try:
-        runs = reg.validations("team/dora@1", "serve:vllm")
+        runs = reg.validation_history("team/dora@1", check_kind="serve:vllm")
         assert len(runs) == 1 and runs[0]["passed"] is False
         assert runs[0]["metrics"]["reasons"][0]["limit"] == "dora" and runs[0]["metrics"]["max_lora_rank"] == 16
         assert runs[0]["library_versions"]["vllm_limits"] == "0.32.0" and "swiftreg" in runs[0]["library_versions"]
-        assert [r["passed"] for r in reg.validations("team/plain@1")] == [True]
+        assert [r["passed"] for r in reg.validation_history("team/plain@1")] == [True]
         assert reg.show("team/dora@1").meta == reg.show("team/dora@1").meta  # revision row untouched (immutable)
     finally:
         reg.close()
@@ -271,8 +271,8 @@ def test_push_check_vllm_through_a_swiftreg_server_is_checked_and_recorded_there
         assert check["ok"] is False and check["recorded"] is True and check["reasons"][0]["limit"] == "dora"
     reg = Registry(home=tmp_path / "server-home", database_url=database)
     try:
-        assert [r["passed"] for r in reg.validations("team/dora@1", "serve:vllm")] == [False]
-        assert [r["metrics"]["served_model"] for r in reg.validations("team/plain@1")] == ["meta/llama@1"]
+        assert [r["passed"] for r in reg.validation_history("team/dora@1", check_kind="serve:vllm")] == [False]
+        assert [r["metrics"]["served_model"] for r in reg.validation_history("team/plain@1")] == ["meta/llama@1"]
     finally:
         reg.close()
 
