@@ -91,9 +91,11 @@ def test_merge_combine_and_validate_run_as_ray_tasks_with_results_in_the_databas
     for job_id in (queued.id, sleeper.id):
         job = queue.get(job_id)
         assert job.status == "succeeded" and job.worker.startswith("ray:") and job.result["ray_pid"] != os.getpid()
-    # team/mix was pushed without a base model link: integrity, config and round trip only
-    assert queue.get(queued.id).result["checks"] == 3
-    assert {h["check"] for h in reg.validation_history("team/mix@1")} == {"integrity", "config", "roundtrip"}
+    # team/mix was combined and checked on meta/llama-tiny, so it is linked to it: all five checks run
+    assert reg.show("team/mix@1").base_model == f"meta/llama-tiny@{reg.show('meta/llama-tiny@v1').number}"
+    assert queue.get(queued.id).result["checks"] == 5
+    assert {h["check"] for h in reg.validation_history("team/mix@1")} == {"integrity", "config", "roundtrip",
+                                                                         "peft_load", "outputs"}
     reg.close()
 
 
