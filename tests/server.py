@@ -50,6 +50,16 @@ def _env(home: Path, database_url: str) -> dict[str, str]:
     return env
 
 
+def stop(process: subprocess.Popen, grace: float = 30) -> None:
+    """SIGTERM (a graceful shutdown), then SIGKILL if it has not exited within `grace` seconds."""
+    process.terminate()
+    try:
+        process.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
 @contextmanager
 def running_server(home: Path, database_url: str, *, anonymous_read: bool = False,
                    extra_args: tuple[str, ...] = ()) -> Iterator[Server]:
@@ -81,10 +91,6 @@ def running_server(home: Path, database_url: str, *, anonymous_read: bool = Fals
         server.read_token = server.token("read")
         yield server
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
+        stop(process)
         if log is not subprocess.DEVNULL:
             log.close()

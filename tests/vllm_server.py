@@ -17,7 +17,7 @@ from typing import Any, Iterator
 
 import httpx
 
-from tests.server import free_port
+from tests.server import free_port, stop
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY_LLAMA = dict(vocab_size=512, hidden_size=256, intermediate_size=512, num_hidden_layers=2, num_attention_heads=4,
@@ -121,10 +121,5 @@ def running_vllm(model: Path, log: Path, env: dict[str, str], *, max_lora_rank: 
             time.sleep(0.5)
         yield server
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop(process)
         handle.close()
