@@ -16,7 +16,7 @@ import click
 
 from . import cli as _cli
 from .errors import RegistryError
-from .jobs.kinds import KINDS
+from .jobs.kinds import CHECKS, KINDS
 
 _format_errors = _cli._format_errors
 
@@ -232,7 +232,7 @@ def jobs_logs(job_id: int) -> None:
 @click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True,
               help="Revisions per validate job (one ms-swift process per job).")
 @click.option("--check", "checks", multiple=True,
-              type=click.Choice(["integrity", "config", "roundtrip", "peft_load", "swift_load", "outputs"]),
+              type=click.Choice(CHECKS),
               help="Only these checks (repeatable). Default: all.")
 @click.option("--swift/--no-swift", default=None,
               help="Load Swift revisions with ms-swift (default: when SWIFTREG_SWIFT_PYTHON is set).")

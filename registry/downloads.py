@@ -20,6 +20,8 @@ import httpx
 import urllib3
 from filelock import FileLock
 
+from converters.safetensors_io import write_all as _write_all  # a module name tests can patch
+
 from .errors import IntegrityError
 from .store.base import fsync_dir
 from .store.digests import digest_hex, format_digest, new_hasher
@@ -37,12 +39,6 @@ SYNC_EVERY = 32 << 20
 #: Blobs with more than this many bytes left to fetch are written by the threaded pipeline.
 THREADED_DOWNLOAD = 4 << 20
 _CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
-
-
-def _write_all(fd: int, data: bytes | memoryview) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view):]
 
 
 class _Partial:

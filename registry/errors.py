@@ -103,3 +103,7 @@ class JobConflictError(JobError):
 
 class JobStateError(JobError):
     """The job is in a state that does not allow this (a finished job cannot be cancelled)."""
+
+
+class JobCancelledError(JobError):
+    """The job was cancelled (or given to another worker) while it ran: its result is not pushed."""

@@ -335,21 +335,18 @@ def served_base(reg: Any, name: str | None) -> ServedBase | None:
     from .errors import InvalidIdError, RegistryError
     from .ids import parse_id
 
-    repo_id = fingerprint = None
-    if Path(name).is_dir():
-        fingerprint = base_fingerprint(name)
+    info = None
     try:
         parse_id(name)
-    except InvalidIdError:
-        return ServedBase(name, None, fingerprint)
-    try:
         info = reg.show(name)
-    except RegistryError:
-        info = None
-    if info is not None and info.kind == "base":
-        repo_id = f"{info.repo}@{info.number}"
-        fingerprint = fingerprint or info.meta.get("fingerprint")
-    return ServedBase(name, repo_id, fingerprint)
+    except (InvalidIdError, RegistryError):
+        pass
+    if info is not None and info.kind == "base":  # a registered base: its recorded fingerprint, no disk read
+        fingerprint = info.meta.get("fingerprint")
+        if fingerprint is None and Path(name).is_dir():
+            fingerprint = base_fingerprint(name)
+        return ServedBase(name, f"{info.repo}@{info.number}", fingerprint)
+    return ServedBase(name, None, base_fingerprint(name) if Path(name).is_dir() else None)
 
 
 def base_requirement(reg: Any, info: Any) -> BaseRequirement | None:

@@ -149,3 +149,23 @@ def test_cli_combine_unmerge_and_check_equivalence(world, tmp_path: Path, monkey
     run("combine", "team/sql@v1", "--weights", "1", "--push", "x/y", code=1)
     assert "at least two adapters" in run("combine", "team/sql@v1", "--weights", "1", "-o", str(tmp_path / "z"),
                                           code=1).stderr
+
+
+def test_a_job_cancelled_while_it_runs_pushes_nothing(world) -> None:
+    """The runner asks, right before pushing, whether the job is still this worker's."""
+    from registry.errors import NotFoundError
+    from registry.jobs import JobQueue
+    from registry.jobs.worker import Worker
+
+    reg, _ = world
+    queue = JobQueue(reg._ready())
+    job = reg.submit_job("merge", {"adapter": "team/sql@v1", "base": "meta/tiny@v1", "push": "meta/cancelled",
+                                   "device": "cpu"})
+    claimed = queue.claim("w1")
+    assert claimed is not None and claimed.id == job.id
+    assert queue.cancel(job.id).status == "cancelled"  # as `swiftreg jobs cancel` would, while w1 runs it
+    worker = Worker(reg, queue, worker_id="w1", heartbeat=60)
+    assert worker.run_one(claimed) is False and worker.stats.lost == 1
+    with pytest.raises(NotFoundError):
+        reg.show("meta/cancelled")
+    assert queue.get(job.id).status == "cancelled"

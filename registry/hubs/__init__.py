@@ -29,7 +29,6 @@ from ..manifest import check_relpath
 if TYPE_CHECKING:
     from ..service import Registry, RevisionInfo
 
-HUBS = {"hf": "Hugging Face Hub", "ms": "ModelScope"}
 _SOURCE = re.compile(r"^(hf|ms)://([A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*)(?:@(.+))?$")
 CONFIG = "adapter_config.json"
 
@@ -116,7 +115,7 @@ def import_into(registry: Registry, source: str, repo_id: str, *, tag: str | Non
         check_relpath(sub)
     client = _client(src.hub)
     listing = client.listing(src)
-    where = f"{src.hub}://{src.repo}@{src.revision or 'default branch'} (commit {listing.commit})"
+    where = f"{src} (commit {listing.commit})"
     done = registry.find_import(rid.repo, src.hub, src.repo, listing.commit, sub)
     if done is not None:
         if tag is not None and tag not in done.tags:
@@ -136,6 +135,9 @@ def import_into(registry: Registry, source: str, repo_id: str, *, tag: str | Non
     notices = [f"left out pickle files (never downloaded): {', '.join(pickles)}"] if pickles else []
     with tempfile.TemporaryDirectory(prefix="swiftreg-import-", dir=registry.home) as tmp:
         client.download(src, listing, chosen, Path(tmp))
+        missing = [f for f in chosen if not (Path(tmp) / f).is_file()]
+        if missing:  # a client that stopped early without an error
+            raise HubError(f"downloading {src} left out {', '.join(missing[:5])}; nothing was imported, try again")
         root = Path(tmp) / sub if sub else Path(tmp)
         provenance = {"hub": src.hub, "endpoint": listing.endpoint, "repo": src.repo,
                       "requested_revision": src.revision, "commit": listing.commit, "subfolder": sub}

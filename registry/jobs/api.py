@@ -87,7 +87,8 @@ def validate_all(reg: "Registry", *, since: str | datetime | None = None, namesp
                  on_event: Callable[[str], None] | None = None) -> "ValidationReport":
     """Queue validate jobs over every adapter revision (or those since `since`), run them, report."""
     from .report import ValidationReport, build
-    from .validation import CHECKS, select_revisions
+    from .kinds import CHECKS
+    from .validation import select_revisions
 
     _check_backend(backend)
     if batch_size < 1:

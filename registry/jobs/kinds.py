@@ -1,4 +1,4 @@
-"""The job kinds, in one place: the queue, the runner, the CLI and the server all take them from here.
+"""The job kinds and validation checks, in one place: the queue, the runner, the CLI and the server all take them from here.
 
 merge / unmerge / combine / validate / import do the product's work; `sleep` is a diagnostic kind
 (queue mechanics, worker health checks): it sleeps `seconds` and may append one line to a `record`
@@ -7,3 +7,5 @@ file. This module imports nothing, so the CLI can offer the kinds without loadin
 from __future__ import annotations
 
 KINDS: tuple[str, ...] = ("merge", "unmerge", "combine", "validate", "import", "sleep")
+#: the checks a validate job runs on each revision (registry/jobs/validation.py), in this order
+CHECKS: tuple[str, ...] = ("integrity", "config", "roundtrip", "peft_load", "swift_load", "outputs")

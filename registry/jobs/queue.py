@@ -271,9 +271,12 @@ class JobQueue:
                 raise JobNotFoundError(f"no job {job_id} in this registry (swiftreg jobs ls lists them)")
             if row.status in FINISHED:
                 raise JobStateError(f"job {job_id} already {row.status}; only queued or running jobs can be cancelled")
-            session.execute(update(JobRecord).where(JobRecord.id == job_id, JobRecord.status == row.status)
-                            .values(status="cancelled", finished_at=utcnow(),
-                                    log=_tail((row.log + "\n" if row.log else "") + "cancelled")))
+            done = session.execute(update(JobRecord).where(JobRecord.id == job_id, JobRecord.status == row.status)
+                                   .values(status="cancelled", finished_at=utcnow(),
+                                           log=_tail((row.log + "\n" if row.log else "") + "cancelled")))
+            if done.rowcount != 1:  # a worker claimed or finished it between the read and the update
+                raise JobStateError(f"job {job_id} changed state while it was being cancelled; look at it again "
+                                    f"(swiftreg jobs show {job_id}) and cancel it again if it still runs")
             session.flush()
             session.refresh(row)
             return _info(row)

@@ -40,7 +40,7 @@ def _task(config: dict[str, Any], job: JobInfo, worker_id: str) -> dict[str, Any
     reg = Registry(home=config["home"], database_url=config["database_url"])
     try:
         queue = JobQueue(reg._ready(), max_attempts=config["max_attempts"])
-        ok, result, text = run_job(reg, job)
+        ok, result, text = run_job(reg, job, still_ours=lambda: queue.heartbeat(job.id, worker_id))
         import ray
 
         result["ray_node"] = socket.gethostname()
@@ -54,7 +54,10 @@ def _task(config: dict[str, Any], job: JobInfo, worker_id: str) -> dict[str, Any
 
 def connect(address: str | None = None, *, num_cpus: int | None = None) -> None:
     """Join the Ray cluster at `address` ("auto", "ray://host:10001", "host:6379"), or start a local one."""
-    import ray
+    try:
+        import ray
+    except ImportError:
+        raise JobError("the ray backend needs Ray installed beside swiftreg: pip install ray") from None
 
     if ray.is_initialized():
         return

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import select
 
-from .validation import CHECKS
+from .kinds import CHECKS
 
 if TYPE_CHECKING:
     from ..service import Registry

@@ -20,9 +20,9 @@ import warnings
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, Callable, Iterator
 
-from ..errors import InvalidJobError, RegistryError
+from ..errors import InvalidJobError, JobCancelledError, RegistryError
 from ..ids import parse_id
-from .kinds import KINDS
+from .kinds import CHECKS, KINDS
 
 if TYPE_CHECKING:
     from ..service import Registry
@@ -78,6 +78,11 @@ def check_params(kind: str, params: dict[str, Any]) -> None:
             raise InvalidJobError("validate job: revisions must be a non-empty list of ids (namespace/name@N)")
         for ref in revisions:
             parse_id(ref)
+        checks = params.get("checks")
+        if checks is not None and not (isinstance(checks, list) and checks and set(checks) <= set(CHECKS)):
+            raise InvalidJobError(f"validate job: checks must be a non-empty list of {', '.join(CHECKS)}")
+        if params.get("swift") is not None and not isinstance(params["swift"], bool):
+            raise InvalidJobError("validate job: swift must be true or false")
     if kind == "import":
         _check_import(params)
     if kind == "sleep":
@@ -167,32 +172,37 @@ def _op_result(result: Any) -> tuple[bool, dict[str, Any], list[str]]:
     return result.passed, out, lines
 
 
-def _merge(reg: "Registry", p: dict[str, Any], job: "JobInfo") -> tuple[bool, dict[str, Any], list[str]]:
+def _merge(reg: "Registry", p: dict[str, Any], job: "JobInfo", guard: Callable[[], None]
+           ) -> tuple[bool, dict[str, Any], list[str]]:
     from ..worker import ops
 
     return _op_result(ops.merge(reg, p["adapter"], p["base"], push=p["push"], tag=p.get("tag"), dtype=p.get("dtype"),
                                 device=p.get("device", "auto"), precision=p.get("precision", "float32"),
-                                safe=bool(p.get("safe", False))))
+                                safe=bool(p.get("safe", False)), before_push=guard))
 
 
-def _unmerge(reg: "Registry", p: dict[str, Any], job: "JobInfo") -> tuple[bool, dict[str, Any], list[str]]:
+def _unmerge(reg: "Registry", p: dict[str, Any], job: "JobInfo", guard: Callable[[], None]
+             ) -> tuple[bool, dict[str, Any], list[str]]:
     from ..worker import ops
 
     return _op_result(ops.unmerge(reg, p["merged"], p["adapter"], push=p["push"], tag=p.get("tag"),
-                                  device=p.get("device", "auto"), precision=p.get("precision", "float32")))
+                                  device=p.get("device", "auto"), precision=p.get("precision", "float32"),
+                                  before_push=guard))
 
 
-def _combine(reg: "Registry", p: dict[str, Any], job: "JobInfo") -> tuple[bool, dict[str, Any], list[str]]:
+def _combine(reg: "Registry", p: dict[str, Any], job: "JobInfo", guard: Callable[[], None]
+             ) -> tuple[bool, dict[str, Any], list[str]]:
     from ..worker import ops
 
     extra = {k: p[k] for k in ("semantics", "rank", "svd_clamp", "density", "majority_sign_method", "seed")
              if p.get(k) is not None}
     return _op_result(ops.combine(reg, list(p["refs"]), [float(w) for w in p["weights"]], p["method"],
                                   base_ref=p.get("base"), push=p["push"], tag=p.get("tag"),
-                                  device=p.get("device", "auto"), **extra))
+                                  device=p.get("device", "auto"), before_push=guard, **extra))
 
 
-def _validate(reg: "Registry", p: dict[str, Any], job: "JobInfo") -> tuple[bool, dict[str, Any], list[str]]:
+def _validate(reg: "Registry", p: dict[str, Any], job: "JobInfo", guard: Callable[[], None]
+              ) -> tuple[bool, dict[str, Any], list[str]]:
     from .validation import validate_revisions
 
     outcomes = validate_revisions(reg, list(p["revisions"]), run_id=p.get("run_id"), job_id=job.id,
@@ -203,7 +213,8 @@ def _validate(reg: "Registry", p: dict[str, Any], job: "JobInfo") -> tuple[bool,
                         "failures": [o.to_dict() for o in failed]}, lines
 
 
-def _import(reg: "Registry", p: dict[str, Any], job: "JobInfo") -> tuple[bool, dict[str, Any], list[str]]:
+def _import(reg: "Registry", p: dict[str, Any], job: "JobInfo", guard: Callable[[], None]
+            ) -> tuple[bool, dict[str, Any], list[str]]:
     result = reg.import_from(p["source"], p["id"], tag=p.get("tag"), base_model=p.get("base_model"),
                              subfolder=p.get("subfolder"), message=p.get("message"))
     rev = result.revision
@@ -213,7 +224,8 @@ def _import(reg: "Registry", p: dict[str, Any], job: "JobInfo") -> tuple[bool, d
     return True, out, list(result.notices) + [f"{result.source}: {verb} {rev.repo}@{rev.number} {rev.digest}"]
 
 
-def _sleep(reg: "Registry", p: dict[str, Any], job: "JobInfo") -> tuple[bool, dict[str, Any], list[str]]:
+def _sleep(reg: "Registry", p: dict[str, Any], job: "JobInfo", guard: Callable[[], None]
+           ) -> tuple[bool, dict[str, Any], list[str]]:
     """Diagnostic: sleep, optionally append `job_id attempt pid` to a file (tests count executions)."""
     if p.get("record"):
         with open(p["record"], "a") as f:
@@ -227,19 +239,30 @@ def _sleep(reg: "Registry", p: dict[str, Any], job: "JobInfo") -> tuple[bool, di
     return True, {"slept": float(p["seconds"]), "pid": os.getpid()}, [f"slept {p['seconds']} s"]
 
 
-RUNNERS: dict[str, Callable[["Registry", dict[str, Any], "JobInfo"], tuple[bool, dict[str, Any], list[str]]]] = {
+RUNNERS: dict[str, Callable[["Registry", dict[str, Any], "JobInfo", Callable[[], None]],
+                             tuple[bool, dict[str, Any], list[str]]]] = {
     "merge": _merge, "unmerge": _unmerge, "combine": _combine, "validate": _validate, "import": _import,
     "sleep": _sleep,
 }
 
 
-def run_job(reg: "Registry", job: "JobInfo") -> tuple[bool, dict[str, Any], str]:
-    """Run `job` here; never raises for a job's own failure (that is the job's result)."""
+def run_job(reg: "Registry", job: "JobInfo", still_ours: Callable[[], bool] | None = None
+            ) -> tuple[bool, dict[str, Any], str]:
+    """Run `job` here; never raises for a job's own failure (that is the job's result).
+
+    `still_ours` is asked right before a result is pushed: False (the job was cancelled or given
+    to another worker meanwhile) fails the job with nothing pushed.
+    """
+    def guard() -> None:
+        if still_ours is not None and not still_ours():
+            raise JobCancelledError(f"job {job.id} was cancelled (or given to another worker) while it ran; its "
+                                    "result was not pushed")
+
     started = time.monotonic()
     with _captured() as buffer:
         try:
             check_params(job.kind, job.params)
-            ok, result, lines = RUNNERS[job.kind](reg, job.params, job)
+            ok, result, lines = RUNNERS[job.kind](reg, job.params, job, guard)
         except RegistryError as exc:  # a refusal: its message already says what and what to do
             ok, result, lines = False, {"error": str(exc), "type": type(exc).__name__}, [f"error: {exc}"]
         except Exception as exc:  # noqa: BLE001 - a crash of the job, kept with its traceback

@@ -38,13 +38,14 @@ import converters
 
 from ..errors import RegistryError
 from ..ids import parse_id
+from .kinds import CHECKS
+from .queue import _aware
 
 if TYPE_CHECKING:
     import torch
 
     from ..service import Registry, RevisionInfo
 
-CHECKS: tuple[str, ...] = ("integrity", "config", "roundtrip", "peft_load", "swift_load", "outputs")
 #: relative tolerance of an adapter's outputs against its stored reference figures (float32 math)
 REFERENCE_TOLERANCE = 1e-5
 
@@ -126,9 +127,9 @@ def select_revisions(reg: "Registry", *, since: datetime | None = None, namespac
         query = query.where(AdapterRecord.namespace == check_name(namespace, "namespace"))
     with reg._read() as session:
         rows = session.execute(query).all()
-    if since is not None:
-        since = since if since.tzinfo else since.replace(tzinfo=timezone.utc)
-        rows = [r for r in rows if (r.created_at if r.created_at.tzinfo else r.created_at.astimezone()) >= since]
+    if since is not None:  # stored in UTC; SQLite hands them back without their zone
+        since = _aware(since)
+        rows = [r for r in rows if _aware(r.created_at) >= since]
     return [f"{r.namespace}/{r.name}@{r.number}" for r in rows]
 
 

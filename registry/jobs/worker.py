@@ -92,7 +92,8 @@ class Worker:
         beat = _Heartbeat(self.queue, job.id, self.worker_id, self.heartbeat)
         beat.start()
         try:
-            ok, result, text = run_job(self.reg, job)
+            ok, result, text = run_job(self.reg, job,
+                                       still_ours=lambda: self.queue.heartbeat(job.id, self.worker_id))
         finally:
             beat.done.set()
             beat.join()

@@ -30,14 +30,13 @@ import filelock
 from fastapi import APIRouter, Depends, Header, Path as PathParam, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
-
-from .responses import BlobResponse
 from fastapi.routing import APIRoute
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect
 
 import converters
+from converters.safetensors_io import write_all
 
 from .. import errors as E
 from .. import tokens
@@ -46,6 +45,7 @@ from ..service import Registry
 from ..store import BlobDigestMismatch, BlobNotFound, validate_digest
 from .app import ERROR_CODES, HTTPError, error_response
 from .auth import require
+from .responses import BlobResponse
 
 log = logging.getLogger("swiftreg.server")
 
@@ -574,7 +574,7 @@ async def upload_bytes(
                     await anyio.to_thread.run_sync(os.ftruncate, fd, held)
                     raise HTTPError(400, "too_many_bytes", f"the body runs past Upload-Length ({length} bytes); "
                                     "the bytes of this request were dropped", offset=held)
-                await anyio.to_thread.run_sync(_write_all, fd, chunk)
+                await anyio.to_thread.run_sync(write_all, fd, chunk)
                 received += len(chunk)
                 stats["bytes_received"] += len(chunk)
         except ClientDisconnect:
@@ -600,12 +600,6 @@ async def upload_bytes(
                             headers={"Upload-Offset": str(info.size), "Upload-Complete": "true"})
     finally:
         lock.release()
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view):]
 
 
 def _stored(reg: Registry, digest: str) -> bool:
@@ -680,9 +674,11 @@ def post_vllm_check(request: Request, ns: NS, name: NAME, ref: REF, body: Servin
     from ..ids import parse_id
 
     served = None
-    if body.base_model:  # a registry id only, never a path on the server's disk
+    if body.base_model:  # a registry id the token may read, never a path on the server's disk
         served = body.base_model
-        parse_id(served)
+        require(request, "read", parse_id(served).namespace)
+        if _registry(request).show(served).kind != "base":  # unknown: 404 here, before served_base looks elsewhere
+            raise HTTPError(422, "bad_request", f"{served} is an adapter; base_model names a registry base model")
     result = _registry(request).check_serving(_at(ns, name, ref), "vllm", max_lora_rank=body.max_lora_rank,
                                               served_model=served)
     return JSONResponse(result)

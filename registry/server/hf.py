@@ -281,7 +281,9 @@ def _revision_not_found(repo: str, rev: str, detail: str = "") -> HFError:
 
 
 def _lookup(request: Request, namespace: str, name: str, rev: str, *, swift_fallback: bool = False,
-            secret: str | None = None) -> Served:
+            secret: str | None = None, or_else: str | None = None) -> Served:
+    """The served revision `rev` of the repo; `or_else`: the ref to take when `rev` names nothing
+    (ModelScope's `master` falls back to the registry's `main`)."""
     repo = _repo_id(request, namespace, name, secret)
     registry, state = _registry(request), _state(request)
     if COMMIT.match(rev):
@@ -296,8 +298,15 @@ def _lookup(request: Request, namespace: str, name: str, rev: str, *, swift_fall
     try:
         info = registry.show(f"{repo}@{rev}")
     except NotFoundError:
-        _ensure_repo(registry, repo)
-        raise _revision_not_found(repo, rev) from None
+        info = None
+        if or_else is not None:
+            try:
+                info = registry.show(f"{repo}@{or_else}")
+            except NotFoundError:
+                pass
+        if info is None:
+            _ensure_repo(registry, repo)
+            raise _revision_not_found(repo, rev) from None
     except AmbiguousRefError as exc:
         raise _revision_not_found(repo, rev, str(exc)) from None
     return _served(registry, state, info, swift_fallback=swift_fallback)

@@ -98,10 +98,9 @@ def _lookup(request: Request, owner: str, name: str, revision: str | None) -> hf
     """The served revision for a ModelScope revision string (None and `master` mean the main branch)."""
     rev = revision or MASTER
     try:
-        return hf._lookup(request, owner, name, rev, swift_fallback=True, secret=_secret(request))
+        return hf._lookup(request, owner, name, rev, swift_fallback=True, secret=_secret(request),
+                          or_else=DEFAULT_REF if rev == MASTER else None)
     except hf.HFError as exc:
-        if rev == MASTER and exc.code == "RevisionNotFound":
-            return hf._lookup(request, owner, name, DEFAULT_REF, swift_fallback=True, secret=_secret(request))
         if exc.code == "RevisionNotFound":
             raise MSError(404, f"The model {owner}/{name} has no revision {rev!r} (a tag, a branch, master, a "
                           "revision number or a commit id)") from None
@@ -123,7 +122,7 @@ def model_info(request: Request, owner: str, name: str, Revision: str | None = N
     return _envelope({
         "Id": info.digest, "Name": name, "Path": owner, "ChineseName": name, "Revision": served.commit,
         "CreatedTime": _unix(info), "LastUpdatedTime": _unix(info), "Visibility": 5, "IsPublished": 1,
-        "ModelType": [], "Tasks": [], "Libraries": ["peft" if served.format == "peft" else served.format],
+        "ModelType": [], "Tasks": [], "Libraries": [served.format],
         "StorageSize": served.manifest.size,
         "SwiftReg": {"kind": info.kind, "revision": info.number, "digest": info.digest,
                      "stored_format": info.format, "format": served.format, "tags": info.tags,

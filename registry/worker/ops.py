@@ -72,7 +72,7 @@ def source(reg: Registry, ref: str, role: str, fmt: str | None, scratch: Path) -
 
 def _finish(reg: Registry, result: OpResult, built: Path, *, kind: str, push: str | None, output: Path | None,
             lineage: list[dict[str, Any]], message: str, tag: str | None = None,
-            base_model: str | None = None) -> OpResult:
+            base_model: str | None = None, before_push: Callable[[], None] | None = None) -> OpResult:
     lineage = lineage + [{"role": "operation", "op": result.operation, **result.figures,
                           "versions": library_versions(),
                           "equivalence": [c.to_dict() for c in result.comparisons]}]
@@ -80,6 +80,8 @@ def _finish(reg: Registry, result: OpResult, built: Path, *, kind: str, push: st
         result.notes.append("equivalence check failed: nothing was pushed or written")
         return result
     if push:
+        if before_push is not None:  # e.g. a job runner refusing to push for a cancelled job
+            before_push()
         pushed = (reg.push_base(built, push, tag=tag, message=message, parents=lineage) if kind == "base"
                   else reg.push(built, push, tag=tag, message=message, parents=lineage, base_model=base_model))
         result.pushed = pushed.revision
@@ -95,7 +97,8 @@ def _finish(reg: Registry, result: OpResult, built: Path, *, kind: str, push: st
 
 def merge(reg: Registry, adapter_ref: str, base_ref: str, *, push: str | None = None, output: Path | None = None,
           dtype: str | None = None, device: str = "auto", precision: str = "float32", safe: bool = False,
-          check: bool = True, tag: str | None = None, progress: Callable[[int], None] | None = None) -> OpResult:
+          check: bool = True, tag: str | None = None, progress: Callable[[int], None] | None = None,
+          before_push: Callable[[], None] | None = None) -> OpResult:
     from .device import pick_device
     from .merge import merge_checkpoint
 
@@ -112,12 +115,12 @@ def merge(reg: Registry, adapter_ref: str, base_ref: str, *, push: str | None = 
                                                          "report": _plain(report)})
         return _finish(reg, result, merged, kind="base", push=push, output=output,
                        lineage=[base.record, adapter.record], tag=tag,
-                       message=f"merge of {adapter_ref} into {base_ref}")
+                       message=f"merge of {adapter_ref} into {base_ref}", before_push=before_push)
 
 
 def unmerge(reg: Registry, merged_ref: str, adapter_ref: str, *, push: str | None = None,
             output: Path | None = None, device: str = "auto", precision: str = "float32",
-            tag: str | None = None) -> OpResult:
+            tag: str | None = None, before_push: Callable[[], None] | None = None) -> OpResult:
     """The original base, bit for bit, when lineage knows it; the numerical unmerge otherwise.
 
     Either way the numerical unmerge is computed and its drift from the original reported: with
@@ -154,14 +157,14 @@ def unmerge(reg: Registry, merged_ref: str, adapter_ref: str, *, push: str | Non
             built = numeric
         return _finish(reg, result, built, kind="base", push=push, output=output,
                        lineage=[merged.record, adapter.record], tag=tag,
-                       message=f"unmerge of {adapter_ref} from {merged_ref}")
+                       message=f"unmerge of {adapter_ref} from {merged_ref}", before_push=before_push)
 
 
 def combine(reg: Registry, refs: list[str], weights: list[float], method: str, *, semantics: str = "exact",
             rank: int | None = None, svd_clamp: float | None = None, density: float | None = None,
             majority_sign_method: str = "total", seed: int | None = None, base_ref: str | None = None,
             push: str | None = None, output: Path | None = None, device: str = "auto",
-            tag: str | None = None) -> OpResult:
+            tag: str | None = None, before_push: Callable[[], None] | None = None) -> OpResult:
     from .adapter_io import save_adapter
     from .combine import combine as combine_tensors
     from .device import pick_device
@@ -195,7 +198,7 @@ def combine(reg: Registry, refs: list[str], weights: list[float], method: str, *
             result.notes.append("no --base given: the combined adapter was not run on a model")
         return _finish(reg, result, built, kind="adapter", push=push, output=output, lineage=lineage, tag=tag,
                        message=f"{method} ({semantics}) of {', '.join(refs)} with weights {weights}",
-                       base_model=base_model)
+                       base_model=base_model, before_push=before_push)
 
 
 def _combine_checks(base_dir: Path, combined_dir: Path, source_dirs: list[Path], tensors: list[AdapterTensors],
