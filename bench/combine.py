@@ -2,7 +2,7 @@
 
 What it measures
     One run each (PEFT's takes about a minute) of
-      1. swiftreg  registry.worker.combine.combine([a, b], weights, "svd", rank=K)
+      1. swiftreg  registry.tensors.combine.combine([a, b], weights, "svd", rank=K)
                    QR of the stacked thin factors + SVD of the small R x R core per module
       2. peft      PeftModel.add_weighted_adapter(["a", "b"], weights, "c", combination_type="svd", svd_rank=K)
                    dense delta + full torch.linalg.svd per module
@@ -47,8 +47,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from registry.worker.adapter_tensors import load_adapter  # noqa: E402
-from registry.worker.combine import combine  # noqa: E402
+from registry.tensors.adapter_tensors import load_adapter  # noqa: E402
+from registry.tensors.combine import combine  # noqa: E402
 
 PROJECTIONS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 WEIGHTS = [0.6, 0.4]

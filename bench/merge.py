@@ -3,7 +3,7 @@
 What it measures
     Each method runs in its own fresh process (start-up, imports, load, merge, save, exit):
       1. swiftreg  `merge_checkpoint(base, load_adapter(adapter), out, device="cpu")`: streams the base
-                   shard by shard and tensor by tensor (registry/worker/merge.py)
+                   shard by shard and tensor by tensor (registry/tensors/merge.py)
       2. PEFT      `AutoModelForCausalLM.from_pretrained(base, dtype=bfloat16)` +
                    `PeftModel.from_pretrained(model, adapter)` + `merge_and_unload()` +
                    `save_pretrained(out, max_shard_size=<same as the base>)`
@@ -95,8 +95,8 @@ def child_generate(args: argparse.Namespace) -> None:
 
 def child_ours(args: argparse.Namespace) -> None:
     t0 = time.perf_counter()
-    from registry.worker.adapter_tensors import load_adapter
-    from registry.worker.merge import merge_checkpoint
+    from registry.tensors.adapter_tensors import load_adapter
+    from registry.tensors.merge import merge_checkpoint
 
     t1 = time.perf_counter()
     report = merge_checkpoint(args.base, load_adapter(args.adapter), args.out, device="cpu")

@@ -160,8 +160,8 @@ def _push_check(reg: Any, revision: Any, base_model: str | None, max_lora_rank: 
 
 
 def _validate_for_vllm(path: Path, base_model: Path | None, max_lora_rank: int, as_json: bool) -> None:
-    """`validate --target vllm`: the serving checks of registry/serving.py on a folder or a registry id."""
-    from .serving import Reason, Verdict, check_revision, check_vllm, served_base
+    """`validate --target vllm`: the serving checks of registry/vllm_checks.py on a folder or a registry id."""
+    from .vllm_checks import Reason, Verdict, check_revision, check_vllm, served_base
 
     if path.exists():
         subject = str(path)
@@ -457,7 +457,7 @@ def base_push(path: Path, repo_id: str, tag: str | None, force: bool, message: s
 
 def _report(result: Any, as_json: bool) -> None:
     """Print the equivalence table (or JSON) and exit 1 when a tolerance was exceeded."""
-    from .worker.equivalence import format_table
+    from .tensors.equivalence import format_table
 
     if as_json:
         _echo_json({"operation": result.operation, "passed": result.passed, "notes": result.notes,
@@ -508,7 +508,7 @@ def _with(options: list[Any]) -> Callable[[F], F]:
 def merge(adapter_ref: str, base_ref: str, dtype: str | None, precision: str, safe: bool, no_check: bool, device: str,
           push: str | None, output: Path | None, tag: str | None, as_json: bool) -> None:
     """Merge an adapter into a base model, check the result on the model, push or write it."""
-    from .worker import ops
+    from . import ops
 
     if not push and not output:
         raise click.UsageError("give --push NS/NAME or -o DIR")
@@ -531,7 +531,7 @@ def merge(adapter_ref: str, base_ref: str, dtype: str | None, precision: str, sa
 def unmerge(merged_ref: str, adapter_ref: str, precision: str, device: str, push: str | None, output: Path | None,
             tag: str | None, as_json: bool) -> None:
     """Take an adapter back out of a merged model (bit for bit when the registry knows the original)."""
-    from .worker import ops
+    from . import ops
 
     if not push and not output:
         raise click.UsageError("give --push NS/NAME or -o DIR")
@@ -562,7 +562,7 @@ def combine(refs: tuple[str, ...], weights: str, method: str, semantics: str, ra
             base_ref: str | None, device: str, push: str | None, output: Path | None, tag: str | None,
             as_json: bool) -> None:
     """Combine two or more adapters with weights into one adapter."""
-    from .worker import ops
+    from . import ops
 
     try:
         parsed = [float(w) for w in weights.split(",")]
@@ -584,7 +584,7 @@ def combine(refs: tuple[str, ...], weights: str, method: str, semantics: str, ra
 @_format_errors
 def check_equivalence(adapter_ref: str, base_ref: str, merged_ref: str | None, device: str, as_json: bool) -> None:
     """Run base + adapter, the merged model and PEFT's merge on one probe batch and compare."""
-    from .worker import ops
+    from . import ops
 
     _report(ops.check(_registry(), adapter_ref, base_ref, merged_ref, device=device), as_json)
 

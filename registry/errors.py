@@ -13,7 +13,7 @@
     ├── HubError                    an import from the Hugging Face Hub or ModelScope failed (registry/hubs/)
     │   ├── HubNotFoundError        no such repository or revision on the hub (also a NotFoundError)
     │   └── HubNoAdapterError       the hub repository (or --subfolder) holds no adapter, or only pickles
-    ├── WorkerError                 tensor work refused (registry/worker/errors.py has its subtree)
+    ├── WorkerError                 tensor work refused (registry/tensors/errors.py has its subtree)
     └── JobError                    a job cannot be submitted, found or changed (registry/jobs/)
         ├── JobNotFoundError        no job with that id (also a NotFoundError)
         ├── InvalidJobError         unknown kind, or parameters the kind does not take

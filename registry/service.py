@@ -863,12 +863,12 @@ class Registry:
 
     def check_serving(self, repo_id: str, target: str = "vllm", *, max_lora_rank: int = 16,
                       served_model: str | None = None, record: bool = True) -> dict[str, Any]:
-        """Can `target` serve this revision (registry/serving.py)? The verdict, recorded in validation_runs.
+        """Can `target` serve this revision (registry/vllm_checks.py)? The verdict, recorded in validation_runs.
 
         `served_model`: the model the engine serves (a registry base id, or a folder on this machine),
         compared with the base the revision records.
         """
-        from .serving import CHECK_KIND, check_revision, library_versions, served_base
+        from .vllm_checks import CHECK_KIND, check_revision, library_versions, served_base
 
         if target != "vllm":
             raise RegistryError(f"serving checks know the target 'vllm', not {target!r}")

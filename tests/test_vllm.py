@@ -196,7 +196,7 @@ from converters.errors import RefusedError
 from registry.client import AccessDeniedError, ServerUnreachableError
 from registry.errors import AmbiguousRefError, IntegrityError, NotFoundError
 from registry.integrations.vllm import Resolver, ServingRefusedError, _vllm_resolver_class
-from registry.serving import Reason, Verdict
+from registry.vllm_checks import Reason, Verdict
 from vllm.entrypoints.serve.exception_handling.error_response import create_error_response
 
 class Raising(Resolver):

@@ -15,7 +15,7 @@ What a resolution does (`Resolver.resolve`, vLLM-free so it is tested and timed 
    revision to a verified local snapshot in PEFT form (Swift revisions converted once, server-side or
    locally). A number or digest already resolved (in this process, or before a restart: a record under
    SWIFTREG_HOME) costs no database query and no network call.
-3. `registry.serving.check_vllm` checks the snapshot against every limit vLLM enforces at load time,
+3. `registry.vllm_checks.check_vllm` checks the snapshot against every limit vLLM enforces at load time,
    with vLLM's own `--max-lora-rank`, and against the base the revision records (`push --base-model`):
    vLLM's served model must be that base, by registry id or by shape fingerprint.
 4. vLLM gets `LoRARequest(lora_name=<the requested name>, lora_path=<snapshot>)`.
@@ -64,7 +64,7 @@ from typing import Any, Callable
 
 from ..errors import IntegrityError, InvalidIdError, NotFoundError, RegistryError
 from ..ids import parse_id
-from ..serving import DEFAULT_MAX_LORA_RANK, ServedBase, Verdict, base_requirement, check_vllm, served_base
+from ..vllm_checks import DEFAULT_MAX_LORA_RANK, ServedBase, Verdict, base_requirement, check_vllm, served_base
 
 RESOLVER_NAME = "swiftreg"
 LOGGER_NAME = "vllm.swiftreg"  # a child of vLLM's own logger: its handlers print it with vLLM's log

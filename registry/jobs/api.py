@@ -88,7 +88,7 @@ def validate_all(reg: "Registry", *, since: str | datetime | None = None, namesp
     """Queue validate jobs over every adapter revision (or those since `since`), run them, report."""
     from .report import ValidationReport, build
     from .kinds import CHECKS
-    from .validation import select_revisions
+    from .revision_checks import select_revisions
 
     _check_backend(backend)
     if batch_size < 1:

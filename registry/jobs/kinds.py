@@ -7,5 +7,5 @@ file. This module imports nothing, so the CLI can offer the kinds without loadin
 from __future__ import annotations
 
 KINDS: tuple[str, ...] = ("merge", "unmerge", "combine", "validate", "import", "sleep")
-#: the checks a validate job runs on each revision (registry/jobs/validation.py), in this order
+#: the checks a validate job runs on each revision (registry/jobs/revision_checks.py), in this order
 CHECKS: tuple[str, ...] = ("integrity", "config", "roundtrip", "peft_load", "swift_load", "outputs")

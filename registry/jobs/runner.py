@@ -1,7 +1,7 @@
 """Run one job of any kind in this process and say how it went: (succeeded, result, log tail).
 
 Every backend (inline, `swiftreg worker`, a Ray task) ends here, so a job does the same work
-wherever it runs. merge / unmerge / combine go through registry/worker/ops.py (which checks every
+wherever it runs. merge / unmerge / combine go through registry/ops.py (which checks every
 result on a real model before it pushes); validate through validation.py; import through
 registry/hubs/ (the server's way to import: its workers download from the hub, not the client);
 `sleep` is a diagnostic.
@@ -174,7 +174,7 @@ def _op_result(result: Any) -> tuple[bool, dict[str, Any], list[str]]:
 
 def _merge(reg: "Registry", p: dict[str, Any], job: "JobInfo", guard: Callable[[], None]
            ) -> tuple[bool, dict[str, Any], list[str]]:
-    from ..worker import ops
+    from .. import ops
 
     return _op_result(ops.merge(reg, p["adapter"], p["base"], push=p["push"], tag=p.get("tag"), dtype=p.get("dtype"),
                                 device=p.get("device", "auto"), precision=p.get("precision", "float32"),
@@ -183,7 +183,7 @@ def _merge(reg: "Registry", p: dict[str, Any], job: "JobInfo", guard: Callable[[
 
 def _unmerge(reg: "Registry", p: dict[str, Any], job: "JobInfo", guard: Callable[[], None]
              ) -> tuple[bool, dict[str, Any], list[str]]:
-    from ..worker import ops
+    from .. import ops
 
     return _op_result(ops.unmerge(reg, p["merged"], p["adapter"], push=p["push"], tag=p.get("tag"),
                                   device=p.get("device", "auto"), precision=p.get("precision", "float32"),
@@ -192,7 +192,7 @@ def _unmerge(reg: "Registry", p: dict[str, Any], job: "JobInfo", guard: Callable
 
 def _combine(reg: "Registry", p: dict[str, Any], job: "JobInfo", guard: Callable[[], None]
              ) -> tuple[bool, dict[str, Any], list[str]]:
-    from ..worker import ops
+    from .. import ops
 
     extra = {k: p[k] for k in ("semantics", "rank", "svd_clamp", "density", "majority_sign_method", "seed")
              if p.get(k) is not None}
@@ -203,7 +203,7 @@ def _combine(reg: "Registry", p: dict[str, Any], job: "JobInfo", guard: Callable
 
 def _validate(reg: "Registry", p: dict[str, Any], job: "JobInfo", guard: Callable[[], None]
               ) -> tuple[bool, dict[str, Any], list[str]]:
-    from .validation import validate_revisions
+    from .revision_checks import validate_revisions
 
     outcomes = validate_revisions(reg, list(p["revisions"]), run_id=p.get("run_id"), job_id=job.id,
                                   checks=p.get("checks"), swift=p.get("swift"))

@@ -659,7 +659,7 @@ def delete_ref(request: Request, ns: NS, name: NAME, ref: REF, _: Annotated[Call
     return Response(status_code=204)
 
 
-# ----- serving checks (registry/serving.py) ----------------------------------------------------------------
+# ----- serving checks (registry/vllm_checks.py) ----------------------------------------------------------------
 
 class ServingCheckIn(BaseModel):
     max_lora_rank: int = Field(16, ge=1, le=4096, description="the --max-lora-rank vLLM runs with")

@@ -20,7 +20,7 @@ The arithmetic is `lora_math`'s, which follows PEFT's operation order, so a floa
 PEFT's `merge_and_unload()` bit for bit, and a bf16 merge equals PEFT's default (not safe_merge)
 merge: `W <- bf16(W + dW_fp32)`, one rounding (FORMATS.md, "Math PEFT uses").
 
-Errors are the worker's (registry/worker/errors.py), so the CLI prints them as one line:
+Errors are the worker's (registry/tensors/errors.py), so the CLI prints them as one line:
 ShapeMismatchError (a module with no base tensor, or another shape: an adapter for another base),
 NonFiniteError (safe=True found NaN/Inf, module named, no output), NotInvertibleError (unmerge of
 DoRA or of replaced tensors), and MergeError / MergeOutputError below for the rest.

@@ -9,7 +9,7 @@ saved by transformers' own `save_pretrained`. Two references:
   round once, so in bf16 those tensors may differ by one bf16 step.
 * PeftModel's unmerged forward. Merged and unmerged forwards sum in a different order, so logits
   agree only to rounding. Tolerance on ||merged - peft|| / ||peft|| (Frobenius, over the probe's
-  logits; the same numbers as registry/worker/equivalence.py):
+  logits; the same numbers as registry/tensors/equivalence.py):
     float32   1e-5   only summation order differs; observed 3e-7 to 2e-6 here (the 2e-6 with
                      scaling 8), so two orders of margin stay.
     bfloat16  5e-2   8-bit mantissas: every merged weight is rounded to bf16 (2^-9 relative) while
@@ -37,11 +37,11 @@ from transformers import (
     Qwen2ForCausalLM,
 )
 
-from registry.worker.adapter_tensors import AdapterTensors, load_adapter
-from registry.worker.device import DeviceError, compute_dtype, pick_device
-from registry.worker.errors import NonFiniteError, NotInvertibleError, ShapeMismatchError
-from registry.worker.lora_math import lora_delta
-from registry.worker.merge import MergeError, MergeOutputError, merge_checkpoint, unmerge_checkpoint
+from registry.tensors.adapter_tensors import AdapterTensors, load_adapter
+from registry.tensors.device import DeviceError, compute_dtype, pick_device
+from registry.tensors.errors import NonFiniteError, NotInvertibleError, ShapeMismatchError
+from registry.tensors.lora_math import lora_delta
+from registry.tensors.merge import MergeError, MergeOutputError, merge_checkpoint, unmerge_checkpoint
 from tests.models import GPT2, LLAMA, PROBE, make_peft_checkpoint, randomise_adapter_weights
 
 QWEN2 = dict(vocab_size=128, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
@@ -140,7 +140,7 @@ def assert_equal_to_peft(ours: dict[str, torch.Tensor], ref: dict[str, torch.Ten
 
 
 def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
-    """||a - b|| / ||b|| (Frobenius), the measure registry/worker/equivalence.py uses."""
+    """||a - b|| / ||b|| (Frobenius), the measure registry/tensors/equivalence.py uses."""
     return float((a - b).norm() / b.norm())
 
 
@@ -214,7 +214,7 @@ def test_blocked_sums_change_no_bit(kind: str, lora: dict, dtype: torch.dtype, t
                                     monkeypatch: pytest.MonkeyPatch) -> None:
     """The merge scales, adds and rounds in row blocks; with blocks of 80 elements (a few rows, a ragged
     last block, transposed deltas) the result is still PEFT's to the bit, and unmerge still inverts it."""
-    import registry.worker.merge as merge_module
+    import registry.tensors.merge as merge_module
 
     monkeypatch.setattr(merge_module, "BLOCK_ELEMENTS", 80)
     base = make_base(kind, tmp_path / "base", dtype=dtype)

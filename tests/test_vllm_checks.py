@@ -1,4 +1,4 @@
-"""The vLLM serving checks (registry/serving.py), one per vLLM limit, on adapters the real peft made.
+"""The vLLM serving checks (registry/vllm_checks.py), one per vLLM limit, on adapters the real peft made.
 
 Each refused case names the limit, the config field at fault and what to do instead; the plain LoRA
 beside them passes, so every check can fail. The integration tier (tests/test_vllm.py) proves the
@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 import converters
-from registry.serving import (
+from registry.vllm_checks import (
     MERGE_ADVICE, BaseRequirement, ServedBase, base_fingerprint, check_base_model, check_modules_to_save, check_init,
     check_vllm,
 )

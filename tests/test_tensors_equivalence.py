@@ -2,7 +2,7 @@
 
 For each: (a) the merged model vs base + adapter applied unmerged by PEFT, (b) vs PEFT's own
 merge_and_unload, (c) unmerge(merge(W)) vs W, in float32 and bfloat16 with the tolerances written in
-registry/worker/equivalence.py.
+registry/tensors/equivalence.py.
 """
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from registry.service import Registry
-from registry.worker import equivalence as eq
-from registry.worker import ops
+from registry.tensors import equivalence as eq
+from registry import ops
 from tests.models import build_base, make_peft_checkpoint, minilm_folder
 
 CASES = {

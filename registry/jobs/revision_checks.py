@@ -89,7 +89,7 @@ _SWIFT_VERSIONS: dict[str, dict[str, str]] = {}
 
 
 def library_versions() -> dict[str, str]:
-    from ..worker.ops import library_versions as versions
+    from ..ops import library_versions as versions
 
     return versions()
 
@@ -249,7 +249,7 @@ def _check_peft_load(rev: _Revision) -> None:
     from peft import PeftModel, get_peft_model_state_dict
     from safetensors.torch import load_file
 
-    from ..worker import equivalence as eq
+    from ..tensors import equivalence as eq
 
     assert rev.peft is not None and rev.base is not None
     problems, loaded_tensors = [], 0
@@ -301,9 +301,9 @@ def _reference(reg: "Registry", rev: _Revision) -> dict[str, Any] | None:
 def _check_outputs(reg: "Registry", rev: _Revision) -> None:
     import torch
 
-    from ..worker import equivalence as eq
-    from ..worker.adapter_tensors import load_adapter
-    from ..worker.merge import merge_checkpoint
+    from ..tensors import equivalence as eq
+    from ..tensors.adapter_tensors import load_adapter
+    from ..tensors.merge import merge_checkpoint
 
     assert rev.peft is not None and rev.base is not None
     problems, comparisons, figures = [], [], {}
@@ -346,7 +346,7 @@ def _swift_loads(revs: list[_Revision], python: str) -> None:
     from safetensors.torch import load_file
 
     from ..interop.swift_env import SwiftEnvironmentError, run_jobs
-    from ..worker import equivalence as eq
+    from ..tensors import equivalence as eq
 
     jobs, todo = [], []
     for rev in revs:

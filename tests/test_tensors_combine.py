@@ -1,4 +1,4 @@
-"""Weighted combination (registry/worker/combine.py) against the real peft and float64 references.
+"""Weighted combination (registry/tensors/combine.py) against the real peft and float64 references.
 
 Sources are made by the real peft on a tiny seeded Llama (tests/models.py) and randomised.
 
@@ -22,11 +22,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from registry.worker.adapter_io import adapter_state_dict, save_adapter
-from registry.worker.adapter_tensors import AdapterTensors, load_adapter, module_scaling
-from registry.worker.combine import (METHODS, SVD_METHODS, CombineError, combine, lowrank_svd, module_seed,
+from registry.tensors.adapter_io import adapter_state_dict, save_adapter
+from registry.tensors.adapter_tensors import AdapterTensors, load_adapter, module_scaling
+from registry.tensors.combine import (METHODS, SVD_METHODS, CombineError, combine, lowrank_svd, module_seed,
                                      quantile)
-from registry.worker.errors import AdapterError
+from registry.tensors.errors import AdapterError
 from tests.models import build_base, forward, load_base, make_peft_checkpoint
 
 ALL = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj", "embed_tokens"]

@@ -11,7 +11,7 @@ from safetensors.torch import load_file
 
 from registry.cli import main
 from registry.service import Registry
-from registry.worker import ops
+from registry import ops
 from tests.models import make_peft_checkpoint
 
 

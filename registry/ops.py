@@ -17,10 +17,10 @@ import torch
 
 import converters
 
-from ..errors import RegistryError
-from ..service import Registry, RevisionInfo
-from . import equivalence as eq
-from .adapter_tensors import AdapterTensors, load_adapter
+from .errors import RegistryError
+from .service import Registry, RevisionInfo
+from .tensors import equivalence as eq
+from .tensors.adapter_tensors import AdapterTensors, load_adapter
 
 
 @dataclass
@@ -99,8 +99,8 @@ def merge(reg: Registry, adapter_ref: str, base_ref: str, *, push: str | None = 
           dtype: str | None = None, device: str = "auto", precision: str = "float32", safe: bool = False,
           check: bool = True, tag: str | None = None, progress: Callable[[int], None] | None = None,
           before_push: Callable[[], None] | None = None) -> OpResult:
-    from .device import pick_device
-    from .merge import merge_checkpoint
+    from .tensors.device import pick_device
+    from .tensors.merge import merge_checkpoint
 
     with tempfile.TemporaryDirectory(prefix="swiftreg-merge-", dir=reg.home) as tmp:
         scratch = Path(tmp)
@@ -126,8 +126,8 @@ def unmerge(reg: Registry, merged_ref: str, adapter_ref: str, *, push: str | Non
     Either way the numerical unmerge is computed and its drift from the original reported: with
     bf16 weights, subtracting the delta does not give back the bits merge started from.
     """
-    from .device import pick_device
-    from .merge import unmerge_checkpoint
+    from .tensors.device import pick_device
+    from .tensors.merge import unmerge_checkpoint
 
     with tempfile.TemporaryDirectory(prefix="swiftreg-unmerge-", dir=reg.home) as tmp:
         scratch = Path(tmp)
@@ -149,7 +149,7 @@ def unmerge(reg: Registry, merged_ref: str, adapter_ref: str, *, push: str | Non
         else:
             result.notes.append("no lineage for this merge: the result is the numerical unmerge")
             remerged = scratch / "remerged"
-            from .merge import merge_checkpoint
+            from .tensors.merge import merge_checkpoint
 
             merge_checkpoint(numeric, load_adapter(adapter.folder), remerged, device=device, precision=precision)
             result.comparisons.append(eq.check_same_model("merge(unmerge(M)) vs M", remerged, merged.folder,
@@ -165,9 +165,9 @@ def combine(reg: Registry, refs: list[str], weights: list[float], method: str, *
             majority_sign_method: str = "total", seed: int | None = None, base_ref: str | None = None,
             push: str | None = None, output: Path | None = None, device: str = "auto",
             tag: str | None = None, before_push: Callable[[], None] | None = None) -> OpResult:
-    from .adapter_io import save_adapter
-    from .combine import combine as combine_tensors
-    from .device import pick_device
+    from .tensors.adapter_io import save_adapter
+    from .tensors.combine import combine as combine_tensors
+    from .tensors.device import pick_device
 
     if len(refs) < 2:
         raise RegistryError("combine needs at least two adapters")
@@ -203,7 +203,7 @@ def combine(reg: Registry, refs: list[str], weights: list[float], method: str, *
 
 def _combine_checks(base_dir: Path, combined_dir: Path, source_dirs: list[Path], tensors: list[AdapterTensors],
                     weights: list[float], params: dict[str, Any], device: torch.device) -> list[eq.Comparison]:
-    from .lora_math import lora_delta
+    from .tensors.lora_math import lora_delta
 
     inputs = eq.probe_inputs(base_dir)
     ours = eq.peft_outputs(base_dir, combined_dir, inputs, device=device)
@@ -256,8 +256,8 @@ def _peft_weighted_outputs(base_dir: Path, source_dirs: list[Path], weights: lis
 def check(reg: Registry, adapter_ref: str, base_ref: str, merged_ref: str | None = None, *,
           device: str = "auto") -> OpResult:
     """`swiftreg check-equivalence`: a merged model (or a fresh merge) against base + adapter and PEFT."""
-    from .device import pick_device
-    from .merge import merge_checkpoint
+    from .tensors.device import pick_device
+    from .tensors.merge import merge_checkpoint
 
     with tempfile.TemporaryDirectory(prefix="swiftreg-check-", dir=reg.home) as tmp:
         scratch = Path(tmp)
