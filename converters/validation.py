@@ -195,7 +195,7 @@ class _AdapterCheck:
             if not targets_module(c.get("target_modules"), module):
                 self.problem(module, "has LoRA tensors but target_modules does not select it: PEFT creates no "
                              "layer there and ignores them")
-            for slot, info in slots.items():
+            for info in slots.values():
                 if info.dtype not in FLOAT_DTYPES:
                     self.problem(info.name, f"dtype {info.dtype} is not a floating-point type")
             if "lora_embedding_A" in slots or "lora_embedding_B" in slots:

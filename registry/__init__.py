@@ -5,7 +5,8 @@
 
 `Registry` holds every operation (push, pull, resolve, tag, log, gc); the CLI is a thin surface
 over it. With SWIFTREG_URL set, the same calls go to that `swiftreg serve` through
-`registry.client.RemoteRegistry` (same API, SWIFTREG_TOKEN as the bearer token). Imports are lazy so
+`registry.client.RemoteRegistry` (SWIFTREG_TOKEN as the bearer token). Both implement
+`registry.api.RegistryAPI`, the one contract every consumer is typed against. Imports are lazy so
 `import registry` stays cheap.
 """
 from __future__ import annotations
@@ -21,14 +22,13 @@ from .errors import (
 )
 
 if TYPE_CHECKING:
-    from .client import RemoteRegistry
-    from .service import Registry
+    from .api import RegistryAPI
 
-_default: dict[tuple[str, ...], "Registry | RemoteRegistry"] = {}
+_default: dict[tuple[str, ...], "RegistryAPI"] = {}
 _lock = threading.Lock()
 
 
-def default_registry() -> "Registry | RemoteRegistry":
+def default_registry() -> "RegistryAPI":
     """The registry the environment names, opened once per process.
 
     SWIFTREG_URL set: a RemoteRegistry for that server (token SWIFTREG_TOKEN, cache in SWIFTREG_HOME).
@@ -56,7 +56,7 @@ _environ = os.environ
 _VARIABLES = ("SWIFTREG_HOME", "SWIFTREG_DATABASE_URL", "SWIFTREG_URL", "SWIFTREG_TOKEN")
 try:  # os.environ's own dict: reading it skips .get()'s per-call encoding (resolve is a hot path)
     _RAW = os.environ._data  # type: ignore[attr-defined]
-    _KEYS = tuple(os.environ.encodekey(name) for name in _VARIABLES)  # type: ignore[attr-defined]
+    _KEYS = tuple(os.environ.encodekey(name) for name in _VARIABLES)
 except AttributeError:  # pragma: no cover - another os.environ implementation
     _RAW, _KEYS = None, ()
 _last: list[Any] = [None, None]  # the values of _VARIABLES, the registry they gave
@@ -70,7 +70,7 @@ def resolve(repo_id: str, format: str | None = None) -> Path:
     """
     if _RAW is not None and _environ is os.environ:
         home, db, url, token = _KEYS
-        env = (_RAW.get(home), _RAW.get(db), _RAW.get(url), _RAW.get(token))
+        env: tuple[Any, ...] = (_RAW.get(home), _RAW.get(db), _RAW.get(url), _RAW.get(token))
     else:
         env = tuple(_environ.get(name) for name in _VARIABLES)
     if _last[1] is None or _last[0] != env:
@@ -93,9 +93,13 @@ def __getattr__(name: str) -> Any:
         from .client import RemoteRegistry
 
         return RemoteRegistry
+    if name == "RegistryAPI":
+        from .api import RegistryAPI
+
+        return RegistryAPI
     raise AttributeError(f"module 'registry' has no attribute {name!r}")
 
 
 __all__ = ["AmbiguousRefError", "IntegrityError", "InvalidCheckpointError", "InvalidIdError", "NotFoundError",
-           "RefExistsError", "Registry", "RegistryError", "RemoteRegistry", "UnsafePathError",
+           "RefExistsError", "Registry", "RegistryAPI", "RegistryError", "RemoteRegistry", "UnsafePathError",
            "default_registry", "import_from", "resolve"]

@@ -18,6 +18,7 @@ import shutil
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import converters
 from converters.safetensors_io import read_header
@@ -26,7 +27,7 @@ from registry.interop.swift_env import run_jobs
 
 SENTENCES = ["swiftreg keeps every adapter and its history in one place.",
              "Convert ms-swift checkpoints to PEFT without copying a tensor twice."]
-ADAPTERS = [
+ADAPTERS: list[dict[str, Any]] = [
     {"name": "default", "config": {"r": 8, "lora_alpha": 16, "target_modules": ["query", "value"],
                                    "lorap_lr_ratio": 16.0}},
     {"name": "sql", "config": {"r": 4, "lora_alpha": 8, "use_dora": True,
@@ -134,9 +135,10 @@ def _registry_steps(work: Path, model_dir: Path, probe: list[list[int]], referen
     from registry.service import Registry
 
     reg = Registry()
-    print(f"4. registry at {reg.home} ({reg.engine.url.get_backend_name()} + local blob store)")
+    print(f"4. registry at {reg.home} ({reg.db.engine.url.get_backend_name()} + local blob store)")
     base = reg.push_base(model_dir, "demo/all-minilm-l6-v2", tag="v1")
-    pushed = reg.push(work / "swift", "demo/minilm-adapters", tag="v1", force=True, base_model="demo/all-minilm-l6-v2@v1",
+    pushed = reg.push(work / "swift", "demo/minilm-adapters", tag="v1", force=True,
+                      base_model="demo/all-minilm-l6-v2@v1",
                       message="made by ms-swift in scripts/demo")
     rev = pushed.revision
     state = "pushed" if pushed.created else "already there (identical content: no new revision, no blob written)"

@@ -17,10 +17,11 @@ import torch
 
 import converters
 
+from .api import RegistryAPI, RevisionInfo
 from .errors import RegistryError
-from .service import Registry, RevisionInfo
 from .tensors import equivalence as eq
 from .tensors.adapter_tensors import AdapterTensors, load_adapter
+from .versions import library_versions
 
 
 @dataclass
@@ -37,18 +38,6 @@ class OpResult:
         return all(c.passed for c in self.comparisons)
 
 
-def library_versions() -> dict[str, str]:
-    import importlib.metadata as md
-
-    versions = {}
-    for name in ("swiftreg", "torch", "transformers", "peft", "safetensors"):
-        try:
-            versions[name] = md.version(name)
-        except md.PackageNotFoundError:
-            pass
-    return versions
-
-
 @dataclass
 class Source:
     """An input: its local folder and how lineage names it."""
@@ -57,7 +46,7 @@ class Source:
     record: dict[str, Any]
 
 
-def source(reg: Registry, ref: str, role: str, fmt: str | None, scratch: Path) -> Source:
+def source(reg: RegistryAPI, ref: str, role: str, fmt: str | None, scratch: Path) -> Source:
     """A registry id (`ns/name@ref`) or a local folder; adapters are brought to PEFT form."""
     local = Path(ref)
     if local.exists():
@@ -70,7 +59,7 @@ def source(reg: Registry, ref: str, role: str, fmt: str | None, scratch: Path) -
                                                   "number": info.number, "digest": info.digest})
 
 
-def _finish(reg: Registry, result: OpResult, built: Path, *, kind: str, push: str | None, output: Path | None,
+def _finish(reg: RegistryAPI, result: OpResult, built: Path, *, kind: str, push: str | None, output: Path | None,
             lineage: list[dict[str, Any]], message: str, tag: str | None = None,
             base_model: str | None = None, before_push: Callable[[], None] | None = None) -> OpResult:
     lineage = lineage + [{"role": "operation", "op": result.operation, **result.figures,
@@ -95,7 +84,7 @@ def _finish(reg: Registry, result: OpResult, built: Path, *, kind: str, push: st
     return result
 
 
-def merge(reg: Registry, adapter_ref: str, base_ref: str, *, push: str | None = None, output: Path | None = None,
+def merge(reg: RegistryAPI, adapter_ref: str, base_ref: str, *, push: str | None = None, output: Path | None = None,
           dtype: str | None = None, device: str = "auto", precision: str = "float32", safe: bool = False,
           check: bool = True, tag: str | None = None, progress: Callable[[int], None] | None = None,
           before_push: Callable[[], None] | None = None) -> OpResult:
@@ -118,7 +107,7 @@ def merge(reg: Registry, adapter_ref: str, base_ref: str, *, push: str | None = 
                        message=f"merge of {adapter_ref} into {base_ref}", before_push=before_push)
 
 
-def unmerge(reg: Registry, merged_ref: str, adapter_ref: str, *, push: str | None = None,
+def unmerge(reg: RegistryAPI, merged_ref: str, adapter_ref: str, *, push: str | None = None,
             output: Path | None = None, device: str = "auto", precision: str = "float32",
             tag: str | None = None, before_push: Callable[[], None] | None = None) -> OpResult:
     """The original base, bit for bit, when lineage knows it; the numerical unmerge otherwise.
@@ -160,7 +149,7 @@ def unmerge(reg: Registry, merged_ref: str, adapter_ref: str, *, push: str | Non
                        message=f"unmerge of {adapter_ref} from {merged_ref}", before_push=before_push)
 
 
-def combine(reg: Registry, refs: list[str], weights: list[float], method: str, *, semantics: str = "exact",
+def combine(reg: RegistryAPI, refs: list[str], weights: list[float], method: str, *, semantics: str = "exact",
             rank: int | None = None, svd_clamp: float | None = None, density: float | None = None,
             majority_sign_method: str = "total", seed: int | None = None, base_ref: str | None = None,
             push: str | None = None, output: Path | None = None, device: str = "auto",
@@ -253,7 +242,7 @@ def _peft_weighted_outputs(base_dir: Path, source_dirs: list[Path], weights: lis
     return eq.outputs(model.eval(), inputs)
 
 
-def check(reg: Registry, adapter_ref: str, base_ref: str, merged_ref: str | None = None, *,
+def check(reg: RegistryAPI, adapter_ref: str, base_ref: str, merged_ref: str | None = None, *,
           device: str = "auto") -> OpResult:
     """`swiftreg check-equivalence`: a merged model (or a fresh merge) against base + adapter and PEFT."""
     from .tensors.device import pick_device
@@ -271,7 +260,7 @@ def check(reg: Registry, adapter_ref: str, base_ref: str, merged_ref: str | None
         return OpResult("check", eq.check_merge(base.folder, adapter.folder, merged, device=pick_device(device)))
 
 
-def _original_base(reg: Registry, merged: dict[str, Any], adapter: dict[str, Any]) -> tuple[Path, str] | None:
+def _original_base(reg: RegistryAPI, merged: dict[str, Any], adapter: dict[str, Any]) -> tuple[Path, str] | None:
     if "repo" not in merged:
         return None
     info = reg.show(f"{merged['repo']}@{merged['number']}")
@@ -313,7 +302,7 @@ def _as_info(c: eq.Comparison) -> eq.Comparison:
 def _plain(report: Any) -> dict[str, Any]:
     from dataclasses import asdict, is_dataclass
 
-    if is_dataclass(report):
+    if is_dataclass(report) and not isinstance(report, type):
         return {k: (str(v) if not isinstance(v, (int, float, str, bool, type(None), list, dict)) else v)
                 for k, v in asdict(report).items()}
     return {"report": str(report)}

@@ -10,14 +10,12 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Callable
 
 from filelock import FileLock
 
-from converters.conversion import publish_folder
-
+from .atomic import new_folder
 from .errors import RegistryError
 from .manifest import Manifest, check_relpath
 
@@ -37,17 +35,12 @@ class SnapshotCache:
             if folder.is_dir():
                 return folder
             files = manifest()
-            tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".partial", dir=folder.parent))
-            try:
+            with new_folder(folder) as tmp:
                 for entry in files.files:
                     dst = tmp / check_relpath(entry.path)
                     dst.parent.mkdir(parents=True, exist_ok=True)
                     copy_blob(entry.sha256, dst, entry.path)
                     os.chmod(dst, 0o444)
-                os.rename(tmp, folder)
-            except BaseException:
-                shutil.rmtree(tmp, ignore_errors=True)
-                raise
         return folder
 
 
@@ -57,11 +50,6 @@ def copy_snapshot(snapshot: Path, output: Path, *, overwrite: bool = False) -> P
     if dst.exists() and not overwrite:
         raise RegistryError(f"{dst} already exists; choose a new path or pass --overwrite")
     dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", suffix=".partial", dir=dst.parent))
-    try:
+    with new_folder(dst) as tmp:
         shutil.copytree(snapshot, tmp, dirs_exist_ok=True, copy_function=shutil.copyfile)
-        publish_folder(tmp, dst)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return dst

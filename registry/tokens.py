@@ -50,7 +50,7 @@ def create(reg: Registry, scope: str, owner: str, namespaces: list[str] | None =
     if scope not in SCOPES:
         raise RegistryError(f"scope must be one of {', '.join(SCOPES)}, not {scope!r}")
     secret = PREFIX + secrets.token_urlsafe(32)
-    with reg._write() as session:
+    with reg.db.write() as session:
         row = TokenRecord(secret_hash=_hash(secret), owner=owner, scopes=[scope], namespaces=namespaces or None)
         session.add(row)
         session.flush()
@@ -58,7 +58,7 @@ def create(reg: Registry, scope: str, owner: str, namespaces: list[str] | None =
 
 
 def revoke(reg: Registry, token_id: int) -> None:
-    with reg._write() as session:
+    with reg.db.write() as session:
         row = session.get(TokenRecord, token_id)
         if row is None:
             raise NotFoundError(f"no token with id {token_id}")
@@ -66,7 +66,7 @@ def revoke(reg: Registry, token_id: int) -> None:
 
 
 def list_tokens(reg: Registry) -> list[TokenInfo]:
-    with reg._read() as session:
+    with reg.db.read() as session:
         return [_info(r) for r in session.scalars(select(TokenRecord).order_by(TokenRecord.id))]
 
 
@@ -75,7 +75,7 @@ def verify(reg: Registry, secret: str) -> TokenInfo | None:
     if not secret.startswith(PREFIX) or len(secret) > 200:
         return None
     digest = _hash(secret)
-    with reg._read() as session:
+    with reg.db.read() as session:
         row = session.scalars(select(TokenRecord).where(TokenRecord.secret_hash == digest)).one_or_none()
         if row is None or not hmac.compare_digest(row.secret_hash, digest):
             return None

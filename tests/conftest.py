@@ -1,13 +1,28 @@
-"""Suite-wide settings: deterministic CPU kernels, offline hubs, and the ms-swift environment check."""
+"""Suite-wide settings and the fixtures every test module shares.
+
+Settings: deterministic CPU kernels, offline hubs. Fixtures: the ms-swift interpreter, a tiny Llama
+base, a registry on each configured database, and real `swiftreg serve` processes. Helpers that are
+not fixtures live in tests/helpers/.
+"""
 from __future__ import annotations
 
 import os
+from pathlib import Path
+from typing import Any, Iterator
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import pytest  # noqa: E402
+
+from tests.helpers.databases import (  # noqa: E402
+    DATABASES,
+    create_postgres_database,
+    drop_postgres_database,
+    postgres_configured,
+)
+from tests.helpers.server import Server, running_server  # noqa: E402
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -16,6 +31,19 @@ def pytest_configure(config: pytest.Config) -> None:
     except ImportError:
         return
     torch.set_num_threads(1)  # same kernels as the ms-swift side: equivalence is checked to the bit
+
+
+#: fixture -> the tier marker every test using it (directly or through another fixture) gets, so that
+#: `-m "not server"` or `-m "not oracle"` deselects it without each module having to say so.
+TIER_OF_FIXTURE = {"server": "server", "fresh_server": "server", "swift_python": "oracle"}
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        for fixture in getattr(item, "fixturenames", ()):
+            if fixture in TIER_OF_FIXTURE:
+                item.add_marker(TIER_OF_FIXTURE[fixture])
 
 
 @pytest.fixture(scope="session")
@@ -29,58 +57,16 @@ def swift_python() -> str:
 
 
 @pytest.fixture(scope="session")
-def llama_base(tmp_path_factory: pytest.TempPathFactory):
-    from tests.models import build_base
+def llama_base(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from tests.helpers.models import build_base
 
     return build_base("llama", tmp_path_factory.mktemp("base") / "llama")
 
 
 # ----- registry fixtures: every registry test runs on SQLite, and on PostgreSQL when configured -----
 
-DATABASES = ["sqlite"] + (["postgresql"] if os.environ.get("SWIFTREG_TEST_DATABASE_URL") else [])
-
-
-def _postgres_admin_url() -> str:
-    return os.environ["SWIFTREG_TEST_DATABASE_URL"]
-
-
-def create_postgres_database() -> str:
-    """A fresh, empty PostgreSQL database for one test; unreachable PostgreSQL fails the test."""
-    import uuid
-
-    from sqlalchemy import create_engine, text
-    from sqlalchemy.engine import make_url
-
-    from registry.db.engine import normalise_url
-
-    admin_url = normalise_url(_postgres_admin_url())
-    name = f"swiftreg_test_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
-    try:
-        with admin.connect() as conn:
-            conn.execute(text(f'CREATE DATABASE "{name}"'))
-    except Exception as exc:  # noqa: BLE001 - turned into a loud failure, never a skip
-        pytest.fail(f"SWIFTREG_TEST_DATABASE_URL is set but PostgreSQL is unreachable: {exc}", pytrace=False)
-    finally:
-        admin.dispose()
-    return make_url(admin_url).set(database=name).render_as_string(hide_password=False)
-
-
-def drop_postgres_database(url: str) -> None:
-    from sqlalchemy import create_engine, text
-    from sqlalchemy.engine import make_url
-
-    from registry.db.engine import normalise_url
-
-    name = make_url(url).database
-    admin = create_engine(normalise_url(_postgres_admin_url()), isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    admin.dispose()
-
-
 @pytest.fixture(params=DATABASES)
-def database_url(request: pytest.FixtureRequest, tmp_path):
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path / 'registry.db'}"
         return
@@ -90,10 +76,43 @@ def database_url(request: pytest.FixtureRequest, tmp_path):
 
 
 @pytest.fixture
-def reg(database_url: str, tmp_path):
+def one_database_url(tmp_path: Path) -> Iterator[str]:
+    """PostgreSQL when configured (CI), else SQLite: for paths tested on both databases elsewhere."""
+    if not postgres_configured():
+        yield f"sqlite:///{tmp_path / 'registry.db'}"
+        return
+    url = create_postgres_database()
+    yield url
+    drop_postgres_database(url)
+
+
+@pytest.fixture
+def reg(database_url: str, tmp_path: Path) -> Iterator[Any]:
     """A fresh registry (home in tmp_path) on each configured database."""
     from registry.service import Registry
 
     registry = Registry(home=tmp_path / "home", database_url=database_url)
     yield registry
     registry.close()
+
+
+# ----- real servers ------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module", params=DATABASES)
+def server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """One `swiftreg serve` per module and database, shared by the module's tests (starting one costs seconds)."""
+    root = tmp_path_factory.mktemp(f"server-{request.param}")
+    url = f"sqlite:///{root / 'registry.db'}" if request.param == "sqlite" else create_postgres_database()
+    try:
+        with running_server(root / "home", url) as srv:
+            yield srv
+    finally:
+        if request.param != "sqlite":
+            drop_postgres_database(url)
+
+
+@pytest.fixture
+def fresh_server(database_url: str, tmp_path: Path) -> Iterator[Server]:
+    """A `swiftreg serve` of its own for one test, on each configured database (for tests that count or kill)."""
+    with running_server(tmp_path / "server", database_url) as srv:
+        yield srv

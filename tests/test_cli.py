@@ -6,11 +6,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import click
 import pytest
 from click.testing import CliRunner
 
 from registry.cli import main
-from tests.models import make_peft_checkpoint
+from tests.helpers.models import make_peft_checkpoint
 
 
 @pytest.fixture(scope="module")
@@ -81,3 +82,35 @@ def test_the_convert_path_never_imports_torch(peft_ckpt: Path, tmp_path: Path) -
     done = subprocess.run([sys.executable, "-c", code, str(peft_ckpt), str(tmp_path / "out")],
                           capture_output=True, text=True)
     assert done.returncode == 0 and done.stdout.strip().endswith("ok"), done.stderr
+
+
+def _commands(group: click.Group, path: str = "swiftreg") -> list[tuple[str, click.Command]]:
+    found: list[tuple[str, click.Command]] = []
+    for name, command in sorted(group.commands.items()):
+        found.append((f"{path} {name}", command))
+        if isinstance(command, click.Group):
+            found += _commands(command, f"{path} {name}")
+    return found
+
+
+def test_every_command_option_and_argument_is_explained() -> None:
+    """`--help` answers every question: each command has a docstring, each option help text, and each
+    argument is named (by its metavar) in its command's help, since click arguments take no help=."""
+    missing = []
+    for path, command in _commands(main):
+        if not (command.help or "").strip():
+            missing.append(f"{path}: no help text")
+        for param in command.params:
+            if isinstance(param, click.Option) and not (param.help or "").strip():
+                missing.append(f"{path} {param.opts[0]}: no help text")
+            if isinstance(param, click.Argument):
+                names = {param.metavar, (param.name or "").upper()} - {None, ""}
+                if not any(name in (command.help or "") for name in names):
+                    missing.append(f"{path} {'/'.join(sorted(names))}: argument not described in the command's help")
+    assert not missing, "\n".join(missing)
+
+
+def test_python_dash_m_runs_the_same_command_line() -> None:
+    done = subprocess.run([sys.executable, "-m", "registry.cli", "jobs", "submit", "--help"],
+                          capture_output=True, text=True)
+    assert done.returncode == 0 and "[inline|worker|ray]" in done.stdout, done.stderr

@@ -1,4 +1,4 @@
-"""RemoteRegistry (registry/client.py) and the CLI over SWIFTREG_URL, against a real `swiftreg serve`.
+"""RemoteRegistry (registry/client/) and the CLI over SWIFTREG_URL, against a real `swiftreg serve`.
 
 Unit tests of the pure parts (error mapping, answer parsing, retries, Range handling) run on
 httpx.MockTransport; everything else talks to a real server process on 127.0.0.1 (tests/server.py),
@@ -30,19 +30,32 @@ from safetensors.numpy import save_file
 
 import registry
 from registry import constants
+from registry.api import RevisionInfo
 from registry.cli import main
-from registry.client import (
-    AccessDeniedError, RemoteError, RemoteRegistry, ServerUnreachableError, cache_dir_name, revision_from_json,
-)
-from registry.downloads import SINK_BATCH
-from registry.transport import error_from
+from registry.client import RemoteRegistry, cache_dir_name
+from registry.client.downloads import SINK_BATCH
+from registry.client.transport import error_from
 from registry.errors import (
-    AmbiguousRefError, BlobsMissingError, IntegrityError, InvalidCheckpointError, InvalidIdError, NotFoundError,
-    RefExistsError, RegistryError, UnsafePathError,
+    AccessDeniedError,
+    AmbiguousRefError,
+    BlobsMissingError,
+    ForbiddenError,
+    IntegrityError,
+    InvalidCheckpointError,
+    InvalidIdError,
+    NotFoundError,
+    RefExistsError,
+    RegistryError,
+    RemoteError,
+    RequestTooLargeError,
+    ServerUnreachableError,
+    UnauthorizedError,
+    UnsafePathError,
 )
 from registry.service import Registry
-from tests.checkpoints import write_peft_lora, write_swift_lora
-from tests.server import Server, free_port, running_server
+from registry.store.errors import BlobDigestMismatch, BlobNotFound
+from tests.helpers.checkpoints import write_peft_lora, write_swift_lora
+from tests.helpers.server import Server, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -68,12 +81,6 @@ def write_big_peft(folder: Path, megabytes: int = 50, seed: int = 7) -> Path:
                f"{module}.lora_B.weight": rng.standard_normal((width, 64), dtype=np.float32)},
               str(folder / "adapter_model.safetensors"), metadata={"format": "pt"})
     return folder
-
-
-@pytest.fixture
-def server(database_url: str, tmp_path: Path):
-    with running_server(tmp_path / "server", database_url) as s:
-        yield s
 
 
 def _client(server: Server, tmp_path: Path, token: str | None = "write", **kwargs: Any) -> RemoteRegistry:
@@ -102,19 +109,21 @@ def _swiftreg(env: dict[str, str], *args: object, ok: bool = True) -> subprocess
 
 # ===== unit tests: no server ==================================================================================
 
-def _response(status: int, body: Any = None, method: str = "GET", headers: dict[str, str] | None = None) -> httpx.Response:
+def _response(status: int, body: Any = None, method: str = "GET",
+              headers: dict[str, str] | None = None) -> httpx.Response:
     content = body if isinstance(body, bytes) else json.dumps(body).encode() if body is not None else b""
     return httpx.Response(status, content=content, headers=headers,
                           request=httpx.Request(method, "http://x/api/v1/repos/team/a/refs/main"))
 
 
 @pytest.mark.parametrize("status,code,cls", [
-    (404, "not_found", NotFoundError), (404, "blob_not_found", NotFoundError), (400, "invalid_id", InvalidIdError),
-    (400, "unsafe_path", UnsafePathError), (409, "ambiguous_ref", AmbiguousRefError),
+    (404, "not_found", NotFoundError), (404, "blob_not_found", BlobNotFound),
+    (400, "invalid_id", InvalidIdError), (400, "unsafe_path", UnsafePathError),
+    (409, "ambiguous_ref", AmbiguousRefError),
     (409, "ref_exists", RefExistsError), (422, "invalid_checkpoint", InvalidCheckpointError),
-    (422, "digest_mismatch", IntegrityError), (500, "integrity_error", IntegrityError),
-    (401, "unauthorized", AccessDeniedError), (403, "forbidden", AccessDeniedError),
-    (400, "bad_request", RegistryError), (413, "too_large", RemoteError), (500, "internal_error", RemoteError),
+    (422, "digest_mismatch", BlobDigestMismatch), (500, "integrity_error", IntegrityError),
+    (401, "unauthorized", UnauthorizedError), (403, "forbidden", ForbiddenError),
+    (400, "bad_request", RegistryError), (413, "too_large", RequestTooLargeError), (500, "internal_error", RemoteError),
 ])
 def test_error_codes_become_the_local_exception_classes_with_the_servers_message(status: int, code: str,
                                                                                    cls: type) -> None:
@@ -124,7 +133,8 @@ def test_error_codes_become_the_local_exception_classes_with_the_servers_message
 
 
 def test_blobs_missing_keeps_the_list_and_statuses_without_a_body_still_map() -> None:
-    exc = error_from(_response(409, {"error": {"code": "blobs_missing", "message": "m", "missing": ["sha256:" + "a" * 64]}}), "x")
+    body = {"error": {"code": "blobs_missing", "message": "m", "missing": ["sha256:" + "a" * 64]}}
+    exc = error_from(_response(409, body), "x")
     assert isinstance(exc, BlobsMissingError) and exc.missing == ["sha256:" + "a" * 64]
     assert isinstance(error_from(_response(401, method="HEAD"), "HEAD x"), AccessDeniedError)
     assert isinstance(error_from(_response(404, method="HEAD"), "HEAD x"), NotFoundError)
@@ -142,9 +152,9 @@ def test_cache_folder_names_the_host_and_port() -> None:
 
 def test_revision_answers_round_trip_through_revision_info(reg: Registry, tmp_path: Path) -> None:
     info = reg.push(write_peft_lora(tmp_path / "a"), "team/a", tag="v1").revision
-    assert revision_from_json(json.loads(json.dumps(info.to_dict()))) == info
-    with pytest.raises(RemoteError, match="malformed"):
-        revision_from_json({"repo": "team/a"})
+    assert RevisionInfo.from_dict(json.loads(json.dumps(info.to_dict()))) == info
+    with pytest.raises(ValueError, match="malformed"):
+        RevisionInfo.from_dict({"repo": "team/a"})
 
 
 def test_environment_variables_are_read_at_call_time(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -315,7 +325,7 @@ def test_a_disk_error_during_a_large_download_surfaces_without_hanging(tmp_path:
                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     import errno
 
-    import registry.downloads as downloads
+    import registry.client.downloads as downloads
 
     data = os.urandom(12 << 20)  # large enough for the threaded writer
     digest = "sha256:" + hashlib.sha256(data).hexdigest()
@@ -372,8 +382,8 @@ def test_uploads_continue_from_the_servers_offset(tmp_path: Path) -> None:
 
 # ===== against a real server ==================================================================================
 
-def test_python_client_push_pull_resolve_log_tag_round_trip(server: Server, tmp_path: Path) -> None:
-    reg = _client(server, tmp_path)
+def test_python_client_push_pull_resolve_log_tag_round_trip(fresh_server: Server, tmp_path: Path) -> None:
+    reg = _client(fresh_server, tmp_path)
     first = reg.push(write_swift_lora(tmp_path / "a", seed=1), "team/sql-lora", tag="v1", message="first")
     assert first.created and first.blobs_written == 3 and first.revision.number == 1
     assert first.revision.tags == ["v1"] and first.revision.format == "swift" and first.revision.message == "first"
@@ -391,7 +401,8 @@ def test_python_client_push_pull_resolve_log_tag_round_trip(server: Server, tmp_
     local.push(tmp_path / "a", "team/sql-lora")
     expected = local.resolve("team/sql-lora", format="peft")
     assert {p.name: p.read_bytes() for p in peft.iterdir()} == {p.name: p.read_bytes() for p in expected.iterdir()}
-    assert reg.resolve("team/sql-lora") == reg.resolve("team/sql-lora@2") == reg.resolve("team/sql-lora@" + second.revision.digest[:19])
+    assert reg.resolve("team/sql-lora") == reg.resolve("team/sql-lora@2") \
+        == reg.resolve("team/sql-lora@" + second.revision.digest[:19])
 
     out = reg.pull("team/sql-lora@1", tmp_path / "pulled", format="peft")
     assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in peft.iterdir())
@@ -428,15 +439,15 @@ def test_python_client_push_pull_resolve_log_tag_round_trip(server: Server, tmp_
     broken = write_peft_lora(tmp_path / "broken", seed=4)
     cfg = json.loads((broken / "adapter_config.json").read_text())
     (broken / "adapter_config.json").write_text(json.dumps({**cfg, "r": 5}))
-    before = _received(server)
+    before = _received(fresh_server)
     with pytest.raises(InvalidCheckpointError):
         reg.push(broken, "team/sql-lora")
-    assert _received(server) == before  # refused here: nothing was sent
+    assert _received(fresh_server) == before  # refused here: nothing was sent
 
 
-def test_a_tag_moved_on_the_server_is_seen_by_the_next_resolve(server: Server, tmp_path: Path) -> None:
-    reader = _client(server, tmp_path, token="read")
-    writer = RemoteRegistry(server.url, server.write_token, home=tmp_path / "writer")
+def test_a_tag_moved_on_the_server_is_seen_by_the_next_resolve(fresh_server: Server, tmp_path: Path) -> None:
+    reader = _client(fresh_server, tmp_path, token="read")
+    writer = RemoteRegistry(fresh_server.url, fresh_server.write_token, home=tmp_path / "writer")
     writer.push(write_peft_lora(tmp_path / "a", seed=1), "team/a", tag="prod")
     first = reader.resolve("team/a@prod")
     writer.push(write_peft_lora(tmp_path / "b", seed=2), "team/a", tag="prod", force=True)
@@ -444,8 +455,8 @@ def test_a_tag_moved_on_the_server_is_seen_by_the_next_resolve(server: Server, t
     assert moved != first and moved.name.startswith("r2-peft-")
 
 
-def test_base_models_over_http(server: Server, tmp_path: Path, llama_base: Path) -> None:
-    reg = _client(server, tmp_path)
+def test_base_models_over_http(fresh_server: Server, tmp_path: Path, llama_base: Path) -> None:
+    reg = _client(fresh_server, tmp_path)
     base = reg.push_base(llama_base, "meta/tiny-llama", tag="v1")
     assert base.created and base.revision.kind == "base" and base.revision.meta["architecture"] == "LlamaForCausalLM"
     assert not reg.push_base(llama_base, "meta/tiny-llama").created
@@ -457,27 +468,27 @@ def test_base_models_over_http(server: Server, tmp_path: Path, llama_base: Path)
     assert (folder / "config.json").is_file() and list(folder.glob("*.safetensors"))
 
 
-def test_tokens_are_enforced_with_access_denied(server: Server, tmp_path: Path) -> None:
+def test_tokens_are_enforced_with_access_denied(fresh_server: Server, tmp_path: Path) -> None:
     ck = write_peft_lora(tmp_path / "a", seed=1)
     with pytest.raises(AccessDeniedError, match="unknown or revoked"):
-        _client(server, tmp_path, token="srg_wrong").push(ck, "team/a")
+        _client(fresh_server, tmp_path, token="srg_wrong").push(ck, "team/a")
     with pytest.raises(AccessDeniedError):
-        _client(server, tmp_path, token=None).list()
-    _client(server, tmp_path).push(ck, "team/a")
+        _client(fresh_server, tmp_path, token=None).list()
+    _client(fresh_server, tmp_path).push(ck, "team/a")
     with pytest.raises(AccessDeniedError, match="does not allow write"):
-        _client(server, tmp_path, token="read").push(write_peft_lora(tmp_path / "b", seed=2), "team/a")
+        _client(fresh_server, tmp_path, token="read").push(write_peft_lora(tmp_path / "b", seed=2), "team/a")
     with pytest.raises(AccessDeniedError):
-        _client(server, tmp_path, token="srg_wrong").resolve("team/a")
+        _client(fresh_server, tmp_path, token="srg_wrong").resolve("team/a")
     with pytest.raises(AccessDeniedError):
-        _client(server, tmp_path).gc()
-    assert _client(server, tmp_path, token="read").resolve("team/a").is_dir()
-    admin = _client(server, tmp_path, token="admin")
+        _client(fresh_server, tmp_path).gc()
+    assert _client(fresh_server, tmp_path, token="read").resolve("team/a").is_dir()
+    admin = _client(fresh_server, tmp_path, token="admin")
     assert admin.gc(grace_seconds=0, dry_run=True).blobs_removed == 0
     assert admin.stats()["blobs_stored"] == 3
 
 
-def test_the_cli_works_against_swiftreg_url(server: Server, tmp_path: Path) -> None:
-    env = _cli_env(server.url, server.write_token, tmp_path / "cli-home")
+def test_the_cli_works_against_swiftreg_url(fresh_server: Server, tmp_path: Path) -> None:
+    env = _cli_env(fresh_server.url, fresh_server.write_token, tmp_path / "cli-home")
     pushed = json.loads(_swiftreg(env, "push", write_swift_lora(tmp_path / "a", seed=1), "team/sql-lora",
                                   "--tag", "v1", "-m", "first", "--json").stdout)
     assert pushed["created"] and pushed["revision"]["number"] == 1 and pushed["blobs_written"] == 3
@@ -500,15 +511,15 @@ def test_the_cli_works_against_swiftreg_url(server: Server, tmp_path: Path) -> N
     assert missing.returncode == 1 and "no adapter or base model team/none" in missing.stderr
     upgrade = _swiftreg(env, "db", "upgrade", ok=False)
     assert upgrade.returncode == 1 and "not available over HTTP" in upgrade.stderr
-    denied = _swiftreg(_cli_env(server.url, "srg_wrong", tmp_path / "cli-home"), "ls", ok=False)
+    denied = _swiftreg(_cli_env(fresh_server.url, "srg_wrong", tmp_path / "cli-home"), "ls", ok=False)
     assert denied.returncode == 1 and "unknown or revoked" in denied.stderr and "Traceback" not in denied.stderr
     down = _swiftreg(_cli_env(f"http://127.0.0.1:{free_port()}", "t", tmp_path / "cli-home"), "ls", ok=False)
     assert down.returncode == 1 and "no usable answer" in down.stderr and "Traceback" not in down.stderr
 
 
-def test_worker_commands_read_and_push_over_http(server: Server, tmp_path: Path) -> None:
-    env = _cli_env(server.url, server.write_token, tmp_path / "cli-home")
-    reg = _client(server, tmp_path)
+def test_worker_commands_read_and_push_over_http(fresh_server: Server, tmp_path: Path) -> None:
+    env = _cli_env(fresh_server.url, fresh_server.write_token, tmp_path / "cli-home")
+    reg = _client(fresh_server, tmp_path)
     reg.push(write_peft_lora(tmp_path / "a", seed=1), "team/a")
     reg.push(write_swift_lora(tmp_path / "b", seed=2), "team/b")
     done = json.loads(_swiftreg(env, "combine", "team/a", "team/b", "--weights", "0.6,0.4", "--method", "cat",
@@ -518,22 +529,22 @@ def test_worker_commands_read_and_push_over_http(server: Server, tmp_path: Path)
     assert [p.get("repo") for p in lineage if p.get("role", "").startswith("source")] == ["team/a", "team/b"]
 
 
-def test_a_repush_changing_one_file_uploads_only_that_file(server: Server, tmp_path: Path) -> None:
-    reg = _client(server, tmp_path)
+def test_a_repush_changing_one_file_uploads_only_that_file(fresh_server: Server, tmp_path: Path) -> None:
+    reg = _client(fresh_server, tmp_path)
     ck = write_peft_lora(tmp_path / "a", seed=1)
     files = sorted(p.name for p in ck.iterdir())
     assert files == ["README.md", "adapter_config.json", "adapter_model.safetensors"]
-    start = _received(server)
+    start = _received(fresh_server)
     first = reg.push(ck, "team/a")
     total = sum(p.stat().st_size for p in ck.iterdir())
-    assert _received(server) - start == total == first.bytes_written
+    assert _received(fresh_server) - start == total == first.bytes_written
     (ck / "README.md").write_text("# a longer description of the same adapter\n")
-    before = _received(server)
+    before = _received(fresh_server)
     second = reg.push(ck, "team/a")
     assert second.created and second.revision.number == 2 and second.blobs_written == 1
-    assert _received(server) - before == (ck / "README.md").stat().st_size == second.bytes_written
-    before = _received(server)
-    assert not reg.push(ck, "team/a").created and _received(server) == before
+    assert _received(fresh_server) - before == (ck / "README.md").stat().st_size == second.bytes_written
+    before = _received(fresh_server)
+    assert not reg.push(ck, "team/a").created and _received(fresh_server) == before
 
 
 PUSHER = """
@@ -546,25 +557,25 @@ print("finished")
 """
 
 
-def test_a_killed_push_resumes_from_the_servers_offset(server: Server, tmp_path: Path) -> None:
+def test_a_killed_push_resumes_from_the_servers_offset(fresh_server: Server, tmp_path: Path) -> None:
     ck = write_big_peft(tmp_path / "big", megabytes=50)
     weights = ck / "adapter_model.safetensors"
     digest, size = _sha(weights), weights.stat().st_size
     blobs = sum(p.stat().st_size for p in ck.iterdir())
-    proc = subprocess.Popen([sys.executable, "-c", PUSHER, server.url, server.write_token, str(tmp_path / "c1"),
-                             str(ck)], env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen([sys.executable, "-c", PUSHER, fresh_server.url, fresh_server.write_token,
+                             str(tmp_path / "c1"), str(ck)], env={**os.environ, "PYTHONPATH": str(ROOT)},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120
-    while _received(server) < 8 << 20:
+    while _received(fresh_server) < 8 << 20:
         assert proc.poll() is None, proc.communicate()
         assert time.monotonic() < deadline
         time.sleep(0.02)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     time.sleep(0.5)  # let the server finish with the cut request
-    killed_at = _received(server)
+    killed_at = _received(fresh_server)
     assert 8 << 20 <= killed_at < blobs
-    reg = _client(server, tmp_path)
+    reg = _client(fresh_server, tmp_path)
     offset, complete = reg._upload_offset(digest)
     assert not complete and 0 < offset < size
     with pytest.raises(NotFoundError):
@@ -573,8 +584,8 @@ def test_a_killed_push_resumes_from_the_servers_offset(server: Server, tmp_path:
     result = reg.push(ck, "team/big")
     assert result.created and result.blobs_written == 1
     assert result.bytes_written == size - offset  # exactly the bytes the server lacked
-    assert blobs <= _received(server) <= blobs + (1 << 20)  # at most one chunk was sent twice
-    served = Registry(home=server.home, database_url=server.database_url)
+    assert blobs <= _received(fresh_server) <= blobs + (1 << 20)  # at most one chunk was sent twice
+    served = Registry(home=fresh_server.home, database_url=fresh_server.database_url)
     try:
         assert served.verify("team/big") == []
     finally:
@@ -659,12 +670,12 @@ def _pushed_big(server: Server, tmp_path: Path, megabytes: int) -> tuple[Path, s
     return weights, _sha(weights), weights.stat().st_size
 
 
-def test_a_cut_download_resumes_with_range_in_the_same_call(server: Server, tmp_path: Path) -> None:
-    weights, digest, size = _pushed_big(server, tmp_path, 20)
-    proxy = Proxy(int(server.url.rsplit(":", 1)[1]), digest)
+def test_a_cut_download_resumes_with_range_in_the_same_call(fresh_server: Server, tmp_path: Path) -> None:
+    weights, digest, size = _pushed_big(fresh_server, tmp_path, 20)
+    proxy = Proxy(int(fresh_server.url.rsplit(":", 1)[1]), digest)
     try:
         proxy.drop_after = 7_000_000
-        reg = RemoteRegistry(proxy.url, server.read_token, home=tmp_path / "c")
+        reg = RemoteRegistry(proxy.url, fresh_server.read_token, home=tmp_path / "c")
         folder = reg.resolve("team/big@v1")
         assert _sha(folder / "adapter_model.safetensors") == digest
         first, second = proxy.requests
@@ -676,14 +687,14 @@ def test_a_cut_download_resumes_with_range_in_the_same_call(server: Server, tmp_
         proxy.close()
 
 
-def test_a_killed_pull_resumes_from_its_part_file_in_a_new_process(server: Server, tmp_path: Path) -> None:
-    weights, digest, size = _pushed_big(server, tmp_path, 50)
-    proxy = Proxy(int(server.url.rsplit(":", 1)[1]), digest)
+def test_a_killed_pull_resumes_from_its_part_file_in_a_new_process(fresh_server: Server, tmp_path: Path) -> None:
+    weights, digest, size = _pushed_big(fresh_server, tmp_path, 50)
+    proxy = Proxy(int(fresh_server.url.rsplit(":", 1)[1]), digest)
     home = tmp_path / "cli-home"
     part = home / "remote" / f"127.0.0.1_{proxy.port}" / "downloads" / f"{digest[7:]}.part"
     try:
         proxy.stall_after = 30_000_000
-        env = _cli_env(proxy.url, server.read_token, home)
+        env = _cli_env(proxy.url, fresh_server.read_token, home)
         proc = subprocess.Popen([sys.executable, "-m", "registry.cli", "pull", "team/big@v1", "-o",
                                  str(tmp_path / "out")], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         deadline = time.monotonic() + 120
@@ -713,9 +724,10 @@ def test_a_killed_pull_resumes_from_its_part_file_in_a_new_process(server: Serve
         proxy.close()
 
 
-def test_a_corrupt_download_is_refused_naming_file_and_blob(server: Server, tmp_path: Path) -> None:
-    reg = _client(server, tmp_path, token="read")
-    RemoteRegistry(server.url, server.write_token, home=tmp_path / "w").push(write_peft_lora(tmp_path / "a"), "team/a")
+def test_a_corrupt_download_is_refused_naming_file_and_blob(fresh_server: Server, tmp_path: Path) -> None:
+    reg = _client(fresh_server, tmp_path, token="read")
+    writer = RemoteRegistry(fresh_server.url, fresh_server.write_token, home=tmp_path / "w")
+    writer.push(write_peft_lora(tmp_path / "a"), "team/a")
     digest = _sha(tmp_path / "a" / "adapter_model.safetensors")
     part = reg.cache / "downloads" / f"{digest[7:]}.part"
     part.parent.mkdir(parents=True)
@@ -727,14 +739,15 @@ def test_a_corrupt_download_is_refused_naming_file_and_blob(server: Server, tmp_
         (tmp_path / "a" / "adapter_model.safetensors").read_bytes()
 
 
-def test_a_revision_sharing_files_with_a_cached_one_downloads_only_the_new_files(server: Server,
+def test_a_revision_sharing_files_with_a_cached_one_downloads_only_the_new_files(fresh_server: Server,
                                                                                   tmp_path: Path) -> None:
-    weights, digest, size = _pushed_big(server, tmp_path, 10)
+    weights, digest, size = _pushed_big(fresh_server, tmp_path, 10)
     (tmp_path / "big" / "README.md").write_text("# revision 2\n")
-    RemoteRegistry(server.url, server.write_token, home=tmp_path / "pusher").push(tmp_path / "big", "team/big")
-    proxy = Proxy(int(server.url.rsplit(":", 1)[1]), digest)
+    pusher = RemoteRegistry(fresh_server.url, fresh_server.write_token, home=tmp_path / "pusher")
+    pusher.push(tmp_path / "big", "team/big")
+    proxy = Proxy(int(fresh_server.url.rsplit(":", 1)[1]), digest)
     try:
-        reg = RemoteRegistry(proxy.url, server.read_token, home=tmp_path / "c")
+        reg = RemoteRegistry(proxy.url, fresh_server.read_token, home=tmp_path / "c")
         reg.resolve("team/big@1")
         assert len(proxy.requests) == 1
         second = reg.resolve("team/big@2")
@@ -745,18 +758,18 @@ def test_a_revision_sharing_files_with_a_cached_one_downloads_only_the_new_files
         proxy.close()
 
 
-def test_resolve_works_offline_once_cached(server: Server, tmp_path: Path) -> None:
-    writer = RemoteRegistry(server.url, server.write_token, home=tmp_path / "w")
+def test_resolve_works_offline_once_cached(fresh_server: Server, tmp_path: Path) -> None:
+    writer = RemoteRegistry(fresh_server.url, fresh_server.write_token, home=tmp_path / "w")
     writer.push(write_peft_lora(tmp_path / "a", seed=1), "team/a", tag="v1")
-    reg = _client(server, tmp_path, token="read", retries=1)
+    reg = _client(fresh_server, tmp_path, token="read", retries=1)
     tagged = reg.resolve("team/a@v1")
     peft_main = reg.resolve("team/a", format="swift")
     numbered = reg.resolve("team/a@1")
-    server.process.terminate()
-    server.process.wait(30)
+    fresh_server.process.terminate()
+    fresh_server.process.wait(30)
     assert reg.resolve("team/a@v1") == tagged
     assert reg.resolve("team/a@1") == numbered
-    fresh = _client(server, tmp_path, token="read", retries=0)  # another process: only the files on disk
+    fresh = _client(fresh_server, tmp_path, token="read", retries=0)  # another process: only the files on disk
     assert fresh.resolve("team/a@v1") == tagged
     assert fresh.resolve("team/a", format="swift") == peft_main
     assert fresh.resolve("team/a@1") == numbered
@@ -764,5 +777,5 @@ def test_resolve_works_offline_once_cached(server: Server, tmp_path: Path) -> No
         fresh.resolve("team/a@v2")  # never resolved: nothing to fall back on
     with pytest.raises(ServerUnreachableError):
         fresh.list()
-    env = _cli_env(server.url, server.read_token, tmp_path / "client")
+    env = _cli_env(fresh_server.url, fresh_server.read_token, tmp_path / "client")
     assert Path(_swiftreg(env, "pull", "team/a@v1").stdout.strip()) == tagged

@@ -12,7 +12,7 @@ from safetensors.torch import save_file
 
 import converters
 from converters import conversion as convert_module
-from tests.models import forward, load_base, make_peft_checkpoint, peft_forward, read_tensors
+from tests.helpers.models import forward, load_base, make_peft_checkpoint, peft_forward, read_tensors
 
 
 @pytest.fixture(scope="module")

@@ -32,7 +32,8 @@ from typing import Any, Callable
 import pytest
 import torch
 from click.testing import CliRunner
-from hypothesis import HealthCheck, Phase, event, given, note, settings, strategies as st
+from hypothesis import HealthCheck, Phase, event, given, note, settings
+from hypothesis import strategies as st
 from safetensors import safe_open
 from safetensors.torch import save_file
 
@@ -97,7 +98,8 @@ TENSOR_KEYS = st.one_of(
     st.sampled_from(INTERESTING_TEXT),
     st.sampled_from([
         "base_model.model.__metadata__", "base_model.model.x.lora_A.weight", "base_model.model.x.lora_B.weight",
-        "x.lora_A.default.weight", "x.lora_A.second.weight", "x.lora_A.weight", "lm_head.modules_to_save.default.weight",
+        "x.lora_A.default.weight", "x.lora_A.second.weight", "x.lora_A.weight",
+        "lm_head.modules_to_save.default.weight",
         "base_model.model.model.embed_tokens.lora_embedding_A", "x.loramodule_default.lora_A",
         "model.layers.0.self_attn.q_proj.lora_A.default.weight", "model.layers.0.self_attn.q_proj.lora_B.other.weight",
         "base_model.model.model.layers.0.self_attn.q_proj.lora_magnitude_vector", "x.shira_weight", "x.shira_indices",
@@ -873,7 +875,7 @@ def test_cli_good_inputs_exit_0(seeds, tmp_path):
 
 @pytest.mark.parametrize("value", [5, [1, "q_proj"], [["q_proj"]], 1.5, True])
 def test_cli_inspect_odd_target_modules(tmp_path, value):
-    """BUG (registry/cli.py): _format_targets does ",".join(sorted(targets)): a traceback for a
+    """BUG (registry/cli/common.py): format_targets does ",".join(sorted(targets)): a traceback for a
     number, a list with non-strings or nested lists."""
     src = _peft_with(tmp_path / "src", {"target_modules": value})
     result = _cli("inspect", str(src))
@@ -890,7 +892,8 @@ def test_cli_never_shows_a_traceback(seeds, data):
         shutil.copytree(seeds[kind], src)
         data.draw(st.sampled_from([mutate_config, mutate_weights, mutate_layout]))(data.draw, src)
         for args in (["inspect", str(src)], ["inspect", "--json", str(src)], ["validate", str(src)],
-                     ["convert", str(src), str(Path(td) / "out"), "--to", data.draw(st.sampled_from(["peft", "swift"]))]):
+                     ["convert", str(src), str(Path(td) / "out"), "--to",
+                      data.draw(st.sampled_from(["peft", "swift"]))]):
             result = _cli(*args)
             assert result.exit_code in (0, 1), (args, result.output, result.exception)
             assert result.exception is None or isinstance(result.exception, SystemExit), (args, result.exception)

@@ -22,8 +22,10 @@ import pytest
 from registry.ids import parse_id
 from registry.manifest import build_manifest
 from registry.service import Registry
-from tests.checkpoints import write_peft_lora, write_swift_lora
-from tests.server import Server, running_server
+from tests.helpers.checkpoints import write_peft_lora, write_swift_lora
+from tests.helpers.server import Server, running_server
+
+pytestmark = [pytest.mark.hubs, pytest.mark.server]
 
 
 @pytest.fixture(scope="module")
@@ -175,7 +177,7 @@ def test_import_from_both_hubs_bit_identical_with_provenance_and_no_op_again(
 
         # Over HTTP an import is a job: a `swiftreg worker` beside the server downloads from the hub
         # (with the hub variables of the worker's environment); the client only waits.
-        from registry.client import AccessDeniedError
+        from registry.errors import AccessDeniedError
 
         with pytest.raises(AccessDeniedError):
             remote.import_from("hf://team/peft-lora@v1", "local/other", wait=5)  # a read token may not

@@ -13,7 +13,7 @@ from registry.jobs.runner import check_params
 
 @pytest.fixture
 def queue(reg) -> JobQueue:
-    return JobQueue(reg._ready(), max_attempts=2, stale_after=0.5)
+    return JobQueue(reg.db.engine, max_attempts=2, stale_after=0.5)
 
 
 def test_submit_with_a_key_is_idempotent_and_a_reused_key_with_other_params_is_refused(reg, queue) -> None:
@@ -129,3 +129,19 @@ def test_inline_submission_runs_the_job_here_and_records_it(reg, tmp_path) -> No
     assert len(record.read_text().splitlines()) == 2  # start + done: ran once, not twice
     failed = reg.submit_job("sleep", {"seconds": 0, "fail": "on purpose"}, backend="inline")
     assert failed.status == "failed" and "asked to fail: on purpose" in failed.result["error"]
+
+
+def test_backends_are_inline_worker_ray_everywhere(reg) -> None:
+    """One vocabulary: the default queues for `swiftreg worker`; the old spellings are refused by name."""
+    from click.testing import CliRunner
+
+    from registry.cli import main
+    from registry.jobs.kinds import BACKENDS
+
+    assert BACKENDS == ("inline", "worker", "ray")
+    assert reg.submit_job("sleep", {"seconds": 0}).status == "queued"
+    for old in ("queue", "local"):
+        with pytest.raises(InvalidJobError, match=f"unknown backend '{old}'; backends: inline, worker, ray"):
+            reg.submit_job("sleep", {"seconds": 0}, backend=old)
+    refused = CliRunner().invoke(main, ["worker", "--backend", "local"])
+    assert refused.exit_code == 2 and "'local' is not one of 'inline', 'ray'" in refused.output

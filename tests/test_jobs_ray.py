@@ -18,9 +18,10 @@ import pytest
 
 from registry.jobs.api import queue_of, run_jobs
 from registry.service import Registry
-from tests.models import build_base, make_peft_checkpoint
-from tests.seeded import one_database_url  # noqa: F401 - a fixture
-from tests.server import _env
+from tests.helpers.models import build_base, make_peft_checkpoint
+from tests.helpers.server import registry_env
+
+pytestmark = pytest.mark.ray
 
 
 @pytest.fixture(scope="module")
@@ -84,7 +85,7 @@ def test_merge_combine_and_validate_run_as_ray_tasks_with_results_in_the_databas
     sleeper = reg.submit_job("sleep", {"seconds": 0})
     worker = subprocess.run([sys.executable, "-m", "registry.cli", "worker", "--backend", "ray", "--ray-address",
                              ray_cluster, "--exit-when-idle", "--poll", "0.2"],
-                            env=_env(reg.home, one_database_url), capture_output=True, text=True, timeout=300)
+                            env=registry_env(reg.home, one_database_url), capture_output=True, text=True, timeout=300)
     assert worker.returncode == 0, worker.stdout + worker.stderr
     assert "2 jobs run (2 succeeded, 0 failed)" in worker.stderr
     queue = queue_of(reg)
@@ -100,7 +101,7 @@ def test_merge_combine_and_validate_run_as_ray_tasks_with_results_in_the_databas
 
 
 def test_a_bad_ray_address_is_one_clear_error(tmp_path: Path, ray_cluster: str) -> None:
-    env = _env(tmp_path / "home", f"sqlite:///{tmp_path / 'r.db'}")
+    env = registry_env(tmp_path / "home", f"sqlite:///{tmp_path / 'r.db'}")
     done = subprocess.run([sys.executable, "-m", "registry.cli", "worker", "--backend", "ray", "--ray-address",
                            "127.0.0.1:1", "--exit-when-idle"], env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 1 and "could not connect to Ray at 127.0.0.1:1" in done.stderr

@@ -21,14 +21,15 @@ from click.testing import CliRunner
 from registry.cli import main
 from registry.jobs import JobQueue
 from registry.service import Registry
-from tests.server import _env
+from tests.helpers.server import registry_env
 
 WORKER_ARGS = ["--heartbeat", "0.2", "--stale-after", "4", "--poll", "0.1", "--exit-when-idle"]
 
 
 def _start_worker(home: Path, database_url: str, *extra: str) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "registry.cli", "worker", *WORKER_ARGS, *extra],
-                            env=_env(home, database_url), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                            env=registry_env(home, database_url), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
 
 
 def _wait(predicate, timeout: float, what: str):  # type: ignore[no-untyped-def]
@@ -52,7 +53,7 @@ def test_workers_run_each_job_exactly_once_and_a_killed_workers_job_is_finished_
     workers = 3 if database_url.startswith("postgresql") else 2
     home, record = tmp_path / "home", tmp_path / "record.txt"
     reg = Registry(home=home, database_url=database_url)
-    queue = JobQueue(reg._ready())
+    queue = JobQueue(reg.db.engine)
     victim, _ = queue.submit("sleep", {"seconds": 3, "record": str(record)}, key="victim")  # oldest: claimed first
     others = [queue.submit("sleep", {"seconds": 0.3, "record": str(record)}, key=f"job-{i}")[0] for i in range(19)]
     procs = [_start_worker(home, database_url) for _ in range(workers)]
@@ -95,11 +96,12 @@ def test_workers_run_each_job_exactly_once_and_a_killed_workers_job_is_finished_
 def test_sigterm_finishes_the_job_in_hand_and_claims_no_other(database_url: str, tmp_path: Path) -> None:
     home, record = tmp_path / "home", tmp_path / "record.txt"
     reg = Registry(home=home, database_url=database_url)
-    queue = JobQueue(reg._ready())
+    queue = JobQueue(reg.db.engine)
     first, _ = queue.submit("sleep", {"seconds": 1.5, "record": str(record)})
     second, _ = queue.submit("sleep", {"seconds": 0, "record": str(record)})
     proc = subprocess.Popen([sys.executable, "-m", "registry.cli", "worker", "--heartbeat", "0.2", "--poll", "0.1"],
-                            env=_env(home, database_url), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                            env=registry_env(home, database_url), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
     try:
         _wait(lambda: _records(record), 60, "the first job to start")
         proc.send_signal(signal.SIGTERM)

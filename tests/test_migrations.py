@@ -36,7 +36,7 @@ def test_models_and_migrations_agree_and_downgrade_round_trips(database_url: str
 def test_0002_adds_provenance_to_a_populated_registry_and_downgrades_without_touching_revisions(
         database_url: str, tmp_path) -> None:
     from registry.service import Registry
-    from tests.checkpoints import write_peft_lora
+    from tests.helpers.checkpoints import write_peft_lora
 
     engine = make_engine(database_url)
     try:

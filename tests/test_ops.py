@@ -9,10 +9,10 @@ import torch
 from click.testing import CliRunner
 from safetensors.torch import load_file
 
+from registry import ops
 from registry.cli import main
 from registry.service import Registry
-from registry import ops
-from tests.models import make_peft_checkpoint
+from tests.helpers.models import make_peft_checkpoint
 
 
 @pytest.fixture
@@ -158,7 +158,7 @@ def test_a_job_cancelled_while_it_runs_pushes_nothing(world) -> None:
     from registry.jobs.worker import Worker
 
     reg, _ = world
-    queue = JobQueue(reg._ready())
+    queue = JobQueue(reg.db.engine)
     job = reg.submit_job("merge", {"adapter": "team/sql@v1", "base": "meta/tiny@v1", "push": "meta/cancelled",
                                    "device": "cpu"})
     claimed = queue.claim("w1")

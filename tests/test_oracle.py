@@ -19,7 +19,7 @@ from converters.keys import PEFT_PREFIX
 from converters.methods import GRAMMAR
 from converters.safetensors_io import read_header
 from registry.interop.swift_env import run_jobs
-from tests.models import PROBE, build_base, forward, load_base, make_peft_checkpoint, peft_forward, read_tensors
+from tests.helpers.models import PROBE, build_base, forward, load_base, make_peft_checkpoint, peft_forward, read_tensors
 
 pytestmark = pytest.mark.oracle
 

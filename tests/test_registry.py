@@ -10,12 +10,18 @@ from sqlalchemy import select, text
 
 from registry.db.models import DerivedRecord, RevisionRecord
 from registry.errors import (
-    AmbiguousRefError, IntegrityError, InvalidCheckpointError, InvalidIdError, NotFoundError, RefExistsError,
-    RegistryError, UnsafePathError,
+    AmbiguousRefError,
+    IntegrityError,
+    InvalidCheckpointError,
+    InvalidIdError,
+    NotFoundError,
+    RefExistsError,
+    RegistryError,
+    UnsafePathError,
 )
 from registry.manifest import Manifest
 from registry.service import Registry
-from tests.checkpoints import write_peft_lora, write_swift_lora
+from tests.helpers.checkpoints import write_peft_lora, write_swift_lora
 
 
 def _blob_count(reg: Registry) -> int:
@@ -80,7 +86,7 @@ def test_resolve_by_tag_number_and_digest_and_convert_once(reg: Registry, tmp_pa
     peft = reg.resolve("team/x@v1", format="peft")
     assert (peft / "adapter_config.json").is_file() and not (peft / "default").exists()
     assert reg.resolve(f"team/x@{pushed.digest}", format="peft") == peft
-    with reg._read() as session:
+    with reg.db.read() as session:
         assert len(session.scalars(select(DerivedRecord)).all()) == 1
     # A second registry process (fresh memo) finds the recorded conversion and the cached snapshot.
     other = Registry(home=reg.home, database_url=reg.database_url)
@@ -163,7 +169,7 @@ def test_invalid_ids_are_refused_clearly(reg: Registry, bad: str) -> None:
 
 def test_a_digest_prefix_matching_two_revisions_is_ambiguous(reg: Registry, tmp_path: Path) -> None:
     reg.push(write_peft_lora(tmp_path / "a", seed=10), "team/x")
-    with reg._write() as session:  # two revisions whose digests share 14 hex digits (by construction)
+    with reg.db.write() as session:  # two revisions whose digests share 14 hex digits (by construction)
         repo_id = session.execute(text("SELECT id FROM adapters")).scalar_one()
         for number, digest in ((2, "sha256:abcdef01234567" + "0" * 50), (3, "sha256:abcdef01234567" + "1" * 50)):
             session.add(RevisionRecord(adapter_id=repo_id, number=number, digest=digest, format="peft",
@@ -191,10 +197,10 @@ def test_a_corrupt_blob_is_detected_on_pull_and_never_served(reg: Registry, tmp_
 def test_revision_rows_are_immutable_in_the_database(reg: Registry, tmp_path: Path) -> None:
     reg.push(write_peft_lora(tmp_path / "a", seed=12), "team/x")
     with pytest.raises(Exception, match="revisions are immutable"):
-        with reg._write() as session:
+        with reg.db.write() as session:
             session.execute(text("UPDATE revisions SET number = 9"))
     with pytest.raises(Exception, match="revisions are immutable"):
-        with reg._write() as session:
+        with reg.db.write() as session:
             session.execute(text("DELETE FROM revisions"))
     assert reg.show("team/x@1").number == 1
 

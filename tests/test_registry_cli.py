@@ -8,7 +8,7 @@ import pytest
 from click.testing import CliRunner
 
 from registry.cli import main
-from tests.checkpoints import write_peft_lora, write_swift_lora
+from tests.helpers.checkpoints import write_peft_lora, write_swift_lora
 
 
 @pytest.fixture

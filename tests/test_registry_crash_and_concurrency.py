@@ -13,7 +13,7 @@ import pytest
 
 from registry.errors import NotFoundError
 from registry.service import Registry
-from tests.checkpoints import write_peft_lora
+from tests.helpers.checkpoints import write_peft_lora
 
 PUSHER = """
 import sys
@@ -152,7 +152,7 @@ def test_processes_resolving_the_same_id_at_once_build_one_complete_snapshot(dat
     assert not [p for p in swift.parent.iterdir() if p.name.endswith(".partial")]
     reg = Registry(home=home, database_url=database_url)
     try:
-        with reg._read() as session:
+        with reg.db.read() as session:
             from sqlalchemy import func, select
 
             from registry.db.models import DerivedRecord

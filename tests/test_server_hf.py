@@ -21,9 +21,11 @@ from safetensors.numpy import save_file
 
 import converters
 from registry.service import Registry
-from tests.checkpoints import write_peft_lora, write_swift_lora
-from tests.models import make_peft_checkpoint, peft_forward
-from tests.server import Server, running_server
+from tests.helpers.checkpoints import write_peft_lora, write_swift_lora
+from tests.helpers.models import make_peft_checkpoint, peft_forward
+from tests.helpers.server import Server, running_server
+
+pytestmark = pytest.mark.server
 
 REPO = "team/chat-lora"
 LORA = dict(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], lora_dropout=0.0)
@@ -243,7 +245,7 @@ def test_protocol_details(database_url: str, tmp_path: Path) -> None:
         assert client.head("/api/models/team/plain/revision/v1").status_code == 200
 
         # Tree: a Swift checkpoint with two adapters is served as PEFT with a subfolder.
-        tree = client.get(f"/api/models/team/multi/tree/main", params={"recursive": "true"}).json()
+        tree = client.get("/api/models/team/multi/tree/main", params={"recursive": "true"}).json()
         files = {e["path"]: e for e in tree if e["type"] == "file"}
         assert {"adapter_config.json", "adapter_model.safetensors", "sql/adapter_config.json",
                 "sql/adapter_model.safetensors"} <= set(files)
@@ -251,10 +253,10 @@ def test_protocol_details(database_url: str, tmp_path: Path) -> None:
         for e in files.values():
             assert len(e["oid"]) == 40 and len(e["lfs"]["oid"]) == 64 and e["lfs"]["size"] == e["size"]
             assert "xetHash" not in e
-        top = client.get(f"/api/models/team/multi/tree/main").json()
+        top = client.get("/api/models/team/multi/tree/main").json()
         assert "sql/adapter_config.json" not in {e["path"] for e in top}
         assert [e["type"] for e in top if e["path"] == "sql"] == ["directory"]
-        sub = client.get(f"/api/models/team/multi/tree/main/sql").json()
+        sub = client.get("/api/models/team/multi/tree/main/sql").json()
         assert sorted(e["path"] for e in sub) == sorted(p for p in files if p.startswith("sql/"))
         assert {"sql/adapter_config.json", "sql/adapter_model.safetensors"} <= {e["path"] for e in sub}
         pages, next_url = [], "/api/models/team/multi/tree/main?recursive=true&limit=2"

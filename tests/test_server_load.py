@@ -11,11 +11,15 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
+
 from registry.client import RemoteRegistry
 from registry.service import Registry
-from tests.checkpoints import write_peft_lora
-from tests.conftest import create_postgres_database, drop_postgres_database
-from tests.server import running_server
+from tests.helpers.checkpoints import write_peft_lora
+from tests.helpers.databases import create_postgres_database, drop_postgres_database
+from tests.helpers.server import running_server
+
+pytestmark = [pytest.mark.server, pytest.mark.slow]
 
 DURATION = 30.0
 READERS = 12

@@ -26,9 +26,11 @@ import torch
 
 from registry.interop.swift_env import run_jobs
 from registry.service import Registry
-from tests.checkpoints import write_peft_lora, write_swift_lora
-from tests.models import PROBE, make_peft_checkpoint, peft_forward, read_tensors
-from tests.server import running_server
+from tests.helpers.checkpoints import write_peft_lora, write_swift_lora
+from tests.helpers.models import PROBE, make_peft_checkpoint, peft_forward, read_tensors
+from tests.helpers.server import running_server
+
+pytestmark = [pytest.mark.hubs, pytest.mark.server]
 
 REPO = "team/chat-lora"
 

@@ -10,10 +10,13 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import httpx
+import pytest
 
-from tests.checkpoints import write_peft_lora
-from tests.server import running_server
-from tests.test_server_api import API, TIMEOUT, checkpoint_files, client, push_folder
+from tests.helpers.checkpoints import write_peft_lora
+from tests.helpers.http import API, TIMEOUT, checkpoint_files, client, push_folder
+from tests.helpers.server import running_server
+
+pytestmark = pytest.mark.server
 
 
 def _log_lines(home: Path) -> list[dict[str, Any]]:

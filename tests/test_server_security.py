@@ -15,20 +15,28 @@ from typing import Any, Iterator
 import httpx
 import pytest
 
-from tests.checkpoints import write_peft_lora
-from tests.server import Server, _env, running_server
-from tests.test_server_api import (
-    API, assert_error, checkpoint_files, client, manifest_of, push_folder, raw_http, server, sha256, upload,
+from tests.helpers.checkpoints import write_peft_lora
+from tests.helpers.http import (
+    API,
+    assert_error,
+    checkpoint_files,
+    client,
+    manifest_of,
+    push_folder,
+    raw_http,
+    sha256,
+    upload,
 )
+from tests.helpers.server import Server, registry_env, running_server
 
-__all__ = ["server"]  # the module-scoped server fixture, one per database
+pytestmark = pytest.mark.server
 
 REPO = "team/secure"
 SECRET = b"the server's own secret file: must never be served"
 
 
 def _cli(srv: Server, *args: str) -> Any:
-    done = subprocess.run([sys.executable, "-m", "registry.cli", *args], env=_env(srv.home, srv.database_url),
+    done = subprocess.run([sys.executable, "-m", "registry.cli", *args], env=registry_env(srv.home, srv.database_url),
                           capture_output=True, text=True, check=True)
     return done.stdout
 
@@ -280,7 +288,8 @@ def test_hostile_checkpoint_contents_are_refused_without_server_paths(server: Se
 def test_json_that_cannot_be_stored_is_400(server: Server, world: dict[str, Any]) -> None:
     manifest = manifest_of(world["files"])
     path = f"{API}/repos/hostile/json/revisions"
-    for body in ({"manifest": manifest, "message": "nul \x00 inside"}, {"manifest": manifest, "parents": [{"k\x00": 1}]},
+    for body in ({"manifest": manifest, "message": "nul \x00 inside"},
+                 {"manifest": manifest, "parents": [{"k\x00": 1}]},
                  {"manifest": manifest, "parents": [{"op": "merge", "weights": [1, 2]}], "tag": "v\x00"}):
         assert_error(_call(server, server.write_token, "POST", path, json=body), 400, "bad_request")
     for constant in ("NaN", "Infinity", "-Infinity"):
@@ -364,9 +373,10 @@ def test_bad_upload_headers_and_digests(server: Server) -> None:
     data = b"header checks"
     with client(server, server.write_token) as http:
         url = f"{API}/uploads/{sha256(data)}"
-        for headers in ({}, {"Upload-Offset": "0"}, {"Upload-Length": "13"}, {"Upload-Offset": "-1", "Upload-Length": "13"},
-                        {"Upload-Offset": "0", "Upload-Length": "ten"}, {"Upload-Offset": "0x0", "Upload-Length": "13"},
-                        {"Upload-Offset": "14", "Upload-Length": "13"}, {"Upload-Offset": "9" * 30, "Upload-Length": "13"}):
+        for headers in ({}, {"Upload-Offset": "0"}, {"Upload-Length": "13"},
+                        {"Upload-Offset": "-1", "Upload-Length": "13"}, {"Upload-Offset": "0", "Upload-Length": "ten"},
+                        {"Upload-Offset": "0x0", "Upload-Length": "13"}, {"Upload-Offset": "14", "Upload-Length": "13"},
+                        {"Upload-Offset": "9" * 30, "Upload-Length": "13"}):
             assert_error(http.patch(url, content=data, headers=headers), (400, 422))
         for bad in ("sha256:" + "A" * 64, "sha256:" + "0" * 63, "md5:" + "0" * 32, "sha256:" + "g" * 64):
             assert_error(http.patch(f"{API}/uploads/{bad}", content=data,
@@ -386,6 +396,7 @@ def test_unknown_routes_and_methods_answer_in_the_error_shape(server: Server) ->
 
 # ----- fuzzing -----------------------------------------------------------------------------------------------------
 
+@pytest.mark.slow  # a long fuzzing pass: in the full suite, not in --fast
 def test_schemathesis_finds_no_server_error(database_url: str, tmp_path: Path) -> None:
     """Fuzz every /api/v1 operation of the published schema with an admin token: no answer may be a 500."""
     schemathesis = Path(sys.executable).parent / "schemathesis"

@@ -14,8 +14,17 @@ from pathlib import Path
 
 import pytest
 
-from registry.store import (BlobDigestMismatch, BlobInfo, BlobNotFound, CorruptBlob, InvalidDigest,
-                            LocalBlobStore, StoreError, is_digest, sha256_file)
+from registry.store import (
+    BlobDigestMismatch,
+    BlobInfo,
+    BlobNotFound,
+    CorruptBlob,
+    InvalidDigest,
+    LocalBlobStore,
+    StoreError,
+    is_digest,
+    sha256_file,
+)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 

@@ -24,10 +24,9 @@ import torch
 
 from registry.tensors.adapter_io import adapter_state_dict, save_adapter
 from registry.tensors.adapter_tensors import AdapterTensors, load_adapter, module_scaling
-from registry.tensors.combine import (METHODS, SVD_METHODS, CombineError, combine, lowrank_svd, module_seed,
-                                     quantile)
-from registry.tensors.errors import AdapterError
-from tests.models import build_base, forward, load_base, make_peft_checkpoint
+from registry.tensors.combine import METHODS, SVD_METHODS, combine, lowrank_svd, module_seed, quantile
+from registry.tensors.errors import AdapterError, CombineError
+from tests.helpers.models import build_base, forward, load_base, make_peft_checkpoint
 
 ALL = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj", "embed_tokens"]
 WEIGHTS = [0.7, -0.4]
@@ -209,7 +208,7 @@ def test_peft_semantics_inherits_rslora_over_scaling(ckpts, method, tmp_path):
     model.set_adapter("c")
     expected = forward(model.eval())
     save_adapter(ours.adapter, tmp_path / "c")
-    from tests.models import peft_forward
+    from tests.helpers.models import peft_forward
     assert (peft_forward(ckpts["llama_base"], tmp_path / "c") - expected).abs().max() < 1e-5
 
 

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
+from registry import ops
 from registry.service import Registry
 from registry.tensors import equivalence as eq
-from registry import ops
-from tests.models import build_base, make_peft_checkpoint, minilm_folder
+from tests.helpers.models import build_base, make_peft_checkpoint, minilm_folder
 
 CASES = {
     "minilm": (None, dict(r=8, lora_alpha=16, target_modules=["query", "value", "dense"])),

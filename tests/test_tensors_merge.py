@@ -38,11 +38,18 @@ from transformers import (
 )
 
 from registry.tensors.adapter_tensors import AdapterTensors, load_adapter
-from registry.tensors.device import DeviceError, compute_dtype, pick_device
-from registry.tensors.errors import NonFiniteError, NotInvertibleError, ShapeMismatchError
+from registry.tensors.device import compute_dtype, pick_device
+from registry.tensors.errors import (
+    DeviceError,
+    MergeError,
+    MergeOutputError,
+    NonFiniteError,
+    NotInvertibleError,
+    ShapeMismatchError,
+)
 from registry.tensors.lora_math import lora_delta
-from registry.tensors.merge import MergeError, MergeOutputError, merge_checkpoint, unmerge_checkpoint
-from tests.models import GPT2, LLAMA, PROBE, make_peft_checkpoint, randomise_adapter_weights
+from registry.tensors.merge import merge_checkpoint, unmerge_checkpoint
+from tests.helpers.models import GPT2, LLAMA, PROBE, make_peft_checkpoint, randomise_adapter_weights
 
 QWEN2 = dict(vocab_size=128, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
              num_key_value_heads=2, max_position_embeddings=64, tie_word_embeddings=False)

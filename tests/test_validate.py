@@ -11,7 +11,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 import converters
-from tests.models import build_base, make_peft_checkpoint
+from tests.helpers.models import build_base, make_peft_checkpoint
 
 PREFIX = "base_model.model.model.layers.0.self_attn."
 
@@ -70,8 +70,9 @@ EDITS = {
                   "matches no LoRA layer"),
     "missing prefix": (lambda s: s.update({"model.layers.0.self_attn.k_proj.lora_A.weight": torch.ones(4, 32)}), None,
                        "lacks the 'base_model.model.' prefix"),
-    "integer LoRA tensor": (lambda s: s.update({PREFIX + "q_proj.lora_A.weight": torch.zeros(4, 32, dtype=torch.int32)}),
-                            None, "is not a floating-point type"),
+    "integer LoRA tensor": (
+        lambda s: s.update({PREFIX + "q_proj.lora_A.weight": torch.zeros(4, 32, dtype=torch.int32)}),
+        None, "is not a floating-point type"),
     "module not targeted": (None, lambda c: c.update(target_modules=["q_proj", "up_proj"]),
                             "v_proj: has LoRA tensors but target_modules does not select it"),
     "bad r": (None, lambda c: c.update(r=0), "config.r: must be a positive integer"),

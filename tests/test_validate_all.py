@@ -21,8 +21,8 @@ from safetensors.numpy import load_file, save_file
 
 from registry.cli import main
 from registry.service import Registry
-from tests.seeded import ADAPTERS, one_database_url, seed_registry  # noqa: F401 - a fixture
-from tests.server import _env
+from tests.helpers.seeded import ADAPTERS, seed_registry
+from tests.helpers.server import registry_env
 
 CORRUPTED = {"team/plain@1", "team/rslora@1", "team/swift-plain@1"}
 
@@ -142,7 +142,7 @@ def test_validate_all_with_the_worker_backend_is_run_by_worker_processes(one_dat
     home = tmp_path / "home"
     reg = Registry(home=home, database_url=database_url)
     seed_registry(reg, tmp_path / "seed", namespace="lab")
-    env = _env(home, database_url)
+    env = registry_env(home, database_url)
     workers = [subprocess.Popen([sys.executable, "-m", "registry.cli", "worker", "--poll", "0.2", "--heartbeat", "1",
                                  "--kind", "validate"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                                 text=True) for _ in range(2)]

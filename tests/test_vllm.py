@@ -19,8 +19,17 @@ import pytest
 
 from registry.client import RemoteRegistry
 from registry.service import Registry
-from tests.server import running_server
-from tests.vllm_server import MAX_TOKENS, PROMPTS, VllmUnavailableError, build_tiny_llama, running_vllm, vllm_python
+from tests.helpers.server import running_server
+from tests.helpers.vllm_server import (
+    MAX_TOKENS,
+    PROMPTS,
+    VllmUnavailableError,
+    build_tiny_llama,
+    running_vllm,
+    vllm_python,
+)
+
+pytestmark = [pytest.mark.vllm, pytest.mark.server]
 
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 SWIFT_ADAPTERS = {
@@ -41,7 +50,7 @@ class World:
 
 def _run_swift(jobs: list[dict], swift_python: str) -> list[dict]:
     """One ms-swift process for the whole batch (importing ms-swift alone takes seconds)."""
-    script = Path(__file__).with_name("swift_greedy.py")
+    script = Path(__file__).parent / "helpers" / "swift_greedy.py"
     with tempfile.TemporaryDirectory(prefix="swiftreg-vllm-swift-") as tmp:
         jobs_path, results_path = Path(tmp, "jobs.json"), Path(tmp, "results.json")
         jobs_path.write_text(json.dumps(jobs))
@@ -193,9 +202,10 @@ def test_the_same_through_a_swiftreg_server(world: World, local) -> None:
 RESOLVER_ERRORS = r'''
 import asyncio, json
 from converters.errors import RefusedError
-from registry.client import AccessDeniedError, ServerUnreachableError
+from registry.errors import AccessDeniedError, ServerUnreachableError
 from registry.errors import AmbiguousRefError, IntegrityError, NotFoundError
-from registry.integrations.vllm import Resolver, ServingRefusedError, _vllm_resolver_class
+from registry.errors import ServingRefusedError
+from registry.integrations.vllm import Resolver, _vllm_resolver_class
 from registry.vllm_checks import Reason, Verdict
 from vllm.entrypoints.serve.exception_handling.error_response import create_error_response
 

@@ -13,10 +13,10 @@ import pytest
 
 import converters
 from registry.vllm_checks import (
-    MERGE_ADVICE, BaseRequirement, ServedBase, base_fingerprint, check_base_model, check_modules_to_save, check_init,
+    MERGE_ADVICE, BaseRequirement, ServedBase, base_fingerprint, check_base_model, check_init, check_modules_to_save,
     check_vllm,
 )
-from tests.models import build_base, make_peft_checkpoint
+from tests.helpers.models import build_base, make_peft_checkpoint
 
 T = ["q_proj", "v_proj"]
 PLAIN = dict(r=4, lora_alpha=8, target_modules=T)
@@ -238,15 +238,16 @@ def test_push_check_vllm_records_the_verdict_and_validate_resolves_ids(cli, made
     assert "team/absent" in missing.stderr
 
 
-def test_push_check_vllm_through_a_swiftreg_server_is_checked_and_recorded_there(made, tmp_path: Path,
-                                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.server
+def test_push_check_vllm_through_a_swiftreg_server_is_checked_and_recorded_there(
+        made, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from click.testing import CliRunner
 
     from registry.cli import main
-    from registry.client import AccessDeniedError, RemoteRegistry
-    from registry.errors import InvalidIdError
+    from registry.client import RemoteRegistry
+    from registry.errors import AccessDeniedError, InvalidIdError
     from registry.service import Registry
-    from tests.server import running_server
+    from tests.helpers.server import running_server
 
     database = f"sqlite:///{tmp_path / 'server.db'}"
     with running_server(tmp_path / "server-home", database) as server:
@@ -277,13 +278,15 @@ def test_push_check_vllm_through_a_swiftreg_server_is_checked_and_recorded_there
         reg.close()
 
 
+@pytest.mark.server
 def test_plugin_resolver_answers_a_cached_immutable_id_with_no_network_call(made, tmp_path: Path) -> None:
     """registry/integrations/vllm.py's Resolver (vLLM-free) against a real server, counting every request."""
     import httpx
 
     from registry.client import RemoteRegistry
-    from registry.integrations.vllm import Resolver, ServingRefusedError
-    from tests.server import running_server
+    from registry.errors import ServingRefusedError
+    from registry.integrations.vllm import Resolver
+    from tests.helpers.server import running_server
 
     sent: list[str] = []
 
@@ -295,7 +298,8 @@ def test_plugin_resolver_answers_a_cached_immutable_id_with_no_network_call(made
     with running_server(tmp_path / "server-home", f"sqlite:///{tmp_path / 'server.db'}") as server:
         with RemoteRegistry(server.url, server.write_token, home=tmp_path / "pusher") as remote:
             remote.push_base(made.base, "meta/llama")
-            digest = remote.push(made("plain", PLAIN), "team/plain", tag="v1", base_model="meta/llama@1").revision.digest
+            pushed = remote.push(made("plain", PLAIN), "team/plain", tag="v1", base_model="meta/llama@1")
+            digest = pushed.revision.digest
             remote.push(made("dora", dict(PLAIN, use_dora=True)), "team/dora", tag="v1")
 
         def fresh() -> Resolver:  # a new vLLM process: new client, new resolver, the same SWIFTREG_HOME
@@ -313,7 +317,8 @@ def test_plugin_resolver_answers_a_cached_immutable_id_with_no_network_call(made
             assert again is not None and again.folder == first.folder
         assert sent == [], "a cached immutable id must cost no network call"
         tagged = fresh().resolve(str(made.base), "team/plain@v1")
-        assert tagged is not None and tagged.folder == first.folder and sent, "a tag is asked of the server (it may move)"
+        assert tagged is not None and tagged.folder == first.folder
+        assert sent, "a tag is asked of the server (it may move)"
         assert fresh().resolve(str(made.base), "not-an-id") is None
         assert fresh().resolve(str(made.base), "team/absent") is None  # left to vLLM's other resolvers
         with pytest.raises(ServingRefusedError) as refused:

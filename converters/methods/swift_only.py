@@ -2,7 +2,8 @@
 from __future__ import annotations
 
 SWIFT_ONLY_TUNERS: dict[str, str] = {
-    "ADAPTER": "Swift's Adapter inserts bottleneck MLPs (`adapter_<name>.linear1/2`) after modules; PEFT has no such layer",
+    "ADAPTER": ("Swift's Adapter inserts bottleneck MLPs (`adapter_<name>.linear1/2`) after modules; "
+                "PEFT has no such layer"),
     "PROMPT": "Swift's Prompt tuning stores per-layer prompt tokens (`prompt_<name>.prompt_token`) injected into "
               "hidden states; PEFT's prompt methods are built differently and cannot load them",
     "SIDE": "Side tuning runs a separate side network (`side_<name>`) beside the model; PEFT has no side tuning",

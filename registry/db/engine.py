@@ -14,7 +14,10 @@ from importlib import resources
 from pathlib import Path
 from typing import Iterator
 
+from typing import Any
+
 from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.orm import Session
 
@@ -36,7 +39,7 @@ def make_engine(url: str) -> Engine:
         engine = create_engine(url, connect_args={"timeout": 120, "check_same_thread": False})
 
         @event.listens_for(engine, "connect")
-        def _on_connect(dbapi_connection, _record) -> None:  # type: ignore[no-untyped-def]
+        def _on_connect(dbapi_connection: Any, _record: Any) -> None:
             dbapi_connection.isolation_level = None  # we issue BEGIN ourselves (below)
             cursor = dbapi_connection.cursor()
             cursor.execute("PRAGMA journal_mode=WAL")
@@ -69,7 +72,19 @@ def read_session(engine: Engine) -> Iterator[Session]:
         yield session
 
 
-def _alembic_config(connection: Connection):  # type: ignore[no-untyped-def]
+def insert_ignore(session: Session, model: type[Any], **values: Any) -> bool:
+    """INSERT ... ON CONFLICT DO NOTHING; whether the row was inserted (False: a unique key already held it).
+
+    The one dialect-specific statement of the registry: neither SQLAlchemy core nor both databases
+    share a spelling, and racing writers (two pushes, two submissions with one key) rely on it.
+    """
+    dialect = session.get_bind().dialect.name
+    insert = (postgresql.insert if dialect == "postgresql" else sqlite.insert)(model)
+    key = model.__table__.primary_key.columns  # RETURNING, not rowcount: psycopg reports -1 for ORM inserts
+    return session.execute(insert.values(**values).on_conflict_do_nothing().returning(*key)).first() is not None
+
+
+def _alembic_config(connection: Connection | None) -> Any:
     from alembic.config import Config
 
     config = Config()
@@ -88,7 +103,7 @@ def current_revision(engine: Engine) -> str | None:
 def head_revision() -> str:
     from alembic.script import ScriptDirectory
 
-    config = _alembic_config(None)  # type: ignore[arg-type]
+    config = _alembic_config(None)
     return ScriptDirectory.from_config(config).get_current_head() or ""
 
 

@@ -12,7 +12,7 @@ from typing import Any, Optional
 from sqlalchemy import (
     JSON, Boolean, CheckConstraint, DateTime, ForeignKey, Index, Integer, MetaData, String, Text, UniqueConstraint,
 )
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+from sqlalchemy.orm import DeclarativeBase, Mapped, declared_attr, mapped_column, relationship
 
 NAMING = {
     "ix": "ix_%(column_0_label)s",
@@ -34,53 +34,66 @@ class Base(DeclarativeBase):
     type_annotation_map = {dict[str, Any]: JSON, list[Any]: JSON, datetime: DateTime(timezone=True)}
 
 
-class BaseModelRecord(Base):
-    """A base model (transformers folder) the registry stores and validates adapters against."""
+class _Repository:
+    """The columns every repository table has: its `namespace/name` and its revision counter."""
 
-    __tablename__ = "base_models"
-    __table_args__ = (UniqueConstraint("namespace", "name"),)
+    @declared_attr.directive
+    def __table_args__(cls) -> tuple[Any, ...]:
+        return (UniqueConstraint("namespace", "name"),)
 
     id: Mapped[int] = mapped_column(primary_key=True)
     namespace: Mapped[str] = mapped_column(NAME)
     name: Mapped[str] = mapped_column(NAME)
-    architecture: Mapped[Optional[str]] = mapped_column(String(200))
-    config: Mapped[Optional[dict[str, Any]]]
-    fingerprint: Mapped[Optional[str]] = mapped_column(DIGEST)  # sha256 of the sorted (name, dtype, shape) list
-    source: Mapped[str] = mapped_column(String(300), default="local")
     revision_count: Mapped[int] = mapped_column(Integer, default=0)  # bumped under a row lock: gap-free numbers
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
-class AdapterRecord(Base):
-    __tablename__ = "adapters"
-    __table_args__ = (UniqueConstraint("namespace", "name"),)
+class _OfRepository:
+    """The owner columns of a revision or ref: exactly one of an adapter and a base model."""
 
-    id: Mapped[int] = mapped_column(primary_key=True)
-    namespace: Mapped[str] = mapped_column(NAME)
-    name: Mapped[str] = mapped_column(NAME)
+    adapter_id: Mapped[Optional[int]] = mapped_column(ForeignKey("adapters.id"))
+    base_model_id: Mapped[Optional[int]] = mapped_column(ForeignKey("base_models.id"))
+
+
+def _unique_per_repository(column: str) -> tuple[UniqueConstraint, UniqueConstraint]:
+    """`column` unique within each adapter and within each base model."""
+    return UniqueConstraint("adapter_id", column), UniqueConstraint("base_model_id", column)
+
+
+class BaseModelRecord(_Repository, Base):
+    """A base model (transformers folder) the registry stores and validates adapters against."""
+
+    __tablename__ = "base_models"
+
+    architecture: Mapped[Optional[str]] = mapped_column(String(200))
+    config: Mapped[Optional[dict[str, Any]]]
+    fingerprint: Mapped[Optional[str]] = mapped_column(DIGEST)  # sha256 of the sorted (name, dtype, shape) list
+    source: Mapped[str] = mapped_column(String(300), default="local")
+
+
+class AdapterRecord(_Repository, Base):
+    """An adapter repository: its revisions share a tuner type and, once pushed with one, a base model."""
+
+    __tablename__ = "adapters"
+
     base_model_id: Mapped[Optional[int]] = mapped_column(ForeignKey("base_models.id"))
     tuner_type: Mapped[Optional[str]] = mapped_column(String(32))
     description: Mapped[Optional[str]] = mapped_column(Text)
-    revision_count: Mapped[int] = mapped_column(Integer, default=0)
-    created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
     base_model: Mapped[Optional[BaseModelRecord]] = relationship()
 
 
-class RevisionRecord(Base):
+class RevisionRecord(_OfRepository, Base):
     """One immutable, content-addressed state of an adapter or a base model."""
 
     __tablename__ = "revisions"
     __table_args__ = (
-        UniqueConstraint("adapter_id", "number"),
-        UniqueConstraint("base_model_id", "number"),
+        *_unique_per_repository("number"),
         CheckConstraint("(adapter_id IS NULL) <> (base_model_id IS NULL)", name="one_repository"),
         Index("ix_revisions_digest", "digest"),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
-    adapter_id: Mapped[Optional[int]] = mapped_column(ForeignKey("adapters.id"))
-    base_model_id: Mapped[Optional[int]] = mapped_column(ForeignKey("base_models.id"))
     number: Mapped[int] = mapped_column(Integer)
     digest: Mapped[str] = mapped_column(DIGEST)            # sha256 of the canonical manifest
     format: Mapped[str] = mapped_column(String(16))        # swift, peft, transformers
@@ -93,19 +106,16 @@ class RevisionRecord(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
-class RefRecord(Base):
+class RefRecord(_OfRepository, Base):
     """A mutable name for a revision: branches (`main`) move on push, tags stay unless forced."""
 
     __tablename__ = "refs"
     __table_args__ = (
-        UniqueConstraint("adapter_id", "name"),
-        UniqueConstraint("base_model_id", "name"),
+        *_unique_per_repository("name"),
         CheckConstraint("kind IN ('branch', 'tag')", name="kind"),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
-    adapter_id: Mapped[Optional[int]] = mapped_column(ForeignKey("adapters.id"))
-    base_model_id: Mapped[Optional[int]] = mapped_column(ForeignKey("base_models.id"))
     name: Mapped[str] = mapped_column(String(128))
     kind: Mapped[str] = mapped_column(String(16))
     revision_id: Mapped[int] = mapped_column(ForeignKey("revisions.id"))

@@ -27,7 +27,8 @@ from ..ids import check_tag, parse_id
 from ..manifest import check_relpath
 
 if TYPE_CHECKING:
-    from ..service import Registry, RevisionInfo
+    from ..api import RevisionInfo
+    from ..service import Registry
 
 _SOURCE = re.compile(r"^(hf|ms)://([A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*)(?:@(.+))?$")
 CONFIG = "adapter_config.json"

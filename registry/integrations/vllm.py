@@ -52,32 +52,28 @@ import asyncio
 import hashlib
 import json
 import logging
-import os
 import re
 import sys
-import tempfile
 import threading
 import time
 from dataclasses import dataclass
+from http import HTTPStatus
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Callable
 
-from ..errors import IntegrityError, InvalidIdError, NotFoundError, RegistryError
+from .. import atomic
+from ..errors import IntegrityError, InvalidIdError, NotFoundError, RegistryError, ServingRefusedError
 from ..ids import parse_id
 from ..vllm_checks import DEFAULT_MAX_LORA_RANK, ServedBase, Verdict, base_requirement, check_vllm, served_base
+
+if TYPE_CHECKING:
+    from ..api import RegistryAPI, RevisionInfo
+    from ..ids import RepoId
 
 RESOLVER_NAME = "swiftreg"
 LOGGER_NAME = "vllm.swiftreg"  # a child of vLLM's own logger: its handlers print it with vLLM's log
 _RANK_ARG = re.compile(r"^--max[-_]lora[-_]rank(?:=(\d+))?$")
 _SNAPSHOT_NUMBER = re.compile(r"^r(\d+)-")  # registry/snapshots.py: r<number>-<format>-<digest prefix>
-
-
-class ServingRefusedError(RegistryError):
-    """The adapter exists but vLLM cannot serve it; `.verdict` holds every reason and what to do."""
-
-    def __init__(self, message: str, verdict: Verdict) -> None:
-        self.verdict = verdict
-        super().__init__(message)
 
 
 @dataclass(frozen=True)
@@ -111,7 +107,7 @@ class Resolver:
     at each call so SWIFTREG_* set after the plugin loaded still count).
     """
 
-    def __init__(self, registry: Callable[[], Any] | None = None, max_lora_rank: int | None = None) -> None:
+    def __init__(self, registry: Callable[[], RegistryAPI] | None = None, max_lora_rank: int | None = None) -> None:
         if registry is None:
             from .. import default_registry
 
@@ -122,9 +118,9 @@ class Resolver:
         # immutable name ("team/x@3", "team/x@sha256:...") -> its Resolution; (folder, served) -> verdict
         self._resolved: dict[tuple[str, str], Resolution] = {}
         self._verdicts: dict[tuple[str, str], Verdict] = {}
-        self._served: dict[str, ServedBase] = {}
+        self._served: dict[str, ServedBase | None] = {}
         self._adapters: set[str] = set()                        # "ns/name" known to be adapters
-        self._revisions: dict[str, tuple[str, Any]] = {}        # snapshot folder -> ("ns/name@N", info)
+        self._revisions: dict[str, tuple[str, RevisionInfo]] = {}        # snapshot folder -> ("ns/name@N", info)
 
     @property
     def max_lora_rank(self) -> int:
@@ -174,7 +170,7 @@ class Resolver:
             self._remember(reg, resolution, base_model_name)
         return resolution
 
-    def _locate(self, reg: Any, rid: Any, name: str) -> tuple[Path, str, Any]:
+    def _locate(self, reg: RegistryAPI, rid: RepoId, name: str) -> tuple[Path, str, RevisionInfo]:
         """(PEFT snapshot, "ns/name@N", revision info) for an id.
 
         A repository seen before as an adapter goes straight to the registry's resolve (for a tag: a
@@ -207,7 +203,7 @@ class Resolver:
     # snapshot folder it names exists only complete and verified; the record is keyed by the registry,
     # the id, vLLM's served model and its --max-lora-rank, which is everything the verdict depends on.
 
-    def _memo_file(self, reg: Any, name: str, base_model_name: str) -> Path | None:
+    def _memo_file(self, reg: RegistryAPI, name: str, base_model_name: str) -> Path | None:
         home = getattr(reg, "cache", None) or getattr(reg, "home", None)
         if home is None:
             return None
@@ -215,7 +211,7 @@ class Resolver:
         key = json.dumps([str(where), name, base_model_name, self.max_lora_rank])
         return Path(home) / "vllm-resolved" / f"{hashlib.sha256(key.encode()).hexdigest()[:32]}.json"
 
-    def _remembered(self, reg: Any, name: str, base_model_name: str) -> Resolution | None:
+    def _remembered(self, reg: RegistryAPI, name: str, base_model_name: str) -> Resolution | None:
         path = self._memo_file(reg, name, base_model_name)
         try:
             record = json.loads(path.read_text()) if path is not None else None
@@ -229,7 +225,7 @@ class Resolver:
         except (OSError, ValueError, KeyError, TypeError):
             return None
 
-    def _remember(self, reg: Any, resolution: Resolution, base_model_name: str) -> None:
+    def _remember(self, reg: RegistryAPI, resolution: Resolution, base_model_name: str) -> None:
         path = self._memo_file(reg, resolution.name, base_model_name)
         if path is None or not resolution.verdict.ok:
             return
@@ -238,14 +234,11 @@ class Resolver:
                   "notes": list(resolution.verdict.notes)}
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-            with os.fdopen(fd, "w") as f:
-                json.dump(record, f)
-            os.replace(tmp, path)
+            atomic.write_file(path, json.dumps(record).encode())
         except OSError:
             pass  # only a shortcut for the next process: never fail a resolution over it
 
-    def _verdict(self, reg: Any, folder: Path, info: Any, base_model_name: str) -> Verdict:
+    def _verdict(self, reg: RegistryAPI, folder: Path, info: RevisionInfo, base_model_name: str) -> Verdict:
         key = (str(folder), base_model_name)
         verdict = self._verdicts.get(key)
         if verdict is None:
@@ -267,7 +260,7 @@ def _vllm_resolver_class() -> type:
     from vllm.lora.request import LoRARequest
     from vllm.lora.resolver import LoRAResolver
 
-    from ..client import AccessDeniedError, ServerUnreachableError
+    from ..errors import AccessDeniedError, ServerUnreachableError
 
     logger = init_logger(LOGGER_NAME)
 
@@ -319,9 +312,7 @@ def _vllm_resolver_class() -> type:
     return SwiftregResolver
 
 
-def _status(code: int):  # type: ignore[no-untyped-def]
-    from http import HTTPStatus
-
+def _status(code: int) -> HTTPStatus:
     return HTTPStatus(code)
 
 

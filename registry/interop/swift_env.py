@@ -13,12 +13,9 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from .. import constants
+from ..errors import SwiftEnvironmentError
 
 SCRIPT = Path(__file__).with_name("swift_side.py")
-
-
-class SwiftEnvironmentError(RuntimeError):
-    """ms-swift's environment is missing or a batch could not run at all."""
 
 
 def swift_python() -> str:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import sys
 import traceback
+from typing import Any
 
 
 def _quiet() -> None:
@@ -104,7 +105,7 @@ def make(job) -> dict:
             single.eval()
             outputs[spec["name"]] = _forward(single, job["probe"])
         _save_outputs(job["outputs"], outputs)
-    result = {"adapters": list(tuners)}
+    result: dict[str, Any] = {"adapters": list(tuners)}
     if job.get("save_to_peft"):
         try:
             Swift.save_to_peft_format(job["out"], job["save_to_peft"])
@@ -144,7 +145,8 @@ def main() -> int:
     import torch
 
     torch.set_num_threads(1)  # identical kernels on both sides of an equivalence check
-    jobs = json.load(open(sys.argv[1]))
+    with open(sys.argv[1]) as f:
+        jobs = json.load(f)
     results = []
     for job in jobs:
         try:

@@ -1,19 +1,17 @@
 """The job operations the service offers (Registry.submit_job, jobs, job, cancel_job, validate_all).
 
-Backends:
-    inline   run in the calling process, now (the CLI's default on the embedded registry)
-    queue    only record the job: `swiftreg worker` processes (or a Ray driver) run it
-    ray      record it and dispatch it to a Ray cluster from this process (`ray_address`)
-The job is recorded in the database whichever backend runs it, with its result and log tail.
+Backends (registry/jobs/kinds.py): inline | worker | ray. The job is recorded in the database
+whichever backend runs it, with its result and log tail.
 """
 from __future__ import annotations
 
 import time
 import uuid
 from datetime import datetime, timedelta, timezone
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Literal
+from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 from ..errors import InvalidJobError
+from .kinds import BACKENDS, CHECKS
 from .queue import JobInfo, JobQueue, default_worker_id
 from .runner import check_params, job_namespaces
 
@@ -21,17 +19,15 @@ if TYPE_CHECKING:
     from ..service import Registry
     from .report import ValidationReport
 
-Backend = Literal["inline", "queue", "worker", "ray"]
-BACKENDS = ("inline", "queue", "worker", "ray")  # "worker" is another name for "queue"
-
 
 def queue_of(reg: "Registry", **kwargs: Any) -> JobQueue:
-    return JobQueue(reg._ready(), **kwargs)
+    return JobQueue(reg.db.engine, **kwargs)
 
 
 def _check_backend(backend: str) -> None:
     if backend not in BACKENDS:
-        raise InvalidJobError(f"unknown backend {backend!r}; backends: inline, worker (queue for workers), ray")
+        raise InvalidJobError(f"unknown backend {backend!r}; backends: {', '.join(BACKENDS)} (inline: here, now; "
+                              "worker: queued for `swiftreg worker`; ray: on a Ray cluster)")
 
 
 def run_jobs(reg: "Registry", ids: list[int], backend: str, *, ray_address: str | None = None,
@@ -53,7 +49,7 @@ def run_jobs(reg: "Registry", ids: list[int], backend: str, *, ray_address: str 
 
 
 def submit(reg: "Registry", kind: str, params: dict[str, Any], *, key: str | None = None,
-           backend: str = "queue", ray_address: str | None = None) -> JobInfo:
+           backend: str = "worker", ray_address: str | None = None) -> JobInfo:
     """Record a job (idempotent with `key`) and, for inline / ray, run it before returning."""
     _check_backend(backend)
     check_params(kind, params)
@@ -86,8 +82,7 @@ def validate_all(reg: "Registry", *, since: str | datetime | None = None, namesp
                  revisions: list[str] | None = None,
                  on_event: Callable[[str], None] | None = None) -> "ValidationReport":
     """Queue validate jobs over every adapter revision (or those since `since`), run them, report."""
-    from .report import ValidationReport, build
-    from .kinds import CHECKS
+    from .report import build
     from .revision_checks import select_revisions
 
     _check_backend(backend)

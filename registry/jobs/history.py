@@ -19,8 +19,9 @@ def history(reg: "Registry", repo_id: str, *, check_kind: str | None = None, lim
     info = reg.show(repo_id)
     if info.kind != "adapter":
         raise RegistryError(f"{info.repo} is a base model; validation history is kept for adapter revisions")
-    with reg._read() as session:
-        rev_id = session.execute(select(RevisionRecord.id).join(AdapterRecord, RevisionRecord.adapter_id == AdapterRecord.id)
+    with reg.db.read() as session:
+        rev_id = session.execute(select(RevisionRecord.id)
+                                 .join(AdapterRecord, RevisionRecord.adapter_id == AdapterRecord.id)
                                  .where(AdapterRecord.namespace == rid.namespace, AdapterRecord.name == rid.name,
                                         RevisionRecord.number == info.number)).scalar_one()
         query = select(ValidationRunRecord).where(ValidationRunRecord.revision_id == rev_id)

@@ -20,14 +20,15 @@ job instead of queueing a second one (a retried HTTP request does not run twice)
 """
 from __future__ import annotations
 
+import builtins
 import os
 import socket
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
-from typing import Any, Iterable, Literal
+from typing import Any, Iterable, Literal, overload
 
-from sqlalchemy import Engine, select, update
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy import CursorResult, Engine, select, update
+from sqlalchemy.orm import Session
 
 from ..db import engine as db
 from ..db.models import JobRecord
@@ -47,11 +48,21 @@ def utcnow() -> datetime:
     return datetime.now(timezone.utc)
 
 
+@overload
+def _aware(value: datetime) -> datetime: ...
+@overload
+def _aware(value: None) -> None: ...
 def _aware(value: datetime | None) -> datetime | None:
     """SQLite hands datetimes back without their zone; ours are always UTC."""
     if value is None or value.tzinfo is not None:
         return value
     return value.replace(tzinfo=timezone.utc)
+
+
+def _updated(session: Session, statement: Any) -> int:
+    """Run an UPDATE; how many rows it changed (the compare-and-set every state change relies on)."""
+    result: CursorResult[Any] = session.execute(statement)  # type: ignore[assignment]
+    return result.rowcount
 
 
 def default_worker_id() -> str:
@@ -98,7 +109,7 @@ def _info(row: JobRecord) -> JobInfo:
     return JobInfo(id=row.id, kind=row.kind, params=dict(row.params or {}), status=row.status, attempts=row.attempts,
                    worker=row.worker, heartbeat_at=_aware(row.heartbeat_at), result=row.result, log=row.log,
                    idempotency_key=row.idempotency_key, namespace=row.namespace,
-                   created_at=_aware(row.created_at), started_at=_aware(row.started_at),  # type: ignore[arg-type]
+                   created_at=_aware(row.created_at), started_at=_aware(row.started_at),
                    finished_at=_aware(row.finished_at))
 
 
@@ -107,7 +118,7 @@ def _tail(text: str | None) -> str | None:
 
 
 class JobQueue:
-    """The `jobs` table as a queue. `engine` must already have the schema (Registry._ready())."""
+    """The `jobs` table as a queue. `engine` must already have the schema (`Registry.db.engine`)."""
 
     def __init__(self, engine: Engine, *, max_attempts: int = DEFAULT_MAX_ATTEMPTS,
                  stale_after: float = DEFAULT_STALE_AFTER) -> None:
@@ -139,14 +150,12 @@ class JobQueue:
                 session.add(row)
                 session.flush()
                 return _info(row), True
-            insert = (postgresql.insert if self._postgres else sqlite.insert)(JobRecord)
-            inserted = session.execute(insert.values(**values).on_conflict_do_nothing()
-                                       .returning(JobRecord.id)).scalar_one_or_none()
+            inserted = db.insert_ignore(session, JobRecord, **values)
             row = session.scalars(select(JobRecord).where(JobRecord.idempotency_key == key)).one()
-            if inserted is None and (row.kind != kind or row.params != params):
+            if not inserted and (row.kind != kind or row.params != params):
                 raise JobConflictError(f"idempotency key {key!r} was used for job {row.id} ({row.kind}) with other "
                                        "parameters; use a new key for a new job")
-            return _info(row), inserted is not None
+            return _info(row), inserted
 
     def get(self, job_id: int) -> JobInfo:
         if not 0 < job_id < 2**31:  # the column is a 32-bit INTEGER: PostgreSQL refuses larger values
@@ -176,7 +185,8 @@ class JobQueue:
 
     # ----- working ------------------------------------------------------------------------------------
 
-    def claim(self, worker: str, *, kinds: Iterable[str] | None = None, ids: Iterable[int] | None = None) -> JobInfo | None:
+    def claim(self, worker: str, *, kinds: Iterable[str] | None = None,
+              ids: Iterable[int] | None = None) -> JobInfo | None:
         """Take the oldest queued job (of `kinds`, among `ids`) for `worker`; None when there is none."""
         query = select(JobRecord.id).where(JobRecord.status == "queued").order_by(JobRecord.id).limit(1)
         if kinds is not None:
@@ -190,20 +200,19 @@ class JobQueue:
             job_id = session.execute(query).scalar_one_or_none()
             if job_id is None:
                 return None
-            changed = session.execute(
-                update(JobRecord).where(JobRecord.id == job_id, JobRecord.status == "queued")
-                .values(status="running", worker=worker, attempts=JobRecord.attempts + 1, heartbeat_at=now,
-                        started_at=now, finished_at=None)).rowcount
+            changed = _updated(session, update(JobRecord).where(JobRecord.id == job_id, JobRecord.status == "queued")
+                               .values(status="running", worker=worker, attempts=JobRecord.attempts + 1,
+                                       heartbeat_at=now, started_at=now, finished_at=None))
             if changed != 1:  # cannot happen under the locks above; never hand out a job twice
                 return None
-            return _info(session.get(JobRecord, job_id))
+            return _info(session.get_one(JobRecord, job_id))
 
     def heartbeat(self, job_id: int, worker: str) -> bool:
         """Say the job is alive; False when it is no longer this worker's (cancelled or requeued)."""
         with db.write_session(self.engine) as session:
-            return session.execute(
-                update(JobRecord).where(JobRecord.id == job_id, JobRecord.status == "running",
-                                        JobRecord.worker == worker).values(heartbeat_at=utcnow())).rowcount == 1
+            return _updated(session, update(JobRecord).where(JobRecord.id == job_id, JobRecord.status == "running",
+                                                             JobRecord.worker == worker)
+                            .values(heartbeat_at=utcnow())) == 1
 
     def finish(self, job_id: int, worker: str, *, succeeded: bool, result: dict[str, Any] | None,
                log: str | None = None) -> bool:
@@ -211,11 +220,11 @@ class JobQueue:
         with db.write_session(self.engine) as session:
             row = session.get(JobRecord, job_id)
             previous = (row.log + "\n") if row is not None and row.log else ""
-            return session.execute(
-                update(JobRecord).where(JobRecord.id == job_id, JobRecord.status == "running",
-                                        JobRecord.worker == worker)
-                .values(status="succeeded" if succeeded else "failed", result=result,
-                        log=_tail(previous + (log or "")), finished_at=utcnow(), heartbeat_at=utcnow())).rowcount == 1
+            return _updated(session, update(JobRecord).where(JobRecord.id == job_id, JobRecord.status == "running",
+                                                             JobRecord.worker == worker)
+                            .values(status="succeeded" if succeeded else "failed", result=result,
+                                    log=_tail(previous + (log or "")), finished_at=utcnow(),
+                                    heartbeat_at=utcnow())) == 1
 
     def release(self, job_id: int, worker: str, reason: str) -> JobInfo | None:
         """Give a job back now (its runner died under us): queued again, or failed when out of attempts."""
@@ -225,7 +234,8 @@ class JobQueue:
                 return None
             log = (row.log + "\n" if row.log else "") + reason
             if row.attempts >= self.max_attempts:
-                values: dict[str, Any] = dict(status="failed", finished_at=utcnow(), log=_tail(log + "; no attempts left"),
+                values: dict[str, Any] = dict(status="failed", finished_at=utcnow(),
+                                              log=_tail(log + "; no attempts left"),
                                               result={"error": reason + "; no attempts left"})
             else:
                 values = dict(status="queued", worker=None, heartbeat_at=None, log=_tail(log + "; requeued"))
@@ -235,7 +245,7 @@ class JobQueue:
             session.refresh(row)
             return _info(row)
 
-    def requeue_stale(self, *, stale_after: float | None = None) -> list[JobInfo]:
+    def requeue_stale(self, *, stale_after: float | None = None) -> builtins.list[JobInfo]:
         """Give back running jobs whose heartbeat stopped; fail those out of attempts. Returns them."""
         cutoff = utcnow() - timedelta(seconds=self.stale_after if stale_after is None else stale_after)
         changed = []
@@ -259,7 +269,7 @@ class JobQueue:
                 session.execute(update(JobRecord).where(JobRecord.id == row.id, JobRecord.status == "running",
                                                         JobRecord.worker == row.worker).values(**values))
                 session.flush()
-                changed.append(_info(session.get(JobRecord, row.id)))
+                changed.append(_info(session.get_one(JobRecord, row.id)))
         return changed
 
     def cancel(self, job_id: int) -> JobInfo:
@@ -271,10 +281,10 @@ class JobQueue:
                 raise JobNotFoundError(f"no job {job_id} in this registry (swiftreg jobs ls lists them)")
             if row.status in FINISHED:
                 raise JobStateError(f"job {job_id} already {row.status}; only queued or running jobs can be cancelled")
-            done = session.execute(update(JobRecord).where(JobRecord.id == job_id, JobRecord.status == row.status)
-                                   .values(status="cancelled", finished_at=utcnow(),
-                                           log=_tail((row.log + "\n" if row.log else "") + "cancelled")))
-            if done.rowcount != 1:  # a worker claimed or finished it between the read and the update
+            done = _updated(session, update(JobRecord).where(JobRecord.id == job_id, JobRecord.status == row.status)
+                            .values(status="cancelled", finished_at=utcnow(),
+                                    log=_tail((row.log + "\n" if row.log else "") + "cancelled")))
+            if done != 1:  # a worker claimed or finished it between the read and the update
                 raise JobStateError(f"job {job_id} changed state while it was being cancelled; look at it again "
                                     f"(swiftreg jobs show {job_id}) and cancel it again if it still runs")
             session.flush()

@@ -39,7 +39,7 @@ def _task(config: dict[str, Any], job: JobInfo, worker_id: str) -> dict[str, Any
         os.environ.setdefault(key, value)
     reg = Registry(home=config["home"], database_url=config["database_url"])
     try:
-        queue = JobQueue(reg._ready(), max_attempts=config["max_attempts"])
+        queue = JobQueue(reg.db.engine, max_attempts=config["max_attempts"])
         ok, result, text = run_job(reg, job, still_ours=lambda: queue.heartbeat(job.id, worker_id))
         import ray
 
@@ -121,9 +121,9 @@ class RayDriver:
         try:
             while True:
                 if not self.stopping.is_set():
-                    for job in self.queue.requeue_stale():
+                    for stale in self.queue.requeue_stale():
                         self.stats.requeued += 1
-                        log.info("job %s: %s after its worker stopped heartbeating", job.id, job.status)
+                        log.info("job %s: %s after its worker stopped heartbeating", stale.id, stale.status)
                     while len(in_flight) < limit:
                         job = self.queue.claim(self.worker_id, kinds=self.kinds, ids=ids)
                         if job is None:

@@ -73,6 +73,7 @@ class ValidationReport:
     def table(self) -> str:
         """One row per revision, one column per check: ok, FAIL, REGRESSED, or - (not applicable)."""
         by_rev: dict[str, dict[str, CheckResult]] = {rev: {} for rev in self.revisions}
+        r: CheckResult | None
         for r in self.results:
             by_rev.setdefault(r.revision, {})[r.check] = r
         header = ["revision"] + list(CHECKS)
@@ -98,7 +99,8 @@ class ValidationReport:
 
     def junit_xml(self) -> str:
         """One testsuite; one testcase per (revision, check), `classname` the revision."""
-        suite = ET.Element("testsuite", name="swiftreg validate-all", tests=str(len(self.results) + len(self.failed_jobs)),
+        suite = ET.Element("testsuite", name="swiftreg validate-all",
+                           tests=str(len(self.results) + len(self.failed_jobs)),
                            failures=str(len(self.failures)), errors=str(len(self.failed_jobs)),
                            time=f"{self.seconds:.3f}")
         props = ET.SubElement(suite, "properties")
@@ -133,7 +135,7 @@ def build(reg: "Registry", run_id: str, revisions: list[str]) -> ValidationRepor
     """Read back every row this run recorded, each with the result before it."""
     from ..db.models import AdapterRecord, RevisionRecord, ValidationRunRecord
 
-    with reg._read() as session:
+    with reg.db.read() as session:
         rows = session.execute(
             select(ValidationRunRecord, AdapterRecord.namespace, AdapterRecord.name, RevisionRecord.number)
             .join(RevisionRecord, ValidationRunRecord.revision_id == RevisionRecord.id)

@@ -38,13 +38,15 @@ import converters
 
 from ..errors import RegistryError
 from ..ids import parse_id
+from ..versions import library_versions
 from .kinds import CHECKS
 from .queue import _aware
 
 if TYPE_CHECKING:
     import torch
 
-    from ..service import Registry, RevisionInfo
+    from ..api import RevisionInfo
+    from ..service import Registry
 
 #: relative tolerance of an adapter's outputs against its stored reference figures (float32 math)
 REFERENCE_TOLERANCE = 1e-5
@@ -88,12 +90,6 @@ class _Revision:
 _SWIFT_VERSIONS: dict[str, dict[str, str]] = {}
 
 
-def library_versions() -> dict[str, str]:
-    from ..ops import library_versions as versions
-
-    return versions()
-
-
 def swift_versions(python: str) -> dict[str, str]:
     """ms-swift's environment's versions (read from its metadata, without importing ms-swift)."""
     if python not in _SWIFT_VERSIONS:
@@ -125,7 +121,7 @@ def select_revisions(reg: "Registry", *, since: datetime | None = None, namespac
         from ..ids import check_name
 
         query = query.where(AdapterRecord.namespace == check_name(namespace, "namespace"))
-    with reg._read() as session:
+    with reg.db.read() as session:
         rows = session.execute(query).all()
     if since is not None:  # stored in UTC; SQLite hands them back without their zone
         since = _aware(since)
@@ -140,8 +136,9 @@ def _row_id(reg: "Registry", ref: str) -> int:
 
     rid = parse_id(ref)
     info = reg.show(ref)
-    with reg._read() as session:
-        return session.execute(select(RevisionRecord.id).join(AdapterRecord, RevisionRecord.adapter_id == AdapterRecord.id)
+    with reg.db.read() as session:
+        return session.execute(select(RevisionRecord.id)
+                               .join(AdapterRecord, RevisionRecord.adapter_id == AdapterRecord.id)
                                .where(AdapterRecord.namespace == rid.namespace, AdapterRecord.name == rid.name,
                                       RevisionRecord.number == info.number)).scalar_one()
 
@@ -193,8 +190,9 @@ def _tensors(folder: Path) -> dict[str, tuple[str, list[int], bytes]]:
         rel = path.parent.relative_to(folder).as_posix()
         with open(path, "rb") as f:
             data = f.read()
+        start = header.data_start
         for t in header.tensors:
-            out[f"{rel}::{t.name}"] = (t.dtype, list(t.shape), data[header.data_start + t.begin:header.data_start + t.end])
+            out[f"{rel}::{t.name}"] = (t.dtype, list(t.shape), data[start + t.begin:start + t.end])
     return out
 
 
@@ -291,7 +289,7 @@ def _reference(reg: "Registry", rev: _Revision) -> dict[str, Any] | None:
 
     from ..db.models import ValidationRunRecord
 
-    with reg._read() as session:
+    with reg.db.read() as session:
         rows = session.scalars(select(ValidationRunRecord).where(
             ValidationRunRecord.revision_id == rev.row_id, ValidationRunRecord.check_kind == "outputs",
             ValidationRunRecord.passed.is_(True)).order_by(ValidationRunRecord.id).limit(1)).all()
@@ -345,7 +343,8 @@ def _swift_loads(revs: list[_Revision], python: str) -> None:
     """Load every Swift revision with ms-swift in one subprocess; compare with peft's outputs."""
     from safetensors.torch import load_file
 
-    from ..interop.swift_env import SwiftEnvironmentError, run_jobs
+    from ..errors import SwiftEnvironmentError
+    from ..interop.swift_env import run_jobs
     from ..tensors import equivalence as eq
 
     jobs, todo = [], []
@@ -378,6 +377,7 @@ def _swift_loads(revs: list[_Revision], python: str) -> None:
             if ours is None:  # no PEFT form (a Swift-only tuner), or peft_load failed and says so itself
                 notes.append(f"adapter {name}: loaded by ms-swift; no peft outputs to compare with")
                 continue
+            assert rev.base is not None  # only revisions with a base model get here
             c = eq.compare(f"ms-swift vs peft ({name})", theirs[name], ours, "float32",
                            logits=eq.is_causal_lm(rev.base))
             figures[name] = c.to_dict()
@@ -450,7 +450,7 @@ def _record(reg: "Registry", revs: list[_Revision], *, run_id: str | None, job_i
 
     versions = library_versions()
     now = datetime.now(timezone.utc)
-    with reg._write() as session:
+    with reg.db.write() as session:
         for rev in revs:
             for o in rev.outcomes:
                 metrics = dict(o.metrics)

@@ -20,7 +20,9 @@ import warnings
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, Callable, Iterator
 
-from ..errors import InvalidJobError, JobCancelledError, RegistryError
+from converters.errors import FormatError
+
+from ..errors import InvalidJobError, JobCancelledError, RegistryError, to_payload
 from ..ids import parse_id
 from .kinds import CHECKS, KINDS
 
@@ -263,11 +265,20 @@ def run_job(reg: "Registry", job: "JobInfo", still_ours: Callable[[], bool] | No
         try:
             check_params(job.kind, job.params)
             ok, result, lines = RUNNERS[job.kind](reg, job.params, job, guard)
-        except RegistryError as exc:  # a refusal: its message already says what and what to do
-            ok, result, lines = False, {"error": str(exc), "type": type(exc).__name__}, [f"error: {exc}"]
+        except (RegistryError, FormatError) as exc:  # a refusal: its message already says what and what to do
+            ok, result, lines = False, _refusal(exc), [f"error: {exc}"]
         except Exception as exc:  # noqa: BLE001 - a crash of the job, kept with its traceback
             ok, result = False, {"error": f"{type(exc).__name__}: {exc}", "type": type(exc).__name__}
             lines = [traceback.format_exc()]
     result["seconds"] = round(time.monotonic() - started, 3)
     log = buffer.getvalue() + "\n".join(lines)
     return ok, result, log
+
+
+def _refusal(exc: RegistryError | FormatError) -> dict[str, Any]:
+    """A refused job's result: the message, and the error's wire code and extra fields (registry/errors.py),
+    from which a client rebuilds the same class (RemoteRegistry.import_from)."""
+    error = to_payload(exc)[1]["error"]
+    details = {k: v for k, v in error.items() if k not in ("code", "message")}
+    return {"error": str(exc), "type": type(exc).__name__, "code": error["code"],
+            **({"details": details} if details else {})}

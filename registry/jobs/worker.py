@@ -122,12 +122,12 @@ class Worker:
         while not self.stopping.is_set():
             if max_jobs is not None and self.stats.ran >= max_jobs:
                 break
-            requeued = []
+            requeued: list[JobInfo] = []
             if time.monotonic() >= next_look:
                 requeued, next_look = self.queue.requeue_stale(), time.monotonic() + every
-            for job in requeued:
+            for stale in requeued:
                 self.stats.requeued += 1
-                self.on_event(f"job {job.id}: {job.status} after its worker stopped heartbeating")
+                self.on_event(f"job {stale.id}: {stale.status} after its worker stopped heartbeating")
             job = self.queue.claim(self.worker_id, kinds=self.kinds, ids=ids)
             if job is None:
                 if exit_when_idle and not self._others_running(ids):

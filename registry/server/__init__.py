@@ -1,7 +1,10 @@
 """`swiftreg serve`: the registry over HTTP, a thin surface over `registry.service.Registry`.
 
-Three dialects on one app: swiftreg's own JSON API under /api/v1/ (api_v1.py), the Hugging Face
-Hub download protocol (hf.py, ../shared/docs/HF_PROTOCOL.md), and later ModelScope's read API.
+Three dialects on one app (app.py assembles them): swiftreg's own JSON API under /api/v1/ (api_v1.py,
+jobs.py), the Hugging Face Hub download protocol (hf.py, docs/HF_PROTOCOL.md) and
+ModelScope's read API (modelscope.py, docs/MODELSCOPE.md). Shared by them: errors.py (error
+shapes), auth.py (tokens, scopes, namespaces), schemas.py (request and response models), lookup.py
+(the hub dialects' revision lookup) and responses.py; resumable uploads are registry/store/uploads.py.
 
 The /api/v1 protocol (errors are JSON `{"error": {"code", "message"}}` with the matching status):
 

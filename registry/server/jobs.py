@@ -1,4 +1,6 @@
-"""Jobs and validation history over HTTP, under /api/v1 (thin: parse, check the token, call the service).
+"""Jobs and validation history over HTTP, under /api/v1.
+
+Thin, as every dialect: parse, check the token, call the service.
 
     POST /api/v1/jobs                    submit (idempotent with idempotency_key): 201 new, 200 existing
     GET  /api/v1/jobs                    list, newest first (a namespace-scoped token sees its namespaces')
@@ -15,57 +17,19 @@ a client never names a path on the server.
 """
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated
 
-from fastapi import APIRouter, Depends, Path as PathParam, Query, Request
+from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse, Response
-from pydantic import BaseModel, ConfigDict, Field
 
-from .. import tokens
+from ..errors import ForbiddenError, InvalidJobError
 from ..jobs.api import queue_of
-from ..jobs.kinds import KINDS
 from ..jobs.runner import check_params, job_namespaces
-from .api_v1 import NAME, NS, REF, ErrorOut, _at, _read_ns, _V1Route, _registry
-from .app import HTTPError
-from .auth import require
+from .auth import Caller, read_any, read_ns, require
+from .lookup import registry_of
+from .schemas import JOB_ID, JOB_STATUS, KIND, NAME, NS, REF, JobIn, JobOut, V1Route, error_docs, ref_id
 
-router = APIRouter(prefix="/api/v1", tags=["jobs"], route_class=_V1Route)
-Caller = tokens.TokenInfo | None
-KIND = Literal[KINDS]  # type: ignore[valid-type] - the one list, in registry/jobs/kinds.py
-STATUS = Literal["queued", "running", "succeeded", "failed", "cancelled"]
-JOB_ID = Annotated[int, PathParam(ge=1, le=2**31 - 1, description="the job's id")]  # an INTEGER column
-
-
-class JobIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    kind: KIND
-    params: dict[str, Any]
-    idempotency_key: str | None = Field(default=None, min_length=1, max_length=200)
-
-
-class JobOut(BaseModel):
-    id: int
-    kind: str
-    params: dict[str, Any]
-    status: str
-    attempts: int
-    worker: str | None = None
-    heartbeat_at: str | None = None
-    result: dict[str, Any] | None = None
-    log: str | None = None
-    idempotency_key: str | None = None
-    namespace: str | None = None
-    created_at: str
-    started_at: str | None = None
-    finished_at: str | None = None
-
-
-def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
-    return {s: {"model": ErrorOut} for s in statuses}
-
-
-def _caller(request: Request) -> Caller:
-    return require(request, "read", None)
+router = APIRouter(prefix="/api/v1", tags=["jobs"], route_class=V1Route)
 
 
 def _may_see(request: Request, caller: Caller, namespace: str | None, scope: str) -> None:
@@ -75,16 +39,14 @@ def _may_see(request: Request, caller: Caller, namespace: str | None, scope: str
         return
     token = require(request, scope, None)
     if token is not None and token.namespaces is not None:
-        raise HTTPError(403, "forbidden", "this job spans several namespaces: it needs a token without a namespace "
-                        "limit")
+        raise ForbiddenError("this job spans several namespaces: it needs a token without a namespace limit")
 
 
 @router.post("/jobs", summary="Submit a job (merge, unmerge, combine, validate); workers run it",
-             status_code=201, response_model=JobOut, responses=_errors(400, 401, 403, 409, 422))
-def submit_job(request: Request, body: JobIn, caller: Annotated[Caller, Depends(_caller)]) -> Response:
+             status_code=201, response_model=JobOut, responses=error_docs(400, 401, 403, 409, 422))
+def submit_job(request: Request, body: JobIn, caller: Annotated[Caller, Depends(read_any)]) -> Response:
     if body.kind == "sleep" and "record" in body.params:
-        raise HTTPError(400, "invalid_job", "sleep job: `record` names a file on the server and is not accepted "
-                        "over HTTP")
+        raise InvalidJobError("sleep job: `record` names a file on the server and is not accepted over HTTP")
     check_params(body.kind, body.params)
     writes, reads = job_namespaces(body.kind, body.params)
     for namespace in reads:
@@ -93,40 +55,40 @@ def submit_job(request: Request, body: JobIn, caller: Annotated[Caller, Depends(
         require(request, "write", writes)
     elif body.kind != "validate":  # sleep: not about any namespace; a diagnostic for unscoped writers
         _may_see(request, caller, None, "write")
-    job, created = queue_of(_registry(request)).submit(body.kind, body.params, key=body.idempotency_key,
+    job, created = queue_of(registry_of(request)).submit(body.kind, body.params, key=body.idempotency_key,
                                                        namespace=writes)
     return JSONResponse(job.to_dict(), status_code=201 if created else 200)
 
 
-@router.get("/jobs", summary="Jobs, newest first", response_model=list[JobOut], responses=_errors(400, 401, 403))
-def list_jobs(request: Request, caller: Annotated[Caller, Depends(_caller)], status: STATUS | None = None,
+@router.get("/jobs", summary="Jobs, newest first", response_model=list[JobOut], responses=error_docs(400, 401, 403))
+def list_jobs(request: Request, caller: Annotated[Caller, Depends(read_any)], status: JOB_STATUS | None = None,
               kind: KIND | None = None, limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> Response:
     namespaces = caller.namespaces if caller is not None and caller.namespaces is not None else None
-    found = _registry(request).jobs(status=status, kind=kind, namespaces=namespaces, limit=limit)
+    found = registry_of(request).jobs(status=status, kind=kind, namespaces=namespaces, limit=limit)
     return JSONResponse([j.to_dict() for j in found])
 
 
 @router.get("/jobs/{job_id}", summary="One job: state, attempts, worker, result and log tail",
-            response_model=JobOut, responses=_errors(400, 401, 403, 404))
+            response_model=JobOut, responses=error_docs(400, 401, 403, 404))
 def get_job(request: Request, job_id: JOB_ID,
-            caller: Annotated[Caller, Depends(_caller)]) -> Response:
-    job = _registry(request).job(job_id)
+            caller: Annotated[Caller, Depends(read_any)]) -> Response:
+    job = registry_of(request).job(job_id)
     _may_see(request, caller, job.namespace, "read")
     return JSONResponse(job.to_dict())
 
 
 @router.post("/jobs/{job_id}/cancel", summary="Cancel a queued or running job", response_model=JobOut,
-             responses=_errors(400, 401, 403, 404, 409))
+             responses=error_docs(400, 401, 403, 404, 409))
 def cancel_job(request: Request, job_id: JOB_ID,
-               caller: Annotated[Caller, Depends(_caller)]) -> Response:
-    reg = _registry(request)
+               caller: Annotated[Caller, Depends(read_any)]) -> Response:
+    reg = registry_of(request)
     _may_see(request, caller, reg.job(job_id).namespace, "write")
     return JSONResponse(reg.cancel_job(job_id).to_dict())
 
 
 @router.get("/repos/{ns}/{name}/refs/{ref}/validations", summary="A revision's recorded checks, newest first",
-            responses=_errors(400, 401, 403, 404))
-def validations(request: Request, ns: NS, name: NAME, ref: REF, _: Annotated[Caller, Depends(_read_ns)],
+            responses=error_docs(400, 401, 403, 404))
+def validations(request: Request, ns: NS, name: NAME, ref: REF, _: Annotated[Caller, Depends(read_ns)],
                 check: Annotated[str | None, Query(max_length=64)] = None,
                 limit: Annotated[int, Query(ge=1, le=10000)] = 200) -> Response:
-    return JSONResponse(_registry(request).validation_history(_at(ns, name, ref), check_kind=check, limit=limit))
+    return JSONResponse(registry_of(request).validation_history(ref_id(ns, name, ref), check_kind=check, limit=limit))

@@ -1,4 +1,4 @@
-"""The ModelScope read API (../shared/docs/MODELSCOPE.md): what `modelscope.snapshot_download` needs.
+"""The ModelScope read API (docs/MODELSCOPE.md): what `modelscope.snapshot_download` needs.
 
 ms-swift downloads every hub id with `modelscope.snapshot_download` and lets the environment pick
 the endpoint, so with `MODELSCOPE_ENDPOINT=http://host:port` (new client, 1.38+) or
@@ -18,7 +18,7 @@ carry the HTTP status in `Code`, `Success: false` and a `Message` naming the rep
 What is served: the form ms-swift loads best. LoRA-family adapters in canonical PEFT form (ms-swift
 loads them through PEFT and gets every tensor, embedding LoRA included; its own Swift loader drops
 embedding LoRA), Swift-only tuners in their stored Swift form; base models as stored. Revision
-resolution, commit ids and file serving are the Hugging Face dialect's (hf.py), shared here; the
+resolution, commit ids and file serving are shared with the Hugging Face dialect (lookup.py); the
 revision `master` (ModelScope's default branch) means `main` unless the repo has a `master` ref.
 
 Authentication is the rest of the server's: a bearer token (the new client sends one) or the same
@@ -27,22 +27,18 @@ on the namespace, and --anonymous-read.
 """
 from __future__ import annotations
 
-import functools
 import logging
-import mimetypes
 import uuid
-from typing import Any, Callable
+from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
-import converters
-
-from ..errors import NotFoundError, RegistryError
+from ..api import RevisionInfo
+from ..errors import NotFoundError
 from ..ids import DEFAULT_REF
-from . import hf
-from .app import ERROR_CODES
-from .responses import BlobResponse
+from .errors import HubRefusal, hub_errors
+from .lookup import Served, file_response, hub_repo, listing, lookup, registry_of, sha256_hex
 
 log = logging.getLogger("swiftreg.server.modelscope")
 
@@ -53,16 +49,13 @@ MASTER = "master"
 SESSION_COOKIE = "m_session_id"
 
 
-class MSError(Exception):
-    """An answer in ModelScope's error envelope."""
+def _render(exc: HubRefusal) -> JSONResponse:
+    """ModelScope's error envelope: the HTTP status in `Code`, `Success: false` and a `Message`."""
+    return JSONResponse({"Code": exc.status, "Success": False, "Message": exc.message,
+                         "RequestId": uuid.uuid4().hex}, status_code=exc.status)
 
-    def __init__(self, status: int, message: str) -> None:
-        self.status, self.message = status, message
-        super().__init__(message)
 
-    def response(self) -> JSONResponse:
-        return JSONResponse({"Code": self.status, "Success": False, "Message": self.message,
-                             "RequestId": uuid.uuid4().hex}, status_code=self.status)
+_ms_errors = hub_errors(_render, "ModelScope API", log)
 
 
 def _envelope(data: Any) -> JSONResponse:
@@ -70,44 +63,24 @@ def _envelope(data: Any) -> JSONResponse:
                          "Data": data})
 
 
-def _ms_errors(route: Callable[..., Any]) -> Callable[..., Any]:
-    """Answer the shared lookup's refusals (HFError) and registry refusals in ModelScope's envelope."""
-
-    @functools.wraps(route)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return route(*args, **kwargs)
-        except MSError as exc:
-            return exc.response()
-        except hf.HFError as exc:
-            return MSError(exc.status, exc.message).response()
-        except (RegistryError, converters.FormatError) as exc:
-            status = next(status for cls, status, _ in ERROR_CODES if isinstance(exc, cls))
-            if status >= 500:
-                log.error("%s while serving the ModelScope API: %s", type(exc).__name__, exc)
-            return MSError(status, str(exc)).response()
-
-    return wrapper
-
-
 def _secret(request: Request) -> str | None:
     return request.cookies.get(SESSION_COOKIE) or None
 
 
-def _lookup(request: Request, owner: str, name: str, revision: str | None) -> hf.Served:
+def _lookup(request: Request, owner: str, name: str, revision: str | None) -> Served:
     """The served revision for a ModelScope revision string (None and `master` mean the main branch)."""
     rev = revision or MASTER
     try:
-        return hf._lookup(request, owner, name, rev, swift_fallback=True, secret=_secret(request),
-                          or_else=DEFAULT_REF if rev == MASTER else None)
-    except hf.HFError as exc:
+        return lookup(request, owner, name, rev, swift_fallback=True, secret=_secret(request),
+                      or_else=DEFAULT_REF if rev == MASTER else None)
+    except HubRefusal as exc:
         if exc.code == "RevisionNotFound":
-            raise MSError(404, f"The model {owner}/{name} has no revision {rev!r} (a tag, a branch, master, a "
-                          "revision number or a commit id)") from None
+            raise HubRefusal(404, None, f"The model {owner}/{name} has no revision {rev!r} (a tag, a branch, master, "
+                             "a revision number or a commit id)") from None
         raise
 
 
-def _unix(info: Any) -> int:
+def _unix(info: RevisionInfo) -> int:
     return int(info.created_at.timestamp())
 
 
@@ -133,11 +106,11 @@ def model_info(request: Request, owner: str, name: str, Revision: str | None = N
 @router.get("/api/v1/models/{owner}/{name}/revisions")
 @_ms_errors
 def revisions(request: Request, owner: str, name: str) -> Any:
-    repo = hf._repo_id(request, owner, name, _secret(request))
+    repo = hub_repo(request, owner, name, _secret(request))
     try:
-        history = hf._registry(request).log(repo)
+        history = registry_of(request).log(repo)
     except NotFoundError:
-        raise MSError(404, f"The model {repo} does not exist in this registry") from None
+        raise HubRefusal(404, None, f"The model {repo} does not exist in this registry") from None
     branches: list[dict[str, Any]] = []
     tags: list[dict[str, Any]] = []
     names: set[str] = set()
@@ -158,24 +131,17 @@ def revisions(request: Request, owner: str, name: str) -> Any:
 def files(request: Request, owner: str, name: str, Revision: str | None = None,  # noqa: N803
           Recursive: str = "False", Root: str | None = None) -> Any:  # noqa: N803
     served = _lookup(request, owner, name, Revision)
-    recursive = Recursive.lower() == "true"
-    prefix = (Root or "").strip("/")
-    start = len(prefix) + 1 if prefix else 0
-    listing: dict[str, dict[str, Any]] = {}
-    for entry in served.manifest.files:
-        if prefix and not entry.path.startswith(prefix + "/"):
-            continue
-        parts = entry.path[start:].split("/")
-        folders = parts[:-1] if recursive else parts[:1] if len(parts) > 1 else []
-        for depth in range(1, len(folders) + 1):
-            folder = "/".join(filter(None, [prefix, *folders[:depth]]))
-            listing.setdefault(folder, {"Name": folder.rsplit("/", 1)[-1], "Path": folder, "Type": "tree",
-                                        "Size": 0, "Revision": served.commit})
-        if recursive or len(parts) == 1:
-            listing[entry.path] = {"Name": parts[-1], "Path": entry.path, "Type": "blob", "Size": entry.size,
-                                   "Sha256": hf._hex(entry), "Revision": served.commit, "Mode": "100644",
-                                   "IsLFS": True, "CommitId": served.commit}
-    return _envelope({"Files": [listing[k] for k in sorted(listing)]})
+    found = listing(served, (Root or "").strip("/"), Recursive.lower() == "true")
+    entries = []
+    for path, entry in found.items():
+        if entry is None:
+            entries.append({"Name": path.rsplit("/", 1)[-1], "Path": path, "Type": "tree", "Size": 0,
+                            "Revision": served.commit})
+        else:
+            entries.append({"Name": path.rsplit("/", 1)[-1], "Path": path, "Type": "blob", "Size": entry.size,
+                            "Sha256": sha256_hex(entry), "Revision": served.commit, "Mode": "100644",
+                            "IsLFS": True, "CommitId": served.commit})
+    return _envelope({"Files": entries})
 
 
 @router.api_route("/api/v1/models/{owner}/{name}/repo", methods=["GET", "HEAD"])
@@ -184,8 +150,6 @@ def download(request: Request, owner: str, name: str, FilePath: str, Revision: s
     served = _lookup(request, owner, name, Revision)
     entry = served.files.get(FilePath)
     if entry is None:
-        raise MSError(404, f"{FilePath} is not a file of {served.repo} at revision {Revision or MASTER}")
-    local, stat = hf._local_file(hf._registry(request), served, entry)
-    headers = {"ETag": f'"{hf._hex(entry)}"', "Accept-Ranges": "bytes", "X-Repo-Commit": served.commit}
-    media_type = mimetypes.guess_type(entry.path)[0] or "application/octet-stream"
-    return BlobResponse(local, headers=headers, media_type=media_type, stat_result=stat)
+        raise HubRefusal(404, None, f"{FilePath} is not a file of {served.repo} at revision {Revision or MASTER}")
+    return file_response(registry_of(request), served, entry,
+                         {"ETag": f'"{sha256_hex(entry)}"', "X-Repo-Commit": served.commit})

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Callable, Iterable, Iterator
 
+from registry.atomic import fsync
 from registry.store.digests import CHUNK_SIZE, Digest, format_digest, new_hasher, validate_digest
 from registry.store.errors import BlobDigestMismatch, BlobNotFound, CorruptBlob
 
@@ -34,19 +35,6 @@ def read_chunks(f: BinaryIO, chunk_size: int = CHUNK_SIZE) -> Iterator[bytes]:
     """Yield a binary file's contents in chunks (the stream form put_stream takes)."""
     while chunk := f.read(chunk_size):
         yield chunk
-
-
-def fsync_dir(path: Path) -> None:
-    """Flush a directory entry change (create, rename, unlink) to disk.
-
-    Without it a crash right after a rename can lose the new name even though the file's bytes were
-    fsynced.
-    """
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class BlobStore(ABC):
@@ -188,7 +176,7 @@ class BlobStore(ABC):
             except BaseException:
                 tmp.unlink(missing_ok=True)
                 raise
-        fsync_dir(dst.parent)
+        fsync(dst.parent)
 
     def remove_temp_files(self, older_than: float) -> list[Path]:
         """Delete the temp files `stale_temp_files` lists; returns those removed."""

@@ -1,30 +1,34 @@
 """Every error the blob store raises, as one tree.
 
-    StoreError                  anything wrong with a blob or a request to the store
-    ├── InvalidDigest           a string that is not "sha256:" + 64 lowercase hex (never a path)
-    ├── BlobNotFound            the store holds no blob with that digest
-    ├── BlobDigestMismatch      uploaded content does not hash to the digest the caller promised
-    └── CorruptBlob             stored bytes no longer hash to the name they are stored under
+    RegistryError
+    └── StoreError              400 store_error      anything wrong with a blob or a request to the store
+        ├── InvalidDigest       400 invalid_digest   not "sha256:" + 64 lowercase hex (never a path)
+        ├── BlobNotFound        404 blob_not_found   the store holds no such blob (also a NotFoundError)
+        ├── BlobDigestMismatch  422 digest_mismatch  content does not hash to the digest the caller promised
+        └── CorruptBlob         500 corrupt_blob     stored bytes no longer match their name (IntegrityError)
 
 Each message names the blob and says what to do. `StoreError` is a `registry.errors.RegistryError`,
-so callers catch every registry error with one clause.
+so callers catch every registry error with one clause; code and status are as registry/errors.py
+describes (its drawn tree holds this subtree too).
 """
 from __future__ import annotations
 
 from pathlib import Path
 
-from ..errors import RegistryError
+from ..errors import IntegrityError, NotFoundError, RegistryError
 
 
-class StoreError(RegistryError):
+class StoreError(RegistryError, code="store_error"):
     """Base class: `digest` is the blob at fault when there is one."""
+
+    fields: tuple[str, ...] = ("digest",)
 
     def __init__(self, message: str, digest: str | None = None) -> None:
         self.digest = digest
         super().__init__(message)
 
 
-class InvalidDigest(StoreError, ValueError):
+class InvalidDigest(StoreError, ValueError, code="invalid_digest", fields=("digest", "value")):
     """A digest string failed strict validation.
 
     Digests become file names, so anything but the exact form is refused before it reaches a path:
@@ -37,7 +41,7 @@ class InvalidDigest(StoreError, ValueError):
                          f"lowercase hex characters")
 
 
-class BlobNotFound(StoreError, LookupError):
+class BlobNotFound(StoreError, NotFoundError, code="blob_not_found", status=404):
     """The store has no blob under this digest (never pushed, or removed by gc)."""
 
     def __init__(self, digest: str, where: str | Path | None = None) -> None:
@@ -46,7 +50,8 @@ class BlobNotFound(StoreError, LookupError):
                          f"(or the revision that names it) again", digest)
 
 
-class BlobDigestMismatch(StoreError):
+class BlobDigestMismatch(StoreError, code="digest_mismatch", status=422,
+                         fields=("digest", "expected", "actual", "size")):
     """Content handed to put_* hashed to something other than the expected digest; nothing was stored."""
 
     def __init__(self, expected: str, actual: str, size: int, source: str | Path | None = None) -> None:
@@ -59,8 +64,13 @@ class BlobDigestMismatch(StoreError):
                          expected)
 
 
-class CorruptBlob(StoreError):
-    """A stored blob's bytes no longer match its name (disk fault, manual edit)."""
+class CorruptBlob(StoreError, IntegrityError, code="corrupt_blob", status=500, fields=("digest", "actual")):
+    """A stored blob's bytes no longer match its name (disk fault, manual edit).
+
+    `.where` (the stored file) stays on the machine that holds it: rebuilt from a payload it is None.
+    """
+
+    where: Path | None = None
 
     def __init__(self, digest: str, actual: str, where: str | Path | None = None) -> None:
         self.actual = actual

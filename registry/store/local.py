@@ -20,7 +20,8 @@ import time
 from pathlib import Path
 from typing import BinaryIO, Iterable, Iterator
 
-from registry.store.base import BlobInfo, BlobStore, Progress, fsync_dir
+from registry.atomic import fsync
+from registry.store.base import BlobInfo, BlobStore, Progress
 from registry.store.digests import ALGORITHM, Digest, digest_hex, format_digest, new_hasher, validate_digest
 from registry.store.errors import BlobDigestMismatch, BlobNotFound, StoreError
 
@@ -117,7 +118,7 @@ class LocalBlobStore(BlobStore):
                     return
                 os.replace(tmp, final)
             break
-        fsync_dir(final.parent)
+        fsync(final.parent)
 
     def _ensure_dir(self, shard: Path) -> None:
         """Create a blob's two-hex-char folder, durably, if it is new."""
@@ -125,7 +126,7 @@ class LocalBlobStore(BlobStore):
             shard.mkdir()
         except FileExistsError:
             return
-        fsync_dir(shard.parent)
+        fsync(shard.parent)
 
     def delete(self, digest: str, missing_ok: bool = False) -> None:
         path = self._blob_path(digest)

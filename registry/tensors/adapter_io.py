@@ -29,6 +29,7 @@ from converters.layout import SAFETENSORS_NAME
 from converters.legacy_bin import save_safetensors
 from converters.methods import ROLES
 
+from ..atomic import fsync
 from .adapter_tensors import AdapterTensors, module_scaling
 from .errors import AdapterError
 
@@ -82,14 +83,6 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
-def _fsync(path: Path, directory: bool = False) -> None:
-    fd = os.open(path, os.O_RDONLY | (os.O_DIRECTORY if directory else 0))
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def save_adapter(adapter: AdapterTensors, folder: str | Path) -> Path:
     """Write `adapter` as a PEFT checkpoint in `folder` (created; its two files replaced)."""
     folder = Path(folder)
@@ -103,11 +96,11 @@ def save_adapter(adapter: AdapterTensors, folder: str | Path) -> Path:
     try:
         save_safetensors(tensors, tmp_weights, METADATA)
         tmp_config.write_bytes(dump_json(config))
-        _fsync(tmp_weights)
-        _fsync(tmp_config)
+        fsync(tmp_weights)
+        fsync(tmp_config)
         os.replace(tmp_weights, weights)
         os.replace(tmp_config, config_path)
-        _fsync(folder, directory=True)
+        fsync(folder)
     finally:
         for tmp in (tmp_weights, tmp_config):
             tmp.unlink(missing_ok=True)

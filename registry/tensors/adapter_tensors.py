@@ -122,10 +122,12 @@ def load_adapter(folder: str | Path, device: str | torch.device = "cpu") -> Adap
             elif role == "shira_indices":
                 entry.shira_indices = tensor
     for entry in result.modules.values():
-        if entry.kind != "shira" and (entry.A is None or entry.B is None):
-            raise AdapterError(f"{weights}: module {entry.module} has only one of its A/B factors")
         if entry.kind == "shira":
+            if entry.shira_weight is None or entry.shira_indices is None:
+                raise AdapterError(f"{weights}: module {entry.module} has only one of shira_weight/shira_indices")
             continue
+        if entry.A is None or entry.B is None:
+            raise AdapterError(f"{weights}: module {entry.module} has only one of its A/B factors")
         if entry.A.dim() != 2 or entry.B.dim() != 2:
             raise AdapterError(f"{weights}: module {entry.module} has {entry.A.dim()}-D factors (convolution LoRA); "
                                "the worker handles Linear, Conv1D and Embedding LoRA only")
@@ -133,6 +135,4 @@ def load_adapter(folder: str | Path, device: str | torch.device = "cpu") -> Adap
             raise AdapterError(f"{weights}: module {entry.module} has factors of rank {entry.A.shape[0]}/"
                                f"{entry.B.shape[1]} but its config gives rank {entry.r} (r or rank_pattern); "
                                "the scaling would be wrong")
-        if entry.kind == "shira" and (entry.shira_weight is None or entry.shira_indices is None):
-            raise AdapterError(f"{weights}: module {entry.module} has only one of shira_weight/shira_indices")
     return result

@@ -63,7 +63,7 @@ from typing import Any, Sequence
 import torch
 
 from .adapter_tensors import AdapterTensors, ModuleAdapter, module_scaling
-from .errors import WorkerError
+from .errors import CombineError
 
 METHODS = ("cat", "linear", "svd", "ties", "ties_svd", "dare_linear", "dare_ties", "dare_linear_svd",
            "dare_ties_svd", "magnitude_prune", "magnitude_prune_svd")
@@ -83,10 +83,6 @@ PRECISIONS = {"float32": torch.float32, "float64": torch.float64}
 #: PEFT's SVD uses full_matrices=True; beyond this many rows/columns the reduced SVD is used
 #: (the same leading vectors; U/Vh of a 32k vocabulary would need 4 GB each).
 FULL_SVD_LIMIT = 16384
-
-
-class CombineError(WorkerError):
-    """A weighted combination that cannot be done as asked; the message says why and what to do."""
 
 
 @dataclass
@@ -231,9 +227,10 @@ def merge_tensors(kind: str, tensors: Sequence[torch.Tensor], weights: torch.Ten
                   majority_sign_method: str, generator: torch.Generator | None) -> torch.Tensor:
     """PEFT's task_arithmetic / magnitude_prune / ties / dare_linear / dare_ties, op for op."""
     if kind in ("magnitude_prune", "ties"):
+        assert density is not None
         tensors = [_prune_magnitude(t, density) for t in tensors]
     elif kind in ("dare_linear", "dare_ties"):
-        assert generator is not None
+        assert generator is not None and density is not None
         tensors = [_prune_random(t, density, generator) for t in tensors]
     stacked = torch.stack(list(tensors), dim=0)
     if kind in ("ties", "dare_ties"):
@@ -663,7 +660,7 @@ def _peft_differences(ctx: _Context) -> list[str]:
 
 
 def _peft_target_modules(adapters: Sequence[AdapterTensors]) -> Any:
-    targets = [a.config.get("target_modules") for a in adapters]
+    targets: list[Any] = [a.config.get("target_modules") for a in adapters]
     kinds = {type(t) for t in targets}
     if len(kinds) > 1:
         raise CombineError("PEFT's add_weighted_adapter refuses sources whose target_modules mix a regex string and "
@@ -755,7 +752,8 @@ def _combine_peft(ctx: _Context, version: str) -> CombineResult:
                 sign = 1 if ws >= 0 else -1
                 wA.append(math.sqrt(abs(ws)) * sign)
                 wB.append(math.sqrt(abs(ws)))
-            kwargs = dict(density=ctx.density, majority_sign_method=ctx.majority_sign_method, generator=generator)
+            kwargs: dict[str, Any] = dict(density=ctx.density, majority_sign_method=ctx.majority_sign_method,
+                                          generator=generator)
             A = merge_tensors(MERGE[method], [t.entry.A.to(dev, torch.float32) for t in ts],
                               torch.tensor(wA).to(dev), **kwargs)
             B = merge_tensors(MERGE[method], [t.entry.B.to(dev, torch.float32) for t in ts],
@@ -823,5 +821,5 @@ def _peft_notes(ctx: _Context, method: str, version: str, new_rank: int, rslora:
     return notes
 
 
-__all__ = ["combine", "CombineResult", "CombineError", "METHODS", "module_seed", "quantile", "lowrank_svd",
+__all__ = ["combine", "CombineResult", "METHODS", "module_seed", "quantile", "lowrank_svd",
            "lowrank_norm", "merge_tensors"]

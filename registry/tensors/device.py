@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from .errors import WorkerError
+from .errors import DeviceError
 
 #: Compute precisions the worker accepts; anything narrower than float32 would round twice.
 PRECISIONS: dict[str, torch.dtype] = {"float32": torch.float32, "float64": torch.float64}
@@ -19,10 +19,6 @@ STORAGE_DTYPES: dict[str, torch.dtype] = {
     "fp16": torch.float16, "float16": torch.float16, "half": torch.float16,
     "fp32": torch.float32, "float32": torch.float32, "float": torch.float32,
 }
-
-
-class DeviceError(WorkerError):
-    """A device or dtype name the worker cannot use (the message lists what it can)."""
 
 
 def pick_device(name: str | torch.device = "auto") -> torch.device:

@@ -15,6 +15,8 @@ from typing import Any
 
 import torch
 
+from .errors import ShapeMismatchError
+
 #: Relative-error bounds per storage dtype. float32: only summation order differs (observed
 #: ~1e-7 on the test models); 1e-5 leaves two orders of margin. bfloat16 keeps 8 bits of mantissa
 #: (relative rounding 2^-9 = 2e-3 per weight) and a merged weight rounds once more than the
@@ -189,6 +191,7 @@ def outputs_with_deltas(base_dir: Path, deltas: dict[str, torch.Tensor], inputs:
         for module, delta in deltas.items():
             weight = params.get(f"{module}.weight")
             if weight is None:
-                raise KeyError(f"the base model has no weight {module}.weight")
+                raise ShapeMismatchError(f"the base model has no weight {module}.weight: the adapter was made "
+                                         "for another base model")
             weight.copy_((weight.double() + delta.to(weight.device, torch.float64)).to(weight.dtype))
     return outputs(model, inputs)

@@ -1,32 +1,54 @@
-"""The worker's refusals, part of the registry's error tree (registry/errors.py).
+"""The tensor code's refusals, part of the registry's error tree (registry/errors.py).
 
     RegistryError
-    └── WorkerError                 tensor work refused: the message names the module, file or tensor
-        ├── AdapterError            an adapter folder that cannot be used (layout, keys, factors)
-        ├── ShapeMismatchError      an adapter made for another base model (module and shapes named)
-        ├── NonFiniteError          NaN or Inf in a result (--safe), module named
-        └── NotInvertibleError      an unmerge the merged weights alone cannot undo (DoRA, replaced tensors)
+    └── WorkerError                 400 tensor_error      tensor work refused (module, file or tensor named)
+        ├── AdapterError            400 unusable_adapter  an adapter folder that cannot be used (layout, keys)
+        ├── ShapeMismatchError      400 shape_mismatch    an adapter for another base model (module named)
+        ├── NonFiniteError          400 non_finite        NaN or Inf in a result (--safe), module named
+        ├── NotInvertibleError      400 not_invertible    an unmerge the merged weights alone cannot undo
+        ├── DeviceError             400 device_error      a device or dtype name the tensor code cannot use
+        ├── MergeError              400 merge_error       a merge (or unmerge) that cannot be done as asked
+        │   └── MergeOutputError    400 merge_output      the destination folder cannot be written as asked
+        └── CombineError            400 combine_error     a weighted combination that cannot be done as asked
+
+No torch here: a client rebuilding one of these from a server's answer imports only this module.
 """
 from __future__ import annotations
 
 from ..errors import RegistryError
 
 
-class WorkerError(RegistryError, ValueError):
-    """Base class of the worker's refusals."""
+class WorkerError(RegistryError, ValueError, code="tensor_error"):
+    """Base class of the tensor code's refusals."""
 
 
-class AdapterError(WorkerError):
+class AdapterError(WorkerError, code="unusable_adapter"):
     """The adapter folder cannot be used for tensor work."""
 
 
-class ShapeMismatchError(WorkerError):
+class ShapeMismatchError(WorkerError, code="shape_mismatch"):
     """The adapter does not fit the base model."""
 
 
-class NonFiniteError(WorkerError):
+class NonFiniteError(WorkerError, code="non_finite"):
     """A merged or combined tensor holds NaN or Inf."""
 
 
-class NotInvertibleError(WorkerError):
+class NotInvertibleError(WorkerError, code="not_invertible"):
     """What merge did cannot be undone from the merged weights alone."""
+
+
+class DeviceError(WorkerError, code="device_error"):
+    """A device or dtype name the tensor code cannot use (the message lists what it can)."""
+
+
+class MergeError(WorkerError, code="merge_error"):
+    """The merge (or unmerge) cannot be done as asked; the message names the module or file."""
+
+
+class MergeOutputError(MergeError, code="merge_output"):
+    """The destination folder cannot be written as asked."""
+
+
+class CombineError(WorkerError, code="combine_error"):
+    """A weighted combination that cannot be done as asked; the message says why and what to do."""

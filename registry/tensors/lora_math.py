@@ -23,6 +23,7 @@ import torch
 from torch import Tensor
 
 from .adapter_tensors import ModuleAdapter
+from .errors import AdapterError
 
 __all__ = [
     "transpose", "lora_product", "delta_layout", "lora_delta", "bias_delta", "add_delta", "sub_delta",
@@ -40,7 +41,7 @@ def transpose(weight: Tensor, fan_in_fan_out: bool) -> Tensor:
 def _factor(t: Tensor | None, what: str, m: ModuleAdapter, dtype: torch.dtype,
             device: torch.device | str | None) -> Tensor:
     if t is None:
-        raise ValueError(f"module {m.module}: no {what} tensor")
+        raise AdapterError(f"module {m.module}: no {what} tensor")
     return t.to(device=device if device is not None else t.device, dtype=dtype)
 
 
@@ -53,11 +54,11 @@ def lora_product(m: ModuleAdapter, *, dtype: torch.dtype = torch.float32,
     tensor costs more in page faults than the product itself).
     """
     if m.kind == "shira":
-        raise ValueError(f"module {m.module}: SHiRA is a sparse delta; use shira_add or shira_dense")
+        raise AdapterError(f"module {m.module}: SHiRA is a sparse delta; use shira_add or shira_dense")
     A = _factor(m.A, "A", m, dtype, device)
     B = _factor(m.B, "B", m, dtype, device)
     if A.ndim != 2 or B.ndim != 2 or B.shape[1] != A.shape[0]:
-        raise ValueError(f"module {m.module}: lora_B {tuple(B.shape)} @ lora_A {tuple(A.shape)} is not a "
+        raise AdapterError(f"module {m.module}: lora_B {tuple(B.shape)} @ lora_A {tuple(A.shape)} is not a "
                          "rank-r product (conv LoRA is not supported)")
     if out is None:
         return B @ A
@@ -152,10 +153,10 @@ def dora_merge(weight: Tensor, delta: Tensor, magnitude: Tensor, fan_in_fan_out:
 def _shira_parts(m: ModuleAdapter, dtype: torch.dtype, device: torch.device | str | None
                  ) -> tuple[Tensor, Tensor, Tensor]:
     if m.shira_weight is None or m.shira_indices is None:
-        raise ValueError(f"module {m.module}: SHiRA needs both shira_weight and shira_indices")
+        raise AdapterError(f"module {m.module}: SHiRA needs both shira_weight and shira_indices")
     indices = m.shira_indices
     if indices.ndim != 2 or indices.shape[0] != 2 or indices.shape[1] != m.shira_weight.numel():
-        raise ValueError(f"module {m.module}: shira_indices {tuple(indices.shape)} must be (2, "
+        raise AdapterError(f"module {m.module}: shira_indices {tuple(indices.shape)} must be (2, "
                          f"{m.shira_weight.numel()}), one (row, column) per shira_weight value")
     dev = device if device is not None else m.shira_weight.device
     indices = indices.to(device=dev, dtype=torch.long)
@@ -173,10 +174,10 @@ def shira_add(weight: Tensor, m: ModuleAdapter, *, sign: int = 1, dtype: torch.d
     """
     rows, cols, values = _shira_parts(m, dtype, weight.device)
     if weight.ndim != 2:
-        raise ValueError(f"module {m.module}: SHiRA applies to 2-D linear weights, got {tuple(weight.shape)}")
+        raise AdapterError(f"module {m.module}: SHiRA applies to 2-D linear weights, got {tuple(weight.shape)}")
     if rows.numel() and (int(rows.max()) >= weight.shape[0] or int(cols.max()) >= weight.shape[1]
                          or int(rows.min()) < 0 or int(cols.min()) < 0):
-        raise ValueError(f"module {m.module}: shira_indices point outside the {tuple(weight.shape)} weight")
+        raise AdapterError(f"module {m.module}: shira_indices point outside the {tuple(weight.shape)} weight")
     result = weight.to(dtype=dtype, copy=True)
     result.index_put_((rows, cols), values if sign >= 0 else -values, accumulate=True)
     return result.to(out_dtype or weight.dtype)

@@ -23,7 +23,7 @@ merge: `W <- bf16(W + dW_fp32)`, one rounding (FORMATS.md, "Math PEFT uses").
 Errors are the worker's (registry/tensors/errors.py), so the CLI prints them as one line:
 ShapeMismatchError (a module with no base tensor, or another shape: an adapter for another base),
 NonFiniteError (safe=True found NaN/Inf, module named, no output), NotInvertibleError (unmerge of
-DoRA or of replaced tensors), and MergeError / MergeOutputError below for the rest.
+DoRA or of replaced tensors), and MergeError / MergeOutputError (registry/tensors/errors.py) for the rest.
 """
 from __future__ import annotations
 
@@ -33,9 +33,9 @@ import queue
 import re
 import resource
 import shutil
-import tempfile
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,19 +44,12 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from converters.conversion import publish_folder
-from converters.safetensors_io import (
-    SafetensorsFile,
-    TensorEntry,
-    copy_range,
-    encode_header,
-    read_header,
-    write_all,
-)
+from converters.safetensors_io import SafetensorsFile, TensorEntry, copy_range, encode_header, read_header
 
+from ..atomic import new_folder, write_all
 from .adapter_tensors import AdapterTensors, ModuleAdapter
 from .device import compute_dtype, pick_device, storage_dtype
-from .errors import NonFiniteError, NotInvertibleError, ShapeMismatchError, WorkerError
+from .errors import MergeError, MergeOutputError, NonFiniteError, NotInvertibleError, ShapeMismatchError
 from .lora_math import (
     add_delta,
     bias_delta,
@@ -90,14 +83,6 @@ CONVERTIBLE = frozenset({"F64", "F32", "F16", "BF16"})
 STALE_WEIGHTS = re.compile(
     r"(^pytorch_model.*\.bin$|^pytorch_model.*\.bin\.index\.json$|^tf_model.*\.h5$|^flax_model.*\.msgpack$"
     r"|^model.*\.onnx$|^rust_model\.ot$|^.*\.gguf$)")
-
-
-class MergeError(WorkerError):
-    """The merge (or unmerge) cannot be done as asked; the message names the module or file."""
-
-
-class MergeOutputError(MergeError):
-    """The destination folder cannot be written as asked."""
 
 
 #: An adapter that does not fit this base (a module with no base tensor, or another shape).
@@ -475,15 +460,6 @@ BLOCK_ELEMENTS = 256 << 10
 GPU_BLOCK_ELEMENTS = 64 << 20
 
 
-@dataclass
-class _Counts:
-    merged: int = 0
-    replaced: int = 0
-    written: int = 0
-    copied: int = 0
-    bytes: int = 0
-
-
 @dataclass(frozen=True)
 class _Math:
     sign: int                   # +1 merge, -1 unmerge
@@ -561,7 +537,7 @@ def _shares_memory(a: Tensor, b: Tensor) -> bool:
 
 
 def _write_shard(plan: MergePlan, shard: _Shard, dst: Path, *, target: torch.dtype | None, calc: _Math,
-                 safe: bool, counts: _Counts, progress: Progress | None, buffers: _Buffers) -> int:
+                 safe: bool, counts: Counter[str], progress: Progress | None, buffers: _Buffers) -> int:
     """Write one output shard: the header first (every size is known), then each tensor in data order."""
     header = shard.header
     out_entries: list[TensorEntry] = []
@@ -591,7 +567,7 @@ def _write_shard(plan: MergePlan, shard: _Shard, dst: Path, *, target: torch.dty
 
 
 def _stream(plan: MergePlan, header: SafetensorsFile, out_entries: list[TensorEntry], writer: _Writer, *,
-            calc: _Math, safe: bool, counts: _Counts, progress: Progress | None, buffers: _Buffers) -> None:
+            calc: _Math, safe: bool, counts: Counter[str], progress: Progress | None, buffers: _Buffers) -> None:
     run: list[int] = []  # [offset, length] of untouched bytes not yet queued for copying
     for e, out in zip(header.tensors, out_entries, strict=True):
         op = plan.ops.get(e.name)
@@ -602,7 +578,7 @@ def _stream(plan: MergePlan, header: SafetensorsFile, out_entries: list[TensorEn
                 if run:
                     writer.copy(run[0], run[1])
                 run = [header.data_start + e.begin, e.nbytes]
-            counts.copied += 1
+            counts["copied"] += 1
         else:
             if run:
                 writer.copy(run[0], run[1])
@@ -617,8 +593,8 @@ def _stream(plan: MergePlan, header: SafetensorsFile, out_entries: list[TensorEn
                                                                                 io.take(e.nbytes))
                     value = _apply(op, stored, TORCH_DTYPES[e.dtype], out_dtype, calc, buffers)
                     del stored
-                    counts.replaced += op.replacement is not None
-                    counts.merged += op.module is not None or op.bias_of is not None
+                    counts["replaced"] += op.replacement is not None
+                    counts["merged"] += op.module is not None or op.bias_of is not None
                     if safe and value.is_floating_point() and not bool(torch.isfinite(value).all()):
                         raise NonFiniteError(f"module {op.name}: merged tensor {e.name} holds NaN or Inf "
                                              "(safe=True); nothing was written to the destination")
@@ -635,7 +611,7 @@ def _stream(plan: MergePlan, header: SafetensorsFile, out_entries: list[TensorEn
                 writer.release(io)
                 writer.write(value, None)
             del value
-        counts.written += 1
+        counts["written"] += 1
         if progress is not None:
             progress(e.nbytes)
     if run:
@@ -706,16 +682,15 @@ def _run(operation: Literal["merge", "unmerge"], base_dir: str | Path, adapter: 
     if operation == "unmerge":
         _refuse_uninvertible(plan)
     dst = _prepare_output(base_dir, out_dir, overwrite)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", suffix=".partial", dir=dst.parent))
-    counts = _Counts()
+    counts: Counter[str] = Counter()  # merged, replaced, written, copied tensors; bytes written
     buffers = _Buffers()
     calc = _Math(1 if operation == "merge" else -1, compute, dev)
-    try:
+    with new_folder(dst) as tmp:
         written_names: set[str] = set()
         for shard in plan.shards:
             size = _write_shard(plan, shard, tmp / shard.name, target=target, calc=calc, safe=safe,
                                 counts=counts, progress=progress, buffers=buffers)
-            counts.bytes += size
+            counts["bytes"] += size
             written_names.add(shard.name)
         if plan.index is not None:
             index = dict(plan.index)
@@ -732,15 +707,11 @@ def _run(operation: Literal["merge", "unmerge"], base_dir: str | Path, adapter: 
         skipped = _copy_others(base_dir, tmp, written_names)
         if target is not None and (tmp / "config.json").is_file():
             _update_config(tmp / "config.json", target)
-        publish_folder(tmp, dst)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return MergeReport(
         operation=operation, base_dir=str(base_dir), out_dir=str(dst),
-        modules_merged=len(adapter.modules), tensors_merged=counts.merged, tensors_replaced=counts.replaced,
-        tensors_written=counts.written, tensors_copied=counts.copied, shards=len(plan.shards),
-        bytes_written=counts.bytes, seconds=time.perf_counter() - start, device=str(dev),
+        modules_merged=len(adapter.modules), tensors_merged=counts["merged"], tensors_replaced=counts["replaced"],
+        tensors_written=counts["written"], tensors_copied=counts["copied"], shards=len(plan.shards),
+        bytes_written=counts["bytes"], seconds=time.perf_counter() - start, device=str(dev),
         dtype=None if target is None else str(target).removeprefix("torch."),
         precision=str(compute).removeprefix("torch."),
         peak_rss_bytes=_peak_rss(), skipped_files=skipped)
@@ -801,7 +772,6 @@ def unmerge_checkpoint(merged_dir: str | Path, adapter: AdapterTensors, out_dir:
 
 
 __all__ = [
-    "MergeError", "BaseMismatchError", "ShapeMismatchError", "NonFiniteError", "NotInvertibleError",
-    "MergeOutputError", "MergeReport",
+    "BaseMismatchError", "MergeReport",
     "MergePlan", "plan_merge", "merge_checkpoint", "unmerge_checkpoint",
 ]

@@ -33,17 +33,15 @@ Every call has timeouts; idempotent ones (GET, HEAD, PUT, DELETE, and the read-o
 blobs/missing) are retried with exponential backoff on connection errors and 5xx answers; an upload
 is resumed from the server's offset instead, a download from the `.part` file's length.
 
-The HTTP itself (client, retries, error mapping) is registry/transport.py; blob downloads
-(.part files, Range, verification) registry/downloads.py. Errors are the local ones (NotFoundError,
-RefExistsError, InvalidCheckpointError, ...) rebuilt from the server's JSON error code and message, plus:
-
-    RegistryError
-    └── RemoteError                 a refusal local mode has no class for (.status, .code)
-        ├── AccessDeniedError       401 / 403: no token, an unknown or revoked one, or too weak a scope
-        └── ServerUnreachableError  no answer after the retries (refused, reset, timed out)
+The HTTP itself (client, retries, error mapping) is transport.py beside this module; blob downloads
+(.part files, Range, verification) downloads.py. Errors are the classes the server raised
+(NotFoundError, RefExistsError, InvalidCheckpointError, a converters.FormatError, ...), rebuilt from
+its JSON error code and message by registry.errors.from_payload; the ones only a remote registry
+meets (RemoteError, AccessDeniedError, ServerUnreachableError) are in registry/errors.py's tree too.
 """
 from __future__ import annotations
 
+import builtins
 import json
 import os
 import re
@@ -51,35 +49,28 @@ import shutil
 import tempfile
 import time
 import uuid
-from datetime import datetime
 from pathlib import Path
-from typing import Any, BinaryIO, Callable, Iterable, Iterator, Mapping
+from typing import Any, BinaryIO, Callable, Iterable, Iterator, Mapping, TypeVar
 from urllib.parse import quote
 
 import httpx
 
 import converters
-from converters.layout import Checkpoint
-from converters.validation import validate_checkpoint
 
-from . import constants
-from .errors import (
-    BlobsMissingError, HubError, HubNoAdapterError, HubNotFoundError, IntegrityError, InvalidCheckpointError,
-    InvalidIdError, JobError, NotFoundError, RefExistsError, RegistryError,
+from .. import atomic, constants, rules
+from ..errors import (
+    AccessDeniedError, BlobsMissingError, IntegrityError, InvalidCheckpointError, JobError, NotFoundError,
+    RegistryError, RemoteError, rebuild,
 )
-from .ids import DEFAULT_REF, RepoId, check_tag, parse_id
-from .manifest import Manifest, build_manifest, collect_files
-from .service import GcResult, Kind, Progress, PushResult, RepoInfo, RevisionInfo, _base_meta
-from .snapshots import SnapshotCache, copy_snapshot
+from ..api import GcResult, Kind, Progress, PushResult, RepoInfo, RevisionInfo
+from ..ids import RepoId, check_tag, parse_id
+from ..manifest import Manifest
+from ..snapshots import SnapshotCache
+from ..store.digests import format_digest, new_hasher, validate_digest
 from .downloads import READ_CHUNK, BlobDownloader
-from .store.digests import format_digest, new_hasher, validate_digest
-from .transport import (  # the remote errors are part of this module's API: re-exported
-    COMMIT_TIMEOUT, DEFAULT_TIMEOUT, AccessDeniedError, Http, RemoteError, ServerUnreachableError, error_from,
-    retryable_status,
-)
+from .transport import COMMIT_TIMEOUT, DEFAULT_TIMEOUT, Http, error_from, retryable_status
 
-__all__ = ["AccessDeniedError", "RemoteError", "RemoteRegistry", "ServerUnreachableError", "cache_dir_name",
-           "revision_from_json"]
+__all__ = ["RemoteRegistry", "cache_dir_name"]
 
 #: Bytes per upload request (PATCH), streamed from disk READ_PIECE at a time. Each request is a resume
 #: point: a push killed midway resends at most one (none when the server keeps a cut request's bytes).
@@ -89,38 +80,21 @@ READ_PIECE = 1 << 20
 
 # ----- parsing answers --------------------------------------------------------------------------------
 
-def _when(value: Any) -> datetime:
-    if isinstance(value, str) and value:
-        return datetime.fromisoformat(value.replace("Z", "+00:00"))
-    return datetime.fromtimestamp(0).astimezone()
+T = TypeVar("T")
 
 
-def revision_from_json(data: Mapping[str, Any]) -> RevisionInfo:
-    """A RevisionInfo from the server's JSON (the shape of RevisionInfo.to_dict()).
-
-    Answers without a manifest (the revisions list) get an empty one.
-    """
-    if isinstance(data.get("revision"), Mapping):
-        data = data["revision"]
+def _parsed(parse: Callable[[Mapping[str, Any]], T], data: Any, what: str) -> T:
+    """A value type (registry/api.py) from the server's JSON; a malformed answer is a RemoteError."""
+    if not isinstance(data, Mapping):
+        raise RemoteError(f"the server's {what} answer is not a JSON object")
     try:
-        return RevisionInfo(
-            repo=str(data["repo"]), kind=data.get("kind") or "adapter", number=int(data["number"]),
-            digest=validate_digest(data["digest"]), format=str(data["format"]),
-            tags=list(data.get("tags") or []), branches=list(data.get("branches") or []),
-            created_at=_when(data.get("created_at")), message=data.get("message"), author=data.get("author"),
-            meta=dict(data.get("meta") or {}), manifest=dict(data.get("manifest") or {}),
-            base_model=data.get("base_model"), parents=list(data.get("parents") or []),
-            provenance=list(data.get("provenance") or []))
-    except (KeyError, TypeError, ValueError) as exc:
-        raise RemoteError(f"the server's revision answer is malformed ({type(exc).__name__}: {exc})") from None
+        return parse(data)
+    except ValueError as exc:
+        raise RemoteError(f"the server sent a {exc}") from None
 
 
-def _repo_from_json(data: Mapping[str, Any]) -> RepoInfo:
-    updated = data.get("updated_at")
-    return RepoInfo(repo=str(data["repo"]), kind=data.get("kind") or "adapter", tuner_type=data.get("tuner_type"),
-                    revisions=int(data.get("revisions") or 0), main=data.get("main"),
-                    updated_at=_when(updated) if updated else None, base_model=data.get("base_model"),
-                    source=data.get("source"))
+def _revision(data: Any) -> RevisionInfo:
+    return _parsed(RevisionInfo.from_dict, data, "revision")
 
 
 def _files_of(data: Mapping[str, Any]) -> Manifest:
@@ -136,16 +110,6 @@ def _files_of(data: Mapping[str, Any]) -> Manifest:
         if entry.size < 0:
             raise RemoteError(f"the server lists {entry.path} with a negative size")
     return manifest
-
-
-def _storable_form(checkpoint: Checkpoint, staging: Path, notices: list[str]) -> Path:
-    """The folder to upload: the checkpoint, or a safetensors copy of it (as Registry._storable_form)."""
-    if not any(a.weights_format == "bin" for a in checkpoint.adapters):
-        return checkpoint.path
-    result = converters.convert(checkpoint.path, staging / "checkpoint", checkpoint.format)
-    notices.append("legacy .bin weights were read with weights_only=True and stored as safetensors")
-    notices.extend(result.notices)
-    return result.destination
 
 
 def cache_dir_name(url: str) -> str:
@@ -171,7 +135,7 @@ def _file_range(f: BinaryIO, offset: int, length: int, rel: str) -> Iterator[byt
 # ----- the registry --------------------------------------------------------------------------------------
 
 class RemoteRegistry:
-    """A registry behind `swiftreg serve`, with the Python API of `registry.service.Registry`."""
+    """A registry behind `swiftreg serve`: the `registry.api.RegistryAPI` that `Registry` offers locally."""
 
     def __init__(self, url: str, token: str | None = None, home: Path | str | None = None, *,
                  timeout: httpx.Timeout | float = DEFAULT_TIMEOUT, retries: int = 4, backoff: float = 0.25,
@@ -229,19 +193,19 @@ class RemoteRegistry:
 
     def show(self, repo_id: str) -> RevisionInfo:
         rid = parse_id(repo_id)
-        return revision_from_json(self._ref_answer(rid, rid.ref.value))
+        return _revision(self._ref_answer(rid, rid.ref.value))
 
     def log(self, repo_id: str) -> list[RevisionInfo]:
         """Revisions, newest first (without manifests: `show` one for its files)."""
         rid = parse_id(repo_id, allow_ref=False)
         data = self._http.json("GET", f"{self._repo_path(rid)}/revisions")
         items = data.get("revisions", []) if isinstance(data, Mapping) else data
-        return sorted((revision_from_json(d) for d in items), key=lambda r: r.number, reverse=True)
+        return sorted((_revision(d) for d in items), key=lambda r: r.number, reverse=True)
 
     def list(self, namespace: str | None = None) -> list[RepoInfo]:
         data = self._http.json("GET", "/api/v1/repos", params={"namespace": namespace} if namespace else None)
         items = data.get("repos", []) if isinstance(data, Mapping) else data
-        return [_repo_from_json(d) for d in items]
+        return [_parsed(RepoInfo.from_dict, d, "repository") for d in items]
 
     # ----- refs ------------------------------------------------------------------------------------------
 
@@ -250,7 +214,7 @@ class RemoteRegistry:
         check_tag(tag)
         data = self._http.json("PUT", f"{self._repo_path(rid)}/tags/{self._q(tag)}",
                                json={"ref": rid.ref.value, "force": force})
-        return revision_from_json(data)
+        return _revision(data)
 
     def untag(self, repo_id: str, tag: str) -> None:
         rid = parse_id(repo_id)
@@ -258,20 +222,14 @@ class RemoteRegistry:
 
     def remove_ref(self, repo_id: str, *, force: bool = False) -> None:
         """`rm ns/name@ref`: drop a tag or branch on the server; revisions stay."""
-        rid = parse_id(repo_id)
-        if not rid.explicit_ref or rid.ref.kind != "name":
-            raise RegistryError(f"rm removes a tag or branch: name it, as in {rid.repo}@v1")
-        if rid.ref.value == DEFAULT_REF and not force:
-            raise RegistryError(f"removing {rid.repo}@main leaves the repository without a default; "
-                                "pass --force if you mean it")
+        rid = rules.ref_to_remove(repo_id, force=force)
         self._http.send("DELETE", f"{self._repo_path(rid)}/refs/{self._q(rid.ref.value)}",
                         params={"force": "true" if force else "false"})
 
     def gc(self, grace_seconds: float = 3600.0, dry_run: bool = False) -> GcResult:
         """Garbage-collect the server's blob store (admin token)."""
         data = self._http.json("POST", "/api/v1/gc", json={"grace_seconds": grace_seconds, "dry_run": dry_run})
-        return GcResult(int(data["blobs_removed"]), int(data["bytes_removed"]),
-                        int(data.get("temp_files_removed", 0)), int(data.get("blobs_kept", 0)))
+        return _parsed(GcResult.from_dict, data, "gc")
 
     def check_serving(self, repo_id: str, target: str = "vllm", *, max_lora_rank: int = 16,
                       served_model: str | None = None, record: bool = True) -> dict[str, Any]:
@@ -298,7 +256,7 @@ class RemoteRegistry:
         Waits up to `wait` seconds for the job (None: for ever); `on_queued` hears the queued job
         first. Returns the same ImportResult as a local import; a failed import raises the job's error.
         """
-        from .hubs import ImportResult, parse_source
+        from ..hubs import ImportResult, parse_source
 
         params: dict[str, Any] = {"source": source, "id": repo_id}
         for key, value in (("tag", tag), ("base_model", base_model), ("subfolder", subfolder), ("message", message)):
@@ -319,10 +277,9 @@ class RemoteRegistry:
         result = job.result or {}
         if job.status != "succeeded":
             error = result.get("error") or f"the import job ended {job.status}"
-            # the hub refusals keep their class (a HubNotFoundError is still a NotFoundError here)
-            cls = {c.__name__: c for c in (HubError, HubNotFoundError, HubNoAdapterError, InvalidCheckpointError,
-                                            InvalidIdError, NotFoundError)}.get(result.get("type", ""), JobError)
-            raise cls(f"{error} (import job {job.id} on {self.url})")
+            error = f"{error} (import job {job.id} on {self.url})"
+            # a refusal keeps its class (a HubNotFoundError is still a NotFoundError); a crash is a JobError
+            raise rebuild(result.get("code") or "", error, result.get("details")) or JobError(error)
         revision = self.show(f"{result['revision']['repo']}@{result['revision']['number']}")
         return ImportResult(revision, bool(result.get("created")), bool(result.get("already_imported")), src,
                             str(result.get("commit", "")), list(result.get("files", [])),
@@ -330,96 +287,83 @@ class RemoteRegistry:
 
     def push(self, path: Path | str, repo_id: str, *, tag: str | None = None, force: bool = False,
              message: str | None = None, author: str | None = None, base_model: str | None = None,
-             parents: list[dict[str, Any]] | None = None, progress: Progress | None = None) -> PushResult:
+             parents: builtins.list[dict[str, Any]] | None = None, progress: Progress | None = None) -> PushResult:
         """Upload the checkpoint at `path` as a new revision of adapter `repo_id` (or find it already there).
 
         Validated here first (the server checks again, and against `base_model`); only blobs the
         server lacks are sent. `author` is accepted for API parity: the server records the token's
         owner. `bytes_written` / `blobs_written` count what this call uploaded.
         """
-        rid = parse_id(repo_id, allow_ref=False)
-        if tag is not None:
-            check_tag(tag)
-        source = Path(path)
-        checkpoint = converters.detect(source)
+        rid = rules.push_target(repo_id, tag)
+        checkpoint = converters.detect(Path(path))
         if base_model is not None:
-            base = self.show(base_model)  # fail before uploading anything; the server validates against it
-            if base.kind != "base":
-                raise NotFoundError(f"no base model {parse_id(base_model).repo} on {self.url} (push it with "
-                                    "`swiftreg base push`)")
-        report = validate_checkpoint(checkpoint, None)
-        if not report.ok:
-            raise InvalidCheckpointError(
-                f"{source} is not a valid adapter checkpoint: " + "; ".join(str(p) for p in report.errors[:5])
-                + (f" (and {len(report.errors) - 5} more)" if len(report.errors) > 5 else ""), report.errors)
-        notices = [str(p) for p in report.problems if p.severity == "warning"]
+            self._check_base(base_model)  # refused before uploading; the server validates against it
         with tempfile.TemporaryDirectory(prefix="swiftreg-push-", dir=self.home) as staging:
-            root = _storable_form(checkpoint, Path(staging), notices)
-            files, skipped = collect_files(root)
-            if skipped:
-                notices.append("left out pickle files (never stored): " + ", ".join(skipped))
-            manifest = build_manifest(files)
+            prepared = rules.prepare_adapter(checkpoint, Path(staging))
+            manifest, notices = prepared.manifest, prepared.notices
             existing = self._existing(rid, "adapter", manifest.digest, tag, force)
             if existing is not None:
                 return PushResult(existing, created=False, blobs_written=0, bytes_written=0, notices=notices)
-            written, written_bytes = self._upload_files(files, manifest, progress)
-            result = self._commit(rid, manifest, files, "adapter", tag=tag, force=force, message=message,
-                                  base_model=base_model, parents=parents)
+            written, written_bytes = self._upload_files(prepared.files, manifest, progress)
+            try:
+                result = self._commit(rid, manifest, prepared.files, "adapter", tag=tag, force=force, message=message,
+                                      base_model=base_model, parents=parents)
+            except InvalidCheckpointError as exc:  # the server's checks against the base
+                raise rules.named_after_folder(exc, rid.repo, checkpoint.path) from None
         notices += [n for n in result.notices if n not in notices]
         return PushResult(result.revision, result.created, written + result.blobs_written,
                           written_bytes + result.bytes_written, notices)
 
     def push_base(self, path: Path | str, repo_id: str, *, tag: str | None = None, force: bool = False,
-                  message: str | None = None, parents: list[dict[str, Any]] | None = None,
+                  message: str | None = None, parents: builtins.list[dict[str, Any]] | None = None,
                   progress: Progress | None = None) -> PushResult:
         """Upload a transformers model folder (config.json + safetensors) as a base-model revision."""
-        rid = parse_id(repo_id, allow_ref=False)
-        if tag is not None:
-            check_tag(tag)
-        root = Path(path)
-        _base_meta(root)  # the local refusals: no config.json, no safetensors
-        files, skipped = collect_files(root)
-        notices = ["left out pickle files (never stored): " + ", ".join(skipped)] if skipped else []
-        manifest = build_manifest(files)
-        existing = self._existing(rid, "base", manifest.digest, tag, force)
+        rid = rules.push_target(repo_id, tag)
+        prepared = rules.prepare_base(path)  # the local refusals: no config.json, no safetensors
+        existing = self._existing(rid, "base", prepared.manifest.digest, tag, force)
         if existing is not None:
-            return PushResult(existing, False, 0, 0, notices)
-        written, written_bytes = self._upload_files(files, manifest, progress)
-        result = self._commit(rid, manifest, files, "base", tag=tag, force=force, message=message,
+            return PushResult(existing, False, 0, 0, prepared.notices)
+        written, written_bytes = self._upload_files(prepared.files, prepared.manifest, progress)
+        result = self._commit(rid, prepared.manifest, prepared.files, "base", tag=tag, force=force, message=message,
                               base_model=None, parents=parents)
         return PushResult(result.revision, result.created, written + result.blobs_written,
-                          written_bytes + result.bytes_written, notices + result.notices)
+                          written_bytes + result.bytes_written, prepared.notices + result.notices)
+
+    def _check_base(self, base_id: str) -> None:
+        """Refuse a `base_model` that names no base model revision, in the words of a local push."""
+        try:
+            base = self.show(base_id)
+        except NotFoundError:
+            try:
+                revisions = self.log(parse_id(base_id).repo)
+            except NotFoundError:
+                raise rules.no_base_model(base_id) from None
+            if revisions and revisions[0].kind != "base":
+                raise rules.no_base_model(base_id) from None
+            raise
+        if base.kind != "base":
+            raise rules.no_base_model(base_id)
 
     def _existing(self, rid: RepoId, kind: Kind, digest: str, tag: str | None, force: bool) -> RevisionInfo | None:
-        """The revision with this content if the repository has it (tagged if asked); else None.
+        """The revision already holding this content (tagged if asked), by the shared re-push rule."""
+        return rules.existing_revision(rid, kind, digest, tag, force, find=lambda ref: self._find_revision(rid, ref),
+                                       tag_revision=self.tag)
 
-        Like the local push, a tag that already points elsewhere is refused before any byte is sent.
-        """
+    def _find_revision(self, rid: RepoId, ref: str) -> RevisionInfo | None:
+        """The revision of `rid.repo` that `ref` names on the server; None if there is none."""
         try:
-            info = revision_from_json(self._ref_answer(rid, digest))
+            return _revision(self._ref_answer(rid, ref))
         except NotFoundError:
-            info = None
-        if info is None or info.kind != kind or info.digest != digest:
-            if tag is not None and not force:
-                try:
-                    current = revision_from_json(self._ref_answer(rid, tag))
-                except NotFoundError:
-                    return None
-                raise RefExistsError(f"tag {tag!r} of {rid.repo} already points to revision {current.number}; "
-                                     "tags are immutable (use --force to move it)")
             return None
-        if tag is not None and tag not in info.tags:
-            return self.tag(f"{rid.repo}@{info.number}", tag, force=force)
-        return info
 
-    def _missing(self, digests: list[str]) -> list[str]:
+    def _missing(self, digests: builtins.list[str]) -> builtins.list[str]:
         data = self._http.json("POST", "/api/v1/blobs/missing", json={"digests": digests}, idempotent=True)
         missing = data.get("missing") if isinstance(data, Mapping) else None
         if not isinstance(missing, list):
             raise RemoteError("the server's blobs/missing answer has no 'missing' list")
         return [validate_digest(d) for d in missing]
 
-    def _upload_files(self, files: list[tuple[str, Path]], manifest: Manifest,
+    def _upload_files(self, files: builtins.list[tuple[str, Path]], manifest: Manifest,
                       progress: Progress | None, only: Iterable[str] | None = None) -> tuple[int, int]:
         """Upload the blobs the server lacks (or just `only`); progress gets every file's bytes."""
         by_path = {f.path: f for f in manifest.files}
@@ -460,6 +404,8 @@ class RemoteRegistry:
         if progress is not None and offset:
             progress(offset)
         sent = failures = 0
+        response: httpx.Response | None
+        error: httpx.TransportError | None
         with open(path, "rb") as f:
             while True:
                 length = min(self.chunk_size, size - offset)
@@ -525,15 +471,16 @@ class RemoteRegistry:
                 progress(new - offset)
         return new, sent, complete
 
-    def _commit(self, rid: RepoId, manifest: Manifest, files: list[tuple[str, Path]], kind: Kind, *,
+    def _commit(self, rid: RepoId, manifest: Manifest, files: builtins.list[tuple[str, Path]], kind: Kind, *,
                 tag: str | None, force: bool, message: str | None, base_model: str | None,
-                parents: list[dict[str, Any]] | None) -> PushResult:
+                parents: builtins.list[dict[str, Any]] | None) -> PushResult:
         """POST the manifest. A blob gc took meanwhile is uploaded again once.
 
         A commit is content-addressed (the same manifest gives the same revision), so it is retried
         like an idempotent call; a retry after a lost answer reports created=False.
         """
-        body = {"manifest": manifest.to_json(), "kind": kind, "tag": tag, "force": force, "message": message,
+        body: dict[str, Any] = {"manifest": manifest.to_json(), "kind": kind, "tag": tag, "force": force,
+                                "message": message,
                 "base_model": base_model, "parents": list(parents or [])}
         extra_blobs = extra_bytes = 0
         for attempt in range(2):
@@ -547,7 +494,7 @@ class RemoteRegistry:
                 n, b = self._upload_files(files, manifest, None, only=exc.missing)
                 extra_blobs, extra_bytes = extra_blobs + n, extra_bytes + b
         data = response.json()
-        info = revision_from_json(data)
+        info = _revision(data)
         created = bool(data.get("created", response.status_code == 201)) if isinstance(data, Mapping) else True
         notices = list(data.get("notices") or []) if isinstance(data, Mapping) else []
         return PushResult(info, created, extra_blobs, extra_bytes, notices)
@@ -565,15 +512,17 @@ class RemoteRegistry:
             return hit
         rid = parse_id(repo_id)
         cached = self._cached_ref(rid, format)
+        # the server converts to the adapter formats; any other is the stored one or refused (rules.served_format)
+        asked = format if format in rules.ADAPTER_FORMATS else None
         try:  # with an answer on disk to fall back on, a down server is not waited for long
-            data = self._ref_answer(rid, rid.ref.value, format, retries=1 if cached is not None else None)
+            data = self._ref_answer(rid, rid.ref.value, asked, retries=1 if cached is not None else None)
         except RemoteError as exc:
             refused = isinstance(exc, AccessDeniedError) or (exc.status is not None and exc.status < 500)
             if cached is None or refused:
                 raise
             return cached
-        info = revision_from_json(data)
-        target = format or info.format
+        info = _revision(data)
+        target = rules.served_format(rid.repo, info.kind, info.format, format)
         folder = self.snapshots.folder(rid.namespace, rid.name, info.number, target, info.digest)
         if not folder.is_dir():
             files = _files_of(data)
@@ -588,10 +537,7 @@ class RemoteRegistry:
     def pull(self, repo_id: str, output: Path | str | None = None, format: str | None = None, *,
              overwrite: bool = False) -> Path:
         """Materialise a revision; with `output`, copy it there (atomically) and return that path."""
-        snapshot = self.resolve(repo_id, format)
-        if output is None:
-            return snapshot
-        return copy_snapshot(snapshot, Path(output), overwrite=overwrite)
+        return rules.pulled(self.resolve(repo_id, format), output, overwrite=overwrite)
 
     # refs/<ns>/<name>/<format or _stored>/<ref>: the last folder a ref resolved to, for offline use.
 
@@ -606,10 +552,7 @@ class RemoteRegistry:
             if path.is_file() and json.loads(path.read_text()) == record:
                 return
             path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-            with os.fdopen(fd, "w") as f:
-                json.dump(record, f)
-            os.replace(tmp, path)
+            atomic.write_file(path, json.dumps(record).encode())
         except (OSError, ValueError):
             pass  # only an offline convenience: never fail a resolve over it
 
@@ -672,54 +615,44 @@ class RemoteRegistry:
 
     # ----- jobs and validation history (issue 6; the server only queues: its workers run them) -----------
 
-    def _job_call(self, method: str, path: str, **kwargs: Any) -> Any:
-        from .errors import InvalidJobError, JobConflictError, JobStateError
-
-        try:
-            return self._http.json(method, path, **kwargs)
-        except RemoteError as exc:
-            cls = {"job_conflict": JobConflictError, "job_state": JobStateError,
-                   "invalid_job": InvalidJobError}.get(exc.code or "")
-            if cls is None:
-                raise
-            raise cls(str(exc).rsplit(" (HTTP ", 1)[0]) from None
-
-    def submit_job(self, kind: str, params: dict[str, Any], *, key: str | None = None, backend: str = "queue",
+    def submit_job(self, kind: str, params: dict[str, Any], *, key: str | None = None, backend: str = "worker",
                    ray_address: str | None = None) -> Any:
         """Queue a job on the server (idempotent with `key`); the server's workers run it."""
-        from .jobs.queue import JobInfo
+        from ..jobs.queue import JobInfo
 
-        if backend not in ("queue", "worker"):
-            raise RegistryError("a remote registry only queues jobs (its workers run them): use backend 'queue'")
+        if backend != "worker":
+            raise RegistryError(f"a remote registry only queues jobs for its workers: use backend 'worker', "
+                                f"not {backend!r}")
         body: dict[str, Any] = {"kind": kind, "params": params}
         if key is not None:
             body["idempotency_key"] = key
-        return JobInfo.from_dict(self._job_call("POST", "/api/v1/jobs", json=body, idempotent=key is not None))
+        return JobInfo.from_dict(self._http.json("POST", "/api/v1/jobs", json=body, idempotent=key is not None))
 
     def job(self, job_id: int) -> Any:
-        from .jobs.queue import JobInfo
+        from ..jobs.queue import JobInfo
 
-        return JobInfo.from_dict(self._job_call("GET", f"/api/v1/jobs/{int(job_id)}"))
+        return JobInfo.from_dict(self._http.json("GET", f"/api/v1/jobs/{int(job_id)}"))
 
-    def jobs(self, *, status: str | None = None, kind: str | None = None, namespaces: list[str] | None = None,
-             limit: int = 100) -> list[Any]:
-        from .jobs.queue import JobInfo
+    def jobs(self, *, status: str | None = None, kind: str | None = None, namespaces: builtins.list[str] | None = None,
+             limit: int = 100) -> builtins.list[Any]:
+        from ..jobs.queue import JobInfo
 
         params = {k: v for k, v in (("status", status), ("kind", kind), ("limit", limit)) if v is not None}
-        found = [JobInfo.from_dict(d) for d in self._job_call("GET", "/api/v1/jobs", params=params)]
+        found = [JobInfo.from_dict(d) for d in self._http.json("GET", "/api/v1/jobs", params=params)]
         return [j for j in found if namespaces is None or j.namespace in namespaces]
 
     def cancel_job(self, job_id: int) -> Any:
-        from .jobs.queue import JobInfo
+        from ..jobs.queue import JobInfo
 
-        return JobInfo.from_dict(self._job_call("POST", f"/api/v1/jobs/{int(job_id)}/cancel"))
+        return JobInfo.from_dict(self._http.json("POST", f"/api/v1/jobs/{int(job_id)}/cancel"))
 
-    def validation_history(self, repo_id: str, check_kind: str | None = None, limit: int = 200) -> list[dict[str, Any]]:
+    def validation_history(self, repo_id: str, check_kind: str | None = None,
+                           limit: int = 200) -> builtins.list[dict[str, Any]]:
         rid = parse_id(repo_id)
         params: dict[str, Any] = {"limit": limit}
         if check_kind is not None:
             params["check"] = check_kind
-        return self._job_call("GET", f"{self._repo_path(rid)}/refs/{self._q(rid.ref.value)}/validations",
+        return self._http.json("GET", f"{self._repo_path(rid)}/refs/{self._q(rid.ref.value)}/validations",
                               params=params)
 
     def validate_all(self, **options: Any) -> Any:

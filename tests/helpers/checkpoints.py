@@ -13,7 +13,7 @@ from safetensors.numpy import save_file
 
 HIDDEN = 32
 MODULES = ("q_proj", "v_proj")
-OUT = {"q_proj": 32, "v_proj": 16}  # tests.models.LLAMA: 4 heads, 2 key/value heads of size 8
+OUT = {"q_proj": 32, "v_proj": 16}  # tests.helpers.models.LLAMA: 4 heads, 2 key/value heads of size 8
 
 
 def _tensors(seed: int, r: int, layers: int, size_scale: int = 1) -> dict[str, tuple[str, np.ndarray]]:
@@ -48,7 +48,8 @@ def write_peft_lora(folder: Path, seed: int = 0, r: int = 4, layers: int = 2) ->
     return folder
 
 
-def write_swift_lora(folder: Path, seed: int = 0, r: int = 4, layers: int = 2, names: tuple[str, ...] = ("default",)) -> Path:
+def write_swift_lora(folder: Path, seed: int = 0, r: int = 4, layers: int = 2,
+                     names: tuple[str, ...] = ("default",)) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "configuration.json").write_text("{}")
     for i, name in enumerate(names):

@@ -1,6 +1,6 @@
 """Runs inside ms-swift's own environment: make Swift LoRA checkpoints and their greedy tokens, in one process.
 
-    python tests/swift_greedy.py JOBS.json RESULTS.json
+    python tests/helpers/swift_greedy.py JOBS.json RESULTS.json
 
 Jobs: {"op": "make", ...} exactly as registry/interop/swift_side.py's make (its function is reused);
 {"op": "greedy", "base", "checkpoint", "prompts", "max_tokens"}: Swift.from_pretrained on a fresh
@@ -16,7 +16,7 @@ import traceback
 from pathlib import Path
 
 _spec = importlib.util.spec_from_file_location(
-    "swift_side", Path(__file__).resolve().parent.parent / "registry" / "interop" / "swift_side.py")
+    "swift_side", Path(__file__).resolve().parents[2] / "registry" / "interop" / "swift_side.py")
 swift_side = importlib.util.module_from_spec(_spec)  # type: ignore[arg-type]
 _spec.loader.exec_module(swift_side)  # type: ignore[union-attr]
 
@@ -42,7 +42,8 @@ def main() -> int:
     import torch
 
     torch.set_num_threads(1)
-    jobs = json.load(open(sys.argv[1]))
+    with open(sys.argv[1]) as f:
+        jobs = json.load(f)
     results = []
     for job in jobs:
         try:

@@ -20,11 +20,10 @@ import httpx
 import urllib3
 from filelock import FileLock
 
-from converters.safetensors_io import write_all as _write_all  # a module name tests can patch
-
-from .errors import IntegrityError
-from .store.base import fsync_dir
-from .store.digests import digest_hex, format_digest, new_hasher
+from ..atomic import fsync
+from ..atomic import write_all as _write_all  # a module name tests can patch
+from ..errors import IntegrityError
+from ..store.digests import digest_hex, format_digest, new_hasher
 from .transport import Http, as_httpx, error_from
 
 #: Read size of local files while hashing a resumed download.
@@ -99,7 +98,7 @@ class BlobDownloader:
             with open(part.path, "rb+") as f:
                 os.fsync(f.fileno())
             os.replace(part.path, dst)
-        fsync_dir(dst.parent)
+        fsync(dst.parent)
 
     def _fetch_range(self, digest: str, size: int, part: _Partial, rel: str) -> None:
         """One GET of the blob from `part.size` on, appended to the .part file as it arrives."""

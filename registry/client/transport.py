@@ -1,11 +1,8 @@
 """The HTTP under RemoteRegistry: one httpx client (keep-alive, bearer token, timeouts, retries with
-exponential backoff), a urllib3 pool for blob bodies, and the server's JSON errors mapped back to the
-local exception classes, so a caller catches the same NotFoundError whether the registry is local or not.
-
-    RegistryError
-    └── RemoteError                 a refusal local mode has no class for (.status, .code)
-        ├── AccessDeniedError       401 / 403: no token, an unknown or revoked one, or too weak a scope
-        └── ServerUnreachableError  no answer after the retries (refused, reset, timed out)
+exponential backoff), a urllib3 pool for blob bodies, and the server's JSON errors rebuilt as the
+classes the server raised (registry.errors.from_payload), so a caller catches the same NotFoundError
+whether the registry is local or not. The errors only a remote registry meets (RemoteError,
+AccessDeniedError, ServerUnreachableError, ...) are in registry/errors.py's tree too.
 """
 from __future__ import annotations
 
@@ -13,17 +10,12 @@ import json
 import os
 import random
 import time
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable
 
 import httpx
 import urllib3
 
-import converters
-
-from .errors import (
-    AmbiguousRefError, BlobsMissingError, IntegrityError, InvalidCheckpointError, InvalidIdError, NotFoundError,
-    RefExistsError, RegistryError, UnsafePathError,
-)
+from ..errors import FormatError, RegistryError, RemoteError, ServerUnreachableError, from_payload, tree
 
 DEFAULT_TIMEOUT = httpx.Timeout(connect=10.0, read=120.0, write=120.0, pool=30.0)
 #: A commit rebuilds and validates the checkpoint on the server: allow it longer than one read.
@@ -33,68 +25,30 @@ _IDEMPOTENT = frozenset({"GET", "HEAD", "PUT", "DELETE", "OPTIONS"})
 
 # ----- errors ---------------------------------------------------------------------------------------
 
-class RemoteError(RegistryError):
-    """The server refused or failed in a way local mode has no exception class for."""
-
-    def __init__(self, message: str, status: int | None = None, code: str | None = None) -> None:
-        self.status, self.code = status, code
-        super().__init__(message)
-
-
-class AccessDeniedError(RemoteError):
-    """401: no token or an unknown / revoked one; 403: the token lacks the scope or namespace."""
-
-
-class ServerUnreachableError(RemoteError):
-    """The server gave no usable answer after every retry (connection refused or reset, timeouts, 5xx)."""
-
-
-def error_from(response: httpx.Response, what: str) -> RegistryError:
-    """The local exception class for a refusal, carrying the server's own message."""
-    status = response.status_code
-    code, message, extra = None, None, {}
-    try:
-        body = json.loads(response.read() or b"null") if response.request.method != "HEAD" else None
-    except (ValueError, httpx.StreamError):
-        body = None
-    if isinstance(body, Mapping) and isinstance(body.get("error"), Mapping):
-        err = body["error"]
-        code, message = err.get("code"), err.get("message")
-        extra = {k: v for k, v in err.items() if k not in ("code", "message")}
-    elif isinstance(body, Mapping) and isinstance(body.get("detail"), (str, list)):  # FastAPI's own 4xx
-        message = body["detail"] if isinstance(body["detail"], str) else json.dumps(body["detail"])[:500]
-    message = str(message or f"{what}: HTTP {status} {response.reason_phrase}")
-    if code in ("unauthorized", "forbidden") or status in (401, 403):
-        return AccessDeniedError(message, status, code or ("unauthorized" if status == 401 else "forbidden"))
-    simple: dict[str, type[RegistryError]] = {
-        "not_found": NotFoundError, "blob_not_found": NotFoundError, "invalid_id": InvalidIdError,
-        "unsafe_path": UnsafePathError, "ambiguous_ref": AmbiguousRefError, "ref_exists": RefExistsError,
-        "digest_mismatch": IntegrityError, "integrity_error": IntegrityError, "bad_request": RegistryError,
-    }
-    if code in simple:
-        return simple[code](message)
-    if code == "blobs_missing":
-        return BlobsMissingError(message, list(extra.get("missing") or []))
-    if code == "invalid_checkpoint":
-        return InvalidCheckpointError(message, list(extra.get("problems") or []))
-    if code == "refused":
-        return converters.RefusedError(message)  # type: ignore[return-value]
-    if code is None and status == 404:
-        return NotFoundError(message)
-    return RemoteError(f"{message} (HTTP {status}{', ' + code if code else ''})", status, code)
+def error_from(response: httpx.Response, what: str) -> RegistryError | FormatError:
+    """The exception the server answered with (same class, same message), from its JSON error."""
+    return from_payload(response.status_code, _body(response),
+                        fallback=f"{what}: HTTP {response.status_code} {response.reason_phrase}")
 
 
 def retryable_status(response: httpx.Response) -> bool:
-    """5xx that another try may cure; an integrity error (stored bytes are bad) is final."""
+    """5xx that another try may cure; a refusal the server named with a code of the error tree (stored
+    bytes are bad, ms-swift is missing, ...) is final."""
     if response.status_code < 500:
         return False
-    if response.status_code == 500 and response.request.method != "HEAD":
-        try:
-            code = (json.loads(response.read() or b"null") or {}).get("error", {}).get("code")
-        except (ValueError, AttributeError, httpx.StreamError):
-            code = None
-        return code != "integrity_error"
-    return True
+    body = _body(response)
+    error = body.get("error") if isinstance(body, dict) else None
+    return not (isinstance(error, dict) and error.get("code") in tree())
+
+
+def _body(response: httpx.Response) -> Any:
+    """The response's JSON (None for a HEAD, an empty body or one that is not JSON)."""
+    if response.request.method == "HEAD":
+        return None
+    try:
+        return json.loads(response.read() or b"null")
+    except (ValueError, httpx.StreamError):
+        return None
 
 
 # ----- transport ------------------------------------------------------------------------------------

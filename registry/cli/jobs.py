@@ -1,8 +1,8 @@
-"""The job commands of the `swiftreg` CLI: worker, jobs ls|show|cancel|logs|submit, validate-all,
-validation show. Thin like the rest of cli.py (registered there by `register(main)`).
+"""The job commands: worker, jobs submit|ls|show|cancel|logs, validate-all, validation show.
 
 `worker` and `validate-all` work on a registry's own database (the embedded one, or
 SWIFTREG_DATABASE_URL's PostgreSQL); the other commands also work over HTTP (SWIFTREG_URL).
+Backends are the vocabulary of registry/jobs/kinds.py: inline | worker | ray.
 """
 from __future__ import annotations
 
@@ -10,34 +10,28 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
-from . import cli as _cli
-from .errors import RegistryError
-from .jobs.kinds import CHECKS, KINDS
+from ..jobs.kinds import BACKENDS, CHECKS, KINDS
+from .common import echo_json, json_option, local_registry, open_registry, shows
 
-_format_errors = _cli._format_errors
+if TYPE_CHECKING:
+    from ..jobs.queue import JobInfo
 
-
-def _local(command: str):  # type: ignore[no-untyped-def]
-    """The embedded registry; refused over HTTP (a worker needs the database and the blob store)."""
-    from . import constants
-    from .service import Registry
-
-    if constants.url() is not None:
-        raise RegistryError(f"`swiftreg {command}` works on the registry's own database and blob store, not over HTTP "
-                            f"(SWIFTREG_URL={constants.url()}): run it where the registry is, with SWIFTREG_HOME / "
-                            "SWIFTREG_DATABASE_URL pointing at it")
-    return Registry()
+#: where `swiftreg worker` runs the jobs it claims (a worker does not queue them again)
+WORKER_BACKENDS = tuple(b for b in BACKENDS if b != "worker")
+_RAY_ADDRESS_HELP = "The Ray cluster (auto, ray://host:10001); default: a local Ray."
 
 
 def _when(value: Any) -> str:
+    """A moment in a table cell: to the second, or "-" for none."""
     return value.strftime("%Y-%m-%d %H:%M:%S") if value is not None else "-"
 
 
 def _job_line(job: Any) -> str:
+    """One row of `jobs ls`: id, kind, status, attempts, created, worker, and what the job works on."""
     what = {"merge": lambda p: f"{p.get('adapter')} into {p.get('base')} -> {p.get('push')}",
             "unmerge": lambda p: f"{p.get('adapter')} out of {p.get('merged')} -> {p.get('push')}",
             "combine": lambda p: f"{'+'.join(p.get('refs', []))} -> {p.get('push')}",
@@ -50,6 +44,7 @@ def _job_line(job: Any) -> str:
 
 
 def _params(pairs: tuple[str, ...], params_json: str | None) -> dict[str, Any]:
+    """A job's parameters from `--params JSON` and the `--param KEY=VALUE` pairs on top of it."""
     params: dict[str, Any] = {}
     if params_json:
         try:
@@ -70,17 +65,10 @@ def _params(pairs: tuple[str, ...], params_json: str | None) -> dict[str, Any]:
     return params
 
 
-def register(main: click.Group) -> None:
-    main.add_command(worker)
-    main.add_command(jobs)
-    main.add_command(validate_all)
-    main.add_command(validation)
-
-
 @click.command()
-@click.option("--backend", type=click.Choice(["local", "ray"]), default="local", show_default=True,
-              help="local: run jobs in this process; ray: dispatch them as Ray tasks.")
-@click.option("--ray-address", metavar="ADDR", help="The Ray cluster (auto, ray://host:10001); default: a local Ray.")
+@click.option("--backend", type=click.Choice(WORKER_BACKENDS), default="inline", show_default=True,
+              help="inline: run each claimed job in this process; ray: dispatch them as Ray tasks.")
+@click.option("--ray-address", metavar="ADDR", help=_RAY_ADDRESS_HELP)
 @click.option("--kind", "kinds", multiple=True, type=click.Choice(KINDS),
               help="Only claim jobs of this kind (repeatable). Default: all.")
 @click.option("--worker-id", help="How this worker is named in the jobs table (default: host:pid).")
@@ -94,21 +82,20 @@ def register(main: click.Group) -> None:
               help="Seconds between looks at an empty queue.")
 @click.option("--max-jobs", type=click.IntRange(min=1), help="Exit after running this many jobs.")
 @click.option("--exit-when-idle", is_flag=True, help="Exit when no job is queued or running (batch use).")
-@_format_errors
 def worker(backend: str, ray_address: str | None, kinds: tuple[str, ...], worker_id: str | None, heartbeat: float,
            stale_after: float, max_attempts: int, poll: float, max_jobs: int | None, exit_when_idle: bool) -> None:
     """Claim jobs from the registry's database and run them until stopped (SIGTERM: finish the job, exit)."""
-    from .jobs.api import queue_of
-    from .jobs.worker import Worker
+    from ..jobs.api import queue_of
+    from ..jobs.worker import Worker
 
-    reg = _local("worker")
+    reg = local_registry("worker")
     queue = queue_of(reg, max_attempts=max_attempts, stale_after=stale_after)
 
     def event(line: str) -> None:
         click.echo(line, err=True)
 
     if backend == "ray":
-        from .jobs.ray_backend import RayDriver, connect
+        from ..jobs.ray_backend import RayDriver, connect
 
         connect(ray_address)
         driver = RayDriver(reg, queue, worker_id=worker_id, kinds=kinds or None, heartbeat=heartbeat, poll=poll)
@@ -138,28 +125,26 @@ def jobs() -> None:
               help="A parameter (repeatable); VALUE is parsed as JSON when it is JSON (numbers, lists).")
 @click.option("--params", "params_json", metavar="JSON", help="All parameters as one JSON object.")
 @click.option("--key", help="Idempotency key: submitting the same key again returns the first job.")
-@click.option("--backend", type=click.Choice(["inline", "worker", "ray"]),
+@click.option("--backend", type=click.Choice(BACKENDS),
               help="inline: run it now here (default on the embedded registry); worker: queue it for "
                    "`swiftreg worker` (always so over HTTP); ray: run it now on Ray.")
-@click.option("--ray-address", metavar="ADDR")
-@click.option("--json", "as_json", is_flag=True)
-@_format_errors
+@click.option("--ray-address", metavar="ADDR", help=_RAY_ADDRESS_HELP)
+@json_option()
 def jobs_submit(kind: str, pairs: tuple[str, ...], params_json: str | None, key: str | None, backend: str | None,
                 ray_address: str | None, as_json: bool) -> None:
-    """Submit a KIND job, e.g. `swiftreg jobs submit merge --param adapter=team/a@v1 --param base=meta/b@v1
+    """Submit a job of KIND, e.g. `swiftreg jobs submit merge --param adapter=team/a@v1 --param base=meta/b@v1
     --param push=meta/b-a`."""
-    from . import constants
+    from .. import constants
 
-    reg = _cli._registry()
+    reg = open_registry()
     remote = constants.url() is not None
     if backend is None:
         backend = "worker" if remote else "inline"
     if remote and backend != "worker":
         raise click.UsageError("over HTTP jobs are only queued (--backend worker): the server's workers run them")
-    job = reg.submit_job(kind, _params(pairs, params_json), key=key, backend="queue" if backend == "worker"
-                         else backend, ray_address=ray_address)
+    job = reg.submit_job(kind, _params(pairs, params_json), key=key, backend=backend, ray_address=ray_address)
     if as_json:
-        _cli._echo_json(job.to_dict())
+        echo_json(job.to_dict())
     else:
         click.echo(_job_line(job))
         if job.status == "failed":
@@ -170,17 +155,18 @@ def jobs_submit(kind: str, pairs: tuple[str, ...], params_json: str | None, key:
 
 
 @jobs.command(name="ls")
-@click.option("--status", type=click.Choice(["queued", "running", "succeeded", "failed", "cancelled"]))
-@click.option("--kind", type=click.Choice(KINDS))
-@click.option("--limit", type=click.IntRange(min=1, max=10000), default=50, show_default=True)
-@click.option("--json", "as_json", is_flag=True)
-@_format_errors
-def jobs_ls(status: str | None, kind: str | None, limit: int, as_json: bool) -> None:
+@click.option("--status", type=click.Choice(["queued", "running", "succeeded", "failed", "cancelled"]),
+              help="Only jobs in this state.")
+@click.option("--kind", type=click.Choice(KINDS), help="Only jobs of this kind.")
+@click.option("--limit", type=click.IntRange(min=1, max=10000), default=50, show_default=True,
+              help="At most this many jobs.")
+@shows(lambda found: [j.to_dict() for j in found], lambda found: _print_jobs(found))
+def jobs_ls(status: str | None, kind: str | None, limit: int) -> list[JobInfo]:
     """List jobs, newest first."""
-    found = _cli._registry().jobs(status=status, kind=kind, limit=limit)
-    if as_json:
-        _cli._echo_json([j.to_dict() for j in found])
-        return
+    return open_registry().jobs(status=status, kind=kind, limit=limit)
+
+
+def _print_jobs(found: list[JobInfo]) -> None:
     click.echo(f"{'id':>6}  {'kind':<8} {'status':<9} {'#':>2}  {'created (UTC)':<19}  {'worker':<24} what")
     for job in found:
         click.echo(_job_line(job))
@@ -188,14 +174,13 @@ def jobs_ls(status: str | None, kind: str | None, limit: int, as_json: bool) -> 
 
 @jobs.command(name="show")
 @click.argument("job_id", type=int)
-@click.option("--json", "as_json", is_flag=True)
-@_format_errors
-def jobs_show(job_id: int, as_json: bool) -> None:
-    """A job's parameters, state, attempts, worker and result."""
-    job = _cli._registry().job(job_id)
-    if as_json:
-        _cli._echo_json(job.to_dict())
-        return
+@shows(lambda job: job.to_dict(), lambda job: _print_job(job))
+def jobs_show(job_id: int) -> JobInfo:
+    """The job JOB_ID: parameters, state, attempts, worker and result."""
+    return open_registry().job(job_id)
+
+
+def _print_job(job: JobInfo) -> None:
     click.echo(f"job {job.id}: {job.kind}, {job.status} (attempt {job.attempts})")
     for label, value in (("params", json.dumps(job.params)), ("worker", job.worker or "-"),
                          ("created", _when(job.created_at)), ("started", _when(job.started_at)),
@@ -208,27 +193,25 @@ def jobs_show(job_id: int, as_json: bool) -> None:
 
 @jobs.command(name="cancel")
 @click.argument("job_id", type=int)
-@_format_errors
 def jobs_cancel(job_id: int) -> None:
-    """Cancel a queued or running job (a running one's result is then dropped)."""
-    job = _cli._registry().cancel_job(job_id)
+    """Cancel the job JOB_ID, queued or running (a running one's result is then dropped)."""
+    job = open_registry().cancel_job(job_id)
     click.echo(f"job {job.id} cancelled")
 
 
 @jobs.command(name="logs")
 @click.argument("job_id", type=int)
-@_format_errors
 def jobs_logs(job_id: int) -> None:
-    """The log tail a job recorded (its last 16,000 characters)."""
-    click.echo(_cli._registry().job(job_id).log or "(no log yet)")
+    """The log tail the job JOB_ID recorded (its last 16,000 characters)."""
+    click.echo(open_registry().job(job_id).log or "(no log yet)")
 
 
 @click.command(name="validate-all")
 @click.option("--since", metavar="AGE|DATE", help="Only revisions created since: 24h, 30m, 7d or an ISO date.")
 @click.option("--namespace", help="Only this namespace.")
-@click.option("--backend", type=click.Choice(["inline", "worker", "ray"]), default="inline", show_default=True,
+@click.option("--backend", type=click.Choice(BACKENDS), default="inline", show_default=True,
               help="inline: here; worker: queue for `swiftreg worker` processes and wait; ray: on a Ray cluster.")
-@click.option("--ray-address", metavar="ADDR")
+@click.option("--ray-address", metavar="ADDR", help=_RAY_ADDRESS_HELP)
 @click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True,
               help="Revisions per validate job (one ms-swift process per job).")
 @click.option("--check", "checks", multiple=True,
@@ -238,23 +221,23 @@ def jobs_logs(job_id: int) -> None:
               help="Load Swift revisions with ms-swift (default: when SWIFTREG_SWIFT_PYTHON is set).")
 @click.option("--json-report", type=click.Path(path_type=Path), help="Write the full report as JSON here.")
 @click.option("--junit", type=click.Path(path_type=Path), help="Write a JUnit XML report here.")
-@click.option("--timeout", type=click.FloatRange(min=1), help="With --backend worker: give up waiting after this many s.")
+@click.option("--timeout", type=click.FloatRange(min=1),
+              help="With --backend worker: give up waiting after this many s.")
 @click.option("--fail-on", type=click.Choice(["regression", "any"]), default="regression", show_default=True,
               help="Exit 1 when a check that passed before fails now (regression), or on any failure.")
-@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON instead of the table.")
-@_format_errors
+@json_option("Print the report as JSON instead of the table.")
 def validate_all(since: str | None, namespace: str | None, backend: str, ray_address: str | None, batch_size: int,
                  checks: tuple[str, ...], swift: bool | None, json_report: Path | None, junit: Path | None,
                  timeout: float | None, fail_on: str, as_json: bool) -> None:
     """Check every adapter revision (integrity, config, round trip, peft and ms-swift loads, outputs) and record
     the results; exit 1 on a regression (or any failure with --fail-on any) or a job that could not run."""
-    reg = _local("validate-all")
+    reg = local_registry("validate-all")
     report = reg.validate_all(since=since, namespace=namespace, backend=backend, batch_size=batch_size,
                               swift=swift, checks=list(checks) or None, ray_address=ray_address, timeout=timeout,
                               on_event=lambda line: None)
     report.write(json_report, junit)
     if as_json:
-        _cli._echo_json(report.to_dict())
+        echo_json(report.to_dict())
     else:
         click.echo(report.table())
         for note in report.notes:
@@ -272,14 +255,14 @@ def validation() -> None:
 @validation.command(name="show")
 @click.argument("repo_id", metavar="NAMESPACE/NAME[@REF]")
 @click.option("--check", "check_kind", help="Only this check.")
-@click.option("--limit", type=click.IntRange(min=1, max=10000), default=100, show_default=True)
-@click.option("--json", "as_json", is_flag=True)
-@_format_errors
+@click.option("--limit", type=click.IntRange(min=1, max=10000), default=100, show_default=True,
+              help="At most this many results.")
+@json_option()
 def validation_show(repo_id: str, check_kind: str | None, limit: int, as_json: bool) -> None:
-    """The history of checks of a revision, newest first, with the library versions of each."""
-    rows = _cli._registry().validation_history(repo_id, check_kind=check_kind, limit=limit)
+    """The history of checks of the revision NAMESPACE/NAME[@REF], newest first, with the library versions of each."""
+    rows = open_registry().validation_history(repo_id, check_kind=check_kind, limit=limit)
     if as_json:
-        _cli._echo_json(rows)
+        echo_json(rows)
         return
     if not rows:
         click.echo(f"{repo_id}: no validation recorded yet (swiftreg validate-all)")
@@ -293,3 +276,6 @@ def validation_show(repo_id: str, check_kind: str | None, limit: int, as_json: b
                    + (f"  run {r['run_id']}" if r.get("run_id") else ""))
         if not r["passed"] and r.get("reason"):
             click.echo(f"      {r['reason']}")
+
+
+COMMANDS = (worker, jobs, validate_all, validation)

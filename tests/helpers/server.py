@@ -35,19 +35,34 @@ class Server:
         args = [sys.executable, "-m", "registry.cli", "token", "create", "--scope", scope, "--json"]
         if namespace:
             args += ["--namespace", namespace]
-        done = subprocess.run(args, env=_env(self.home, self.database_url), capture_output=True, text=True,
+        done = subprocess.run(args, env=registry_env(self.home, self.database_url), capture_output=True, text=True,
                               check=True)
         import json
 
         return json.loads(done.stdout)["token"]
 
 
-def _env(home: Path, database_url: str) -> dict[str, str]:
+def registry_env(home: Path, database_url: str) -> dict[str, str]:
+    """The environment of a swiftreg process on this registry: no SWIFTREG_* variable of the test run leaks in."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("SWIFTREG_")}
     env.update(SWIFTREG_HOME=str(home), SWIFTREG_DATABASE_URL=database_url)
     if os.environ.get("SWIFTREG_SWIFT_PYTHON"):
         env["SWIFTREG_SWIFT_PYTHON"] = os.environ["SWIFTREG_SWIFT_PYTHON"]
     return env
+
+
+def _tokens(home: Path, database_url: str) -> tuple[str, str, str]:
+    """An admin, a write and a read token, made in this process (three CLI processes would cost seconds per
+    server); `Server.token` and the CLI tests make theirs with the real `swiftreg token create`."""
+    from registry import tokens
+    from registry.service import Registry
+
+    reg = Registry(home=home, database_url=database_url)
+    try:
+        admin, write, read = (tokens.create(reg, scope, "tests")[0] for scope in ("admin", "write", "read"))
+    finally:
+        reg.close()
+    return admin, write, read
 
 
 def stop(process: subprocess.Popen, grace: float = 30) -> None:
@@ -68,15 +83,17 @@ def running_server(home: Path, database_url: str, *, anonymous_read: bool = Fals
             "--log-level", "warning", *extra_args]
     if anonymous_read:
         args.append("--anonymous-read")
-    log = open(home.parent / f"server-{port}.log", "w") if home.parent.exists() else subprocess.DEVNULL
+    # the server writes its log for as long as it runs: closed in the finally below, not by a with block
+    log = open(home.parent / f"server-{port}.log", "w") if home.parent.exists() else subprocess.DEVNULL  # noqa: SIM115
     home.mkdir(parents=True, exist_ok=True)
-    process = subprocess.Popen(args, env=_env(home, database_url), stdout=log, stderr=subprocess.STDOUT)
+    process = subprocess.Popen(args, env=registry_env(home, database_url), stdout=log, stderr=subprocess.STDOUT)
     url = f"{'https' if '--ssl-certfile' in extra_args else 'http'}://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 60
         while True:
             if process.poll() is not None:
-                raise RuntimeError(f"swiftreg serve exited with {process.returncode}; see {home.parent}/server-{port}.log")
+                raise RuntimeError(f"swiftreg serve exited with {process.returncode}; "
+                                   f"see {home.parent}/server-{port}.log")
             try:
                 if httpx.get(url + "/healthz", timeout=1, verify=False).status_code == 200:  # local self-signed TLS
                     break
@@ -85,11 +102,8 @@ def running_server(home: Path, database_url: str, *, anonymous_read: bool = Fals
             if time.monotonic() > deadline:
                 raise RuntimeError("swiftreg serve did not answer /healthz within 60 s")
             time.sleep(0.1)
-        server = Server(url, home, database_url, "", "", "", process)
-        server.admin_token = server.token("admin")
-        server.write_token = server.token("write")
-        server.read_token = server.token("read")
-        yield server
+        admin, write, read = _tokens(home, database_url)
+        yield Server(url, home, database_url, admin, write, read, process)
     finally:
         stop(process)
         if log is not subprocess.DEVNULL:

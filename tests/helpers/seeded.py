@@ -1,20 +1,16 @@
 """A registry seeded like a small team's: a dozen adapters on two base models, Swift and PEFT.
 
 Used by tests/test_validate_all.py, tests/test_jobs_ray.py and bench/validate.py. PEFT checkpoints
-are made by the real peft on tiny real models (tests/models.py); Swift ones are those converted to
+are made by the real peft on tiny real models (tests/helpers/models.py); Swift ones are those converted to
 ms-swift's layout by swiftreg (the oracle tier proves that layout is ms-swift's own, and the
 validation's swift_load check loads them with the real ms-swift).
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
-import pytest
-
 import converters
-
-from tests.models import build_base, make_peft_checkpoint
+from tests.helpers.models import build_base, make_peft_checkpoint
 
 LLAMA_ALL = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
@@ -73,16 +69,3 @@ def seed_registry(reg, work: Path, namespace: str | None = None) -> list[str]:
     info = reg.push(again, "team/plain", base_model=f"{BASES['llama']}@v1").revision
     pushed.append(f"{info.repo}@{info.number}")
     return pushed
-
-
-@pytest.fixture
-def one_database_url(tmp_path: Path):  # type: ignore[no-untyped-def]
-    """PostgreSQL when configured (CI), else SQLite: the worker path is the queue's, tested on both elsewhere."""
-    from tests.conftest import create_postgres_database, drop_postgres_database
-
-    if not os.environ.get("SWIFTREG_TEST_DATABASE_URL"):
-        yield f"sqlite:///{tmp_path / 'registry.db'}"
-        return
-    url = create_postgres_database()
-    yield url
-    drop_postgres_database(url)

@@ -17,9 +17,9 @@ from typing import Any, Iterator
 
 import httpx
 
-from tests.server import free_port, stop
+from tests.helpers.server import free_port, stop
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 TINY_LLAMA = dict(vocab_size=512, hidden_size=256, intermediate_size=512, num_hidden_layers=2, num_attention_heads=4,
                   num_key_value_heads=4, max_position_embeddings=256, tie_word_embeddings=False, bos_token_id=1,
                   eos_token_id=2, pad_token_id=0, initializer_range=0.1)
@@ -101,7 +101,7 @@ def running_vllm(model: Path, log: Path, env: dict[str, str], *, max_lora_rank: 
                     VLLM_HOST_IP="127.0.0.1",  # its engine processes talk over loopback only
                     PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep))
     full_env.update(env)
-    handle = open(log, "w")
+    handle = open(log, "w")  # noqa: SIM115 - the server writes it while it runs; closed when it stops
     process = subprocess.Popen(args, env=full_env, stdout=handle, stderr=subprocess.STDOUT, cwd=log.parent)
     server = VllmServer(f"http://127.0.0.1:{port}", log, process)
     try:

@@ -1,0 +1,261 @@
+"""The one contract: `RegistryAPI`, and the values that cross it.
+
+`Registry` (registry/service/, the embedded registry) and `RemoteRegistry` (registry/client/, the same
+calls over HTTP) both implement `RegistryAPI`; every consumer (the CLI, the vLLM plugin, the serving
+checks, registry operations) is typed against it, so switching local and remote is a URL and nothing
+else. The value types live here too, with their JSON shape (`to_dict` / `from_dict`), because the
+server writes them and the client reads them back: one definition keeps the two ends in step.
+
+This module imports nothing of the service or the client (they import it).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Literal, Mapping, Protocol, runtime_checkable
+
+from .store.digests import validate_digest
+
+if TYPE_CHECKING:
+    from .hubs import ImportResult
+    from .jobs.queue import JobInfo
+    from .jobs.report import ValidationReport
+
+Kind = Literal["adapter", "base"]
+#: Called with a byte count as files are stored or uploaded (for progress bars).
+Progress = Callable[[int], None]
+
+
+def _when(value: Any) -> datetime:
+    """An ISO timestamp from JSON (a trailing Z accepted); the epoch when absent."""
+    if isinstance(value, str) and value:
+        return datetime.fromisoformat(value.replace("Z", "+00:00"))
+    return datetime.fromtimestamp(0).astimezone()
+
+
+def _kind(value: Any) -> Kind:
+    if value in (None, "", "adapter"):
+        return "adapter"
+    if value == "base":
+        return "base"
+    raise ValueError(f"kind must be 'adapter' or 'base', not {value!r}")
+
+
+@dataclass(frozen=True)
+class RevisionInfo:
+    """One immutable revision of an adapter or base model, with the refs that point at it now."""
+
+    repo: str
+    kind: Kind
+    number: int
+    digest: str
+    format: str
+    tags: list[str]
+    branches: list[str]
+    created_at: datetime
+    message: str | None
+    author: str | None
+    meta: dict[str, Any]
+    manifest: dict[str, Any]
+    base_model: str | None = None
+    parents: list[dict[str, Any]] = field(default_factory=list)
+    provenance: list[dict[str, Any]] = field(default_factory=list)  # hub imports it came from (hubs/)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dict(self.__dict__)
+        d["created_at"] = self.created_at.isoformat()
+        return d
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "RevisionInfo":
+        """The inverse of to_dict (also accepts `{"revision": {...}}`); ValueError when malformed.
+
+        Answers without a manifest (a revisions list) get an empty one.
+        """
+        if isinstance(data.get("revision"), Mapping):
+            data = data["revision"]
+        try:
+            return cls(
+                repo=str(data["repo"]), kind=_kind(data.get("kind")), number=int(data["number"]),
+                digest=validate_digest(data["digest"]), format=str(data["format"]),
+                tags=list(data.get("tags") or []), branches=list(data.get("branches") or []),
+                created_at=_when(data.get("created_at")), message=data.get("message"), author=data.get("author"),
+                meta=dict(data.get("meta") or {}), manifest=dict(data.get("manifest") or {}),
+                base_model=data.get("base_model"), parents=list(data.get("parents") or []),
+                provenance=list(data.get("provenance") or []))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"malformed revision ({type(exc).__name__}: {exc})") from None
+
+
+@dataclass(frozen=True)
+class PushResult:
+    """What a push did: the revision, whether it is new, and what this call stored or uploaded."""
+
+    revision: RevisionInfo
+    created: bool          # False: identical content was already a revision
+    blobs_written: int
+    bytes_written: int
+    notices: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class RepoInfo:
+    """One adapter or base-model repository, as `list` shows it."""
+
+    repo: str
+    kind: Kind
+    tuner_type: str | None
+    revisions: int
+    main: int | None
+    updated_at: datetime | None
+    base_model: str | None
+    source: dict[str, Any] | None = None  # provenance of the main revision, when it was imported
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dict(self.__dict__)
+        d["updated_at"] = self.updated_at.isoformat() if self.updated_at else None
+        return d
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "RepoInfo":
+        """The inverse of to_dict; ValueError when malformed."""
+        try:
+            updated = data.get("updated_at")
+            return cls(repo=str(data["repo"]), kind=_kind(data.get("kind")), tuner_type=data.get("tuner_type"),
+                       revisions=int(data.get("revisions") or 0), main=data.get("main"),
+                       updated_at=_when(updated) if updated else None, base_model=data.get("base_model"),
+                       source=data.get("source"))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"malformed repository ({type(exc).__name__}: {exc})") from None
+
+
+@dataclass(frozen=True)
+class GcResult:
+    """What a garbage collection removed and kept."""
+
+    blobs_removed: int
+    bytes_removed: int
+    temp_files_removed: int
+    blobs_kept: int
+    partial_uploads_removed: int = 0  # resumable uploads abandoned past the grace (registry/store/uploads.py)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "GcResult":
+        """The inverse of to_dict (the temp, kept and partial counts default to 0); ValueError when malformed."""
+        try:
+            return cls(int(data["blobs_removed"]), int(data["bytes_removed"]),
+                       int(data.get("temp_files_removed", 0)), int(data.get("blobs_kept", 0)),
+                       int(data.get("partial_uploads_removed", 0)))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"malformed gc result ({type(exc).__name__}: {exc})") from None
+
+
+@runtime_checkable
+class RegistryAPI(Protocol):
+    """What every registry offers, embedded or remote. Ids are `namespace/name[@ref]` (registry/ids.py).
+
+    An implementation may accept more keyword arguments than these (the embedded push records
+    provenance; the remote import waits for the server's job), never fewer.
+    """
+
+    home: Path  # this machine's folder for the registry's files (snapshots, scratch space)
+
+    def push(self, path: Path | str, repo_id: str, *, tag: str | None = None, force: bool = False,
+             message: str | None = None, author: str | None = None, base_model: str | None = None,
+             parents: list[dict[str, Any]] | None = None, progress: Progress | None = None) -> PushResult:
+        """Store the adapter checkpoint at `path` as a new revision of `repo_id` (or find it already there)."""
+        ...
+
+    def push_base(self, path: Path | str, repo_id: str, *, tag: str | None = None, force: bool = False,
+                  message: str | None = None, parents: list[dict[str, Any]] | None = None,
+                  progress: Progress | None = None) -> PushResult:
+        """Store a transformers model folder (config.json + safetensors) as a base-model revision."""
+        ...
+
+    def import_from(self, source: str, repo_id: str, *, tag: str | None = None, base_model: str | None = None,
+                    subfolder: str | None = None, message: str | None = None,
+                    progress: Progress | None = None) -> ImportResult:
+        """Import an adapter from `hf://owner/name[@rev]` or `ms://owner/name[@rev]`."""
+        ...
+
+    def show(self, repo_id: str) -> RevisionInfo:
+        """The revision an id names (`main` when it names no ref)."""
+        ...
+
+    def log(self, repo_id: str) -> list[RevisionInfo]:
+        """Every revision of a repository, newest first.
+
+        A remote log carries no file lists (each `manifest` is `{}`, to keep long logs small):
+        `show` a revision for its files.
+        """
+        ...
+
+    def resolve(self, repo_id: str, format: str | None = None) -> Path:
+        """A verified local folder holding the revision, in `format` (its stored format by default)."""
+        ...
+
+    def pull(self, repo_id: str, output: Path | str | None = None, format: str | None = None, *,
+             overwrite: bool = False) -> Path:
+        """Materialise a revision; with `output`, copy it there (atomically) and return that path."""
+        ...
+
+    def tag(self, repo_id: str, tag: str, *, force: bool = False) -> RevisionInfo:
+        """Point tag `tag` at the revision `repo_id` names (tags are immutable unless forced)."""
+        ...
+
+    def untag(self, repo_id: str, tag: str) -> None:
+        """Remove a tag (never a branch); the revision stays."""
+        ...
+
+    def remove_ref(self, repo_id: str, *, force: bool = False) -> None:
+        """`rm ns/name@ref`: drop a tag or branch (`main` only when forced); revisions stay."""
+        ...
+
+    def gc(self, grace_seconds: float = 3600.0, dry_run: bool = False) -> GcResult:
+        """Delete blobs nothing references that are older than the grace period."""
+        ...
+
+    def check_serving(self, repo_id: str, target: str = "vllm", *, max_lora_rank: int = 16,
+                      served_model: str | None = None, record: bool = True) -> dict[str, Any]:
+        """Whether `target` can serve the revision; the verdict (recorded in validation_runs)."""
+        ...
+
+    def submit_job(self, kind: str, params: dict[str, Any], *, key: str | None = None, backend: str = "worker",
+                   ray_address: str | None = None) -> JobInfo:
+        """Record a job (idempotent with `key`); the backend decides where it runs."""
+        ...
+
+    def job(self, job_id: int) -> JobInfo:
+        """One job, as it stands now."""
+        ...
+
+    def jobs(self, *, status: str | None = None, kind: str | None = None, namespaces: list[str] | None = None,
+             limit: int = 100) -> list[JobInfo]:
+        """Jobs, newest first."""
+        ...
+
+    def cancel_job(self, job_id: int) -> JobInfo:
+        """Cancel a queued or running job."""
+        ...
+
+    def validation_history(self, repo_id: str, check_kind: str | None = None,
+                           limit: int = 200) -> list[dict[str, Any]]:
+        """Every recorded check of a revision, newest first."""
+        ...
+
+    def validate_all(self, **options: Any) -> ValidationReport:
+        """Run the revision checks over every adapter revision (only where the database is)."""
+        ...
+
+    def close(self) -> None:
+        """Release connections; the registry is not used afterwards."""
+        ...
+
+    # last: below this line `list` names the method, not the builtin
+    def list(self, namespace: str | None = None) -> list[RepoInfo]:
+        """Every repository (of one namespace)."""
+        ...

@@ -1,0 +1,4 @@
+"""`python -m registry.cli ...`: the same command line as the `swiftreg` console script."""
+from . import main
+
+main()

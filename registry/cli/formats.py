@@ -1,0 +1,148 @@
+"""Commands on checkpoint folders (no registry needed): convert, inspect, validate.
+
+`validate` also takes a registry id, and with `--target vllm` runs the vLLM serving checks.
+"""
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+import click
+
+import converters
+from converters.config import known_peft_versions
+
+from .common import echo_json, format_targets, open_registry
+
+
+@click.command()
+@click.argument("src", type=click.Path(path_type=Path))
+@click.argument("dst", type=click.Path(path_type=Path))
+@click.option("--to", "target", type=click.Choice(["peft", "swift"]), required=True, help="Target format.")
+@click.option("--adapter", "adapters", multiple=True, metavar="NAME",
+              help="Convert only this adapter (repeat for several). Default: all.")
+@click.option("--rename", "renames", multiple=True, metavar="OLD=NEW", help="Rename an adapter on the way.")
+@click.option("--peft-version", metavar="X.Y",
+              help=f"Write a config this PEFT release can load (known: {', '.join(known_peft_versions())}); "
+                   "unknown fields are dropped only when they hold their default.")
+@click.option("--overwrite", is_flag=True, help="Replace DST if it exists (atomically).")
+@click.option("--fsync", "durable", is_flag=True,
+              help="Flush every file to disk before DST appears, so it also survives a power loss.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+def convert(src: Path, dst: Path, target: str, adapters: tuple[str, ...], renames: tuple[str, ...],
+            peft_version: str | None, overwrite: bool, durable: bool, as_json: bool) -> None:
+    """Convert the checkpoint SRC to TARGET format at DST, without decoding a tensor."""
+    started = time.perf_counter()
+    result = converters.convert(src, dst, target, adapters=list(adapters) or None,  # type: ignore[arg-type]
+                                renames=converters.parse_renames(renames), peft_version=peft_version,
+                                overwrite=overwrite, durable=durable)
+    elapsed = time.perf_counter() - started
+    if as_json:
+        click.echo(json.dumps({"destination": str(result.destination), "format": result.target,
+                               "adapters": list(result.adapters), "tensors": result.tensors,
+                               "bytes": result.bytes, "seconds": round(elapsed, 4),
+                               "notices": list(result.notices)}, indent=2))
+        return
+    for notice in result.notices:
+        click.secho(f"note: {notice}", fg="yellow", err=True)
+    click.echo(f"{result.target} checkpoint written to {result.destination}: adapters "
+               f"{', '.join(result.adapters)}; {result.tensors} tensors, {result.bytes / 1e6:.1f} MB "
+               f"in {elapsed:.2f} s")
+
+
+@click.command()
+@click.argument("path", type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
+def inspect(path: Path, as_json: bool) -> None:
+    """Show format, adapters, tuner types, ranks, targets, dtypes and sizes of the checkpoint at PATH."""
+    summary = converters.inspect(path)
+    if as_json:
+        click.echo(json.dumps(summary.to_dict(), indent=2, default=str))
+        return
+    click.echo(f"{summary.path}: {summary.format} checkpoint, {len(summary.adapters)} adapter(s)"
+               + (", extra_states/" if summary.extra_states else ""))
+    header = ("adapter", "type", "r", "alpha", "modules", "targets", "dtypes", "params", "size")
+    rows = [header]
+    for a in summary.adapters:
+        rows.append((a.name, a.tuner_type + (" rs" if a.use_rslora else ""), str(a.r), str(a.lora_alpha),
+                     str(a.modules), format_targets(a.target_modules),
+                     ",".join(f"{k}x{v}" for k, v in sorted(a.dtypes.items())),
+                     f"{a.parameters:,}", f"{a.bytes / 1e6:.2f} MB"))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
+    for row in rows:
+        click.echo("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
+
+
+@click.command()
+@click.argument("path", type=click.Path(path_type=Path), metavar="PATH|NS/NAME[@REF]")
+@click.option("--base-model", type=click.Path(path_type=Path),
+              help="A base model folder (config.json + *.safetensors) the adapter must fit; with --target vllm "
+                   "also a registry base model NS/NAME[@REF]: the model vLLM serves.")
+@click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
+@click.option("--target", type=click.Choice(["vllm"]),
+              help="Check what this engine can serve: vLLM's load-time limits (DoRA, rank, bias, ...) and the base.")
+@click.option("--max-lora-rank", type=click.IntRange(min=1), default=16, show_default=True,
+              help="The --max-lora-rank vLLM is started with (with --target vllm).")
+def validate(path: Path, base_model: Path | None, as_json: bool, target: str | None = None,
+             max_lora_rank: int = 16) -> None:
+    """Check configs against tensors (and against a base model); exit 1 on any error.
+
+    PATH is a checkpoint folder, or a registry id (resolved in PEFT form) when no such folder exists.
+    """
+    if target == "vllm":
+        _validate_for_vllm(path, base_model, max_lora_rank, as_json)
+        return
+    if not path.exists():
+        path = open_registry().resolve(str(path), "peft")
+    report = converters.validate(path, base_model)
+    if as_json:
+        click.echo(json.dumps({"path": str(report.path), "format": report.format, "ok": report.ok,
+                               "adapters": report.adapters,
+                               "problems": [p.__dict__ for p in report.problems]}, indent=2))
+    else:
+        for problem in report.problems:
+            click.secho(str(problem), fg="red" if problem.severity == "error" else "yellow")
+        verdict = "valid" if report.ok else f"INVALID ({len(report.errors)} errors)"
+        click.echo(f"{report.path}: {report.format}, adapters {', '.join(report.adapters)}: {verdict}")
+    if not report.ok:
+        sys.exit(1)
+
+
+def _validate_for_vllm(path: Path, base_model: Path | None, max_lora_rank: int, as_json: bool) -> None:
+    """`validate --target vllm`: the serving checks of registry/vllm_checks.py on a folder or a registry id."""
+    from ..vllm_checks import Reason, Verdict, check_revision, check_vllm, served_base
+
+    if path.exists():
+        subject = str(path)
+        verdict = check_vllm(path, max_lora_rank=max_lora_rank)
+        if base_model is not None:  # a folder has no recorded base: check that the adapter fits this one
+            report = converters.validate(path, base_model)
+            extra = tuple(Reason("base_model", f"{p.adapter}: {p.where}", p.message, f"serve it on the model it was "
+                                 f"trained on, not {base_model}") for p in report.errors)
+            verdict = Verdict(verdict.path, verdict.max_lora_rank, verdict.reasons + extra, verdict.notes)
+    else:
+        reg = open_registry()
+        served = served_base(reg, str(base_model)) if base_model is not None else None
+        info, _folder, verdict = check_revision(reg, str(path), max_lora_rank=max_lora_rank, served=served)
+        subject = f"{info.repo}@{info.number} {info.digest[:19]}"
+        if served is not None and not info.base_model:
+            verdict = Verdict(verdict.path, verdict.max_lora_rank, verdict.reasons, verdict.notes + (
+                f"{info.repo}@{info.number} records no base model (push --base-model): {base_model} was not "
+                "compared",))
+    if as_json:
+        echo_json({"subject": subject, **verdict.to_dict()})
+    else:
+        for reason in verdict.reasons:
+            click.secho(f"[vllm:{reason.limit}] {reason}", fg="red")
+        for note in verdict.notes:
+            click.secho(f"note: {note}", fg="yellow")
+        click.echo(f"{subject}: " + (f"servable by vLLM (--max-lora-rank {max_lora_rank})" if verdict.ok
+                                     else f"NOT servable by vLLM ({len(verdict.reasons)} reasons)"))
+    if not verdict.ok:
+        sys.exit(1)
+
+
+
+COMMANDS = (convert, inspect, validate)

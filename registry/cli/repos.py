@@ -1,0 +1,238 @@
+"""Commands on a registry's repositories and revisions: push, pull, ls, log, show, tag, untag, rm, gc,
+`db upgrade` and `base push`. They work on the embedded registry or, with SWIFTREG_URL, over HTTP.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import click
+
+from .common import (
+    echo_json,
+    folder_size,
+    format_targets,
+    json_option,
+    local_registry,
+    open_registry,
+    progress_bar,
+    shows,
+)
+
+if TYPE_CHECKING:
+    from ..api import RegistryAPI, RepoInfo, RevisionInfo
+
+
+def _push_check(reg: RegistryAPI, revision: RevisionInfo, base_model: str | None, max_lora_rank: int) -> dict[str, Any]:
+    """`push --check vllm`: the serving verdict of the pushed revision, computed and recorded by the registry."""
+    return reg.check_serving(f"{revision.repo}@{revision.number}", "vllm", max_lora_rank=max_lora_rank,
+                             served_model=base_model)
+
+
+def _revision_line(info: RevisionInfo) -> str:
+    """One line of `swiftreg log`: number, digest, format, date, refs, message."""
+    refs = ", ".join(info.branches + [f"tag:{t}" for t in info.tags])
+    when = info.created_at.strftime("%Y-%m-%d %H:%M")
+    return (f"{info.number:>4}  {info.digest[:19]}  {info.format:<6} {when}  "
+            f"{'(' + refs + ')' if refs else '':<20} {info.message or ''}").rstrip()
+
+
+@click.command()
+@click.argument("path", type=click.Path(path_type=Path))
+@click.argument("repo_id", metavar="NAMESPACE/NAME")
+@click.option("--tag", help="Also tag the revision (tags are immutable unless --force).")
+@click.option("--force", is_flag=True, help="Move the tag if it already points elsewhere.")
+@click.option("-m", "--message", help="A note kept with the revision.")
+@click.option("--base-model", metavar="NS/NAME[@REF]", help="Validate against this registered base model.")
+@json_option()
+@click.option("--check", "check_target", type=click.Choice(["vllm"]),
+              help="Also check what vLLM can serve and record the verdict on the revision (validation_runs).")
+@click.option("--max-lora-rank", type=click.IntRange(min=1), default=16, show_default=True,
+              help="The --max-lora-rank vLLM runs with (with --check vllm).")
+def push(path: Path, repo_id: str, tag: str | None, force: bool, message: str | None, base_model: str | None,
+         as_json: bool, check_target: str | None = None, max_lora_rank: int = 16) -> None:
+    """Store the adapter checkpoint at PATH as a new revision of NAMESPACE/NAME."""
+    reg = open_registry()
+    with progress_bar(folder_size(path), "push") as bar:
+        result = reg.push(path, repo_id, tag=tag, force=force, message=message, base_model=base_model,
+                          progress=bar.update)
+    check = _push_check(reg, result.revision, base_model, max_lora_rank) if check_target == "vllm" else None
+    if as_json:
+        echo_json({"created": result.created, "blobs_written": result.blobs_written,
+                   "bytes_written": result.bytes_written, "notices": result.notices,
+                   "revision": result.revision.to_dict(), **({"check": check} if check else {})})
+        return
+    if check is not None:
+        for line in check["reasons"]:
+            click.secho(f"vllm: {line['where']}: {line['message']}; {line['advice']}", fg="yellow", err=True)
+        click.secho("vllm: " + ("servable" if check["ok"] else "NOT servable") + f" (--max-lora-rank {max_lora_rank})"
+                    + ("; verdict recorded" if check.get("recorded") else ""), fg="green" if check["ok"] else "yellow",
+                    err=True)
+    for notice in result.notices:
+        click.secho(f"note: {notice}", fg="yellow", err=True)
+    rev = result.revision
+    verb = "pushed" if result.created else "unchanged: already"
+    click.echo(f"{verb} {rev.repo}@{rev.number} {rev.digest} ({rev.format}, {result.blobs_written} new blobs, "
+               f"{result.bytes_written / 1e6:.2f} MB written){' tags: ' + ', '.join(rev.tags) if rev.tags else ''}")
+
+
+@click.command()
+@click.argument("repo_id", metavar="NAMESPACE/NAME[@REF]")
+@click.option("-o", "--output", type=click.Path(path_type=Path), help="Copy the revision here (default: print "
+              "the path of the verified cache snapshot).")
+@click.option("--format", "fmt", type=click.Choice(["swift", "peft"]), help="Convert if stored otherwise.")
+@click.option("--overwrite", is_flag=True, help="Replace OUTPUT if it exists.")
+def pull(repo_id: str, output: Path | None, fmt: str | None, overwrite: bool) -> None:
+    """Materialise the revision NAMESPACE/NAME[@REF] (converted once, then cached), verified blob by blob."""
+    click.echo(str(open_registry().pull(repo_id, output, fmt, overwrite=overwrite)))
+
+
+def _print_repos(repos: list[RepoInfo]) -> None:
+    for r in repos:
+        kind = "base" if r.kind == "base" else (r.tuner_type or "adapter")
+        click.echo(f"{r.repo:<40} {kind:<8} {r.revisions:>4} revisions  main=@{r.main}"
+                   + (f"  base={r.base_model}" if r.base_model else ""))
+
+
+@click.command(name="ls")
+@click.argument("namespace", required=False)
+@shows(lambda repos: [r.to_dict() for r in repos], _print_repos)
+def list_repos(namespace: str | None) -> list[RepoInfo]:
+    """List adapters and base models (optionally of one NAMESPACE)."""
+    return open_registry().list(namespace)
+
+
+def _print_log(revisions: list[RevisionInfo]) -> None:
+    for info in revisions:
+        click.echo(_revision_line(info))
+
+
+@click.command()
+@click.argument("repo_id", metavar="NAMESPACE/NAME")
+@shows(lambda revisions: [{k: v for k, v in r.to_dict().items() if k != "manifest"} for r in revisions], _print_log)
+def log(repo_id: str) -> list[RevisionInfo]:
+    """Revisions of NAMESPACE/NAME, newest first: number, digest, format, date, refs, message."""
+    return open_registry().log(repo_id)
+
+
+@click.command()
+@click.argument("repo_id", metavar="NAMESPACE/NAME[@REF]")
+@shows(lambda info: info.to_dict(), lambda info: _print_revision(info))
+def show(repo_id: str) -> RevisionInfo:
+    """One revision, NAMESPACE/NAME[@REF]: refs, metadata and files."""
+    return open_registry().show(repo_id)
+
+
+def _print_revision(info: RevisionInfo) -> None:
+    click.echo(f"{info.repo}@{info.number}  {info.digest}")
+    click.echo(f"  format {info.format}; refs {', '.join(info.branches + info.tags) or '-'}; "
+               f"created {info.created_at:%Y-%m-%d %H:%M}" + (f"; base {info.base_model}" if info.base_model else ""))
+    meta = info.meta
+    if info.kind == "adapter":
+        click.echo(f"  {meta.get('tuner_type')} r={meta.get('r')} alpha={meta.get('lora_alpha')} "
+                   f"targets={format_targets(meta.get('target_modules'))} dtype={meta.get('dtype')} "
+                   f"params={meta.get('parameters', 0):,}")
+    else:
+        click.echo(f"  {meta.get('architecture')} dtype={meta.get('dtype')} params={meta.get('parameters', 0):,}")
+    if info.message:
+        click.echo(f"  {info.message}")
+    for p in info.provenance:
+        click.echo(f"  imported from {p['hub']}://{p['repo']}" + (f"/{p['subfolder']}" if p["subfolder"] else "")
+                   + f" at {p['requested_revision'] or 'default branch'} (commit {p['commit']}, {p['endpoint']}, "
+                   f"{p['imported_at']})")
+    for f in info.manifest["files"]:
+        click.echo(f"  {f['size']:>12,}  {f['sha256'][:19]}  {f['path']}")
+
+
+@click.command()
+@click.argument("repo_id", metavar="NAMESPACE/NAME[@REF]")
+@click.argument("tag_name", metavar="TAG")
+@click.option("--force", is_flag=True, help="Move TAG if it already points elsewhere.")
+def tag(repo_id: str, tag_name: str, force: bool) -> None:
+    """Point TAG at the revision NAMESPACE/NAME[@REF] names (main by default)."""
+    info = open_registry().tag(repo_id, tag_name, force=force)
+    click.echo(f"{info.repo}@{tag_name} -> revision {info.number} {info.digest[:19]}")
+
+
+@click.command()
+@click.argument("repo_id", metavar="NAMESPACE/NAME@TAG")
+def untag(repo_id: str) -> None:
+    """Remove the tag NAMESPACE/NAME@TAG (the revision stays)."""
+    from ..ids import parse_id
+
+    rid = parse_id(repo_id)
+    if not rid.explicit_ref:
+        raise click.UsageError("name the tag: NAMESPACE/NAME@TAG")
+    open_registry().untag(rid.repo, rid.ref.value)
+    click.echo(f"removed tag {repo_id}")
+
+
+@click.command()
+@click.argument("repo_id", metavar="NAMESPACE/NAME@REF")
+@click.option("--force", is_flag=True, help="Allow removing the main branch.")
+def rm(repo_id: str, force: bool) -> None:
+    """Remove the tag or branch NAMESPACE/NAME@REF. Revisions are immutable and stay; gc reclaims unreferenced
+    blobs."""
+    open_registry().remove_ref(repo_id, force=force)
+    click.echo(f"removed {repo_id}")
+
+
+@click.command()
+@click.option("--grace", type=float, default=3600.0, show_default=True,
+              help="Keep unreferenced blobs younger than this many seconds (protects pushes in flight).")
+@click.option("--dry-run", is_flag=True, help="Only report what would be removed.")
+@json_option()
+def gc(grace: float, dry_run: bool, as_json: bool) -> None:
+    """Delete blobs no revision references (and leftovers of killed writes)."""
+    result = open_registry().gc(grace_seconds=grace, dry_run=dry_run)
+    if as_json:
+        echo_json(result.__dict__)
+        return
+    click.echo(f"{'would remove' if dry_run else 'removed'} {result.blobs_removed} blobs "
+               f"({result.bytes_removed / 1e6:.2f} MB), {result.temp_files_removed} temp files and "
+               f"{result.partial_uploads_removed} abandoned partial uploads; "
+               f"{result.blobs_kept} blobs kept")
+
+
+@click.group()
+def db() -> None:
+    """Database schema (Alembic migrations)."""
+
+
+@db.command()
+def upgrade() -> None:
+    """Create or upgrade the schema to the newest migration."""
+    from ..db import engine as dbe
+
+    registry = local_registry("db upgrade")
+    dbe.upgrade(registry.db.engine)
+    url = registry.db.engine.url.render_as_string(hide_password=True)
+    click.echo(f"{url}: schema at {dbe.current_revision(registry.db.engine)}")
+
+
+@click.group()
+def base() -> None:
+    """Base models (transformers folders) adapters are validated against."""
+
+
+@base.command(name="push")
+@click.argument("path", type=click.Path(path_type=Path))
+@click.argument("repo_id", metavar="NAMESPACE/NAME")
+@click.option("--tag", help="Also tag the revision (tags are immutable unless --force).")
+@click.option("--force", is_flag=True, help="Move the tag if it already points elsewhere.")
+@click.option("-m", "--message", help="A note kept with the revision.")
+@json_option()
+def base_push(path: Path, repo_id: str, tag: str | None, force: bool, message: str | None, as_json: bool) -> None:
+    """Store the transformers model folder PATH (config.json + *.safetensors) as a base model revision of
+    NAMESPACE/NAME."""
+    with progress_bar(folder_size(path), "push") as bar:
+        result = open_registry().push_base(path, repo_id, tag=tag, force=force, message=message, progress=bar.update)
+    if as_json:
+        echo_json({"created": result.created, "revision": result.revision.to_dict()})
+        return
+    rev = result.revision
+    click.echo(f"{'pushed' if result.created else 'unchanged: already'} base {rev.repo}@{rev.number} {rev.digest} "
+               f"({rev.meta.get('architecture')}, {rev.meta.get('parameters', 0):,} parameters)")
+
+
+COMMANDS = (push, pull, list_repos, log, show, tag, untag, rm, gc, db, base)

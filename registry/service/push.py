@@ -1,0 +1,239 @@
+"""Pushing: a checkpoint or base-model folder stored as a new revision, or found already there.
+
+The order of work is what makes a push crash-safe: blobs are written and fsynced first, then one
+transaction numbers the revision and moves the refs. A crash before the commit leaves only
+unreferenced blobs (gc reclaims them); a crash after it leaves a complete revision. The preparation
+(validation, .bin to safetensors, the manifest) is registry/rules.py's, shared with RemoteRegistry.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+import converters
+from converters.base_model import BaseModel
+from converters.layout import PICKLE_SUFFIXES, Checkpoint
+from converters.validation import validate_checkpoint
+
+from .. import failpoints, rules
+from ..api import Kind, Progress, PushResult, RevisionInfo
+from ..db.models import ProvenanceRecord, RevisionRecord
+from ..errors import BlobsMissingError, IntegrityError, InvalidCheckpointError, NotFoundError
+from ..ids import DEFAULT_REF, RepoId, parse_id, parse_ref
+from ..manifest import Manifest
+from .reading import ReadingMixin
+from .refs import RefsMixin
+
+
+class PushMixin(RefsMixin, ReadingMixin):
+    """push, push_base, push_manifest (the server's commit of uploaded blobs)."""
+
+    def push(self, path: Path | str, repo_id: str, *, tag: str | None = None, force: bool = False,
+             message: str | None = None, author: str | None = None, base_model: str | None = None,
+             parents: list[dict[str, Any]] | None = None, progress: Progress | None = None,
+             provenance: dict[str, Any] | None = None) -> PushResult:
+        """Store the checkpoint at `path` as a new revision of adapter `repo_id` (or find it already there).
+
+        `parents` records lineage for results of merges and combinations: the revisions they came
+        from, the operation, its parameters, library versions and equivalence figures.
+        `provenance` (imports): where the files came from, recorded in the revision's transaction.
+        """
+        rid = rules.push_target(repo_id, tag)
+        checkpoint = converters.detect(Path(path))
+        base_rev_id, base_folder = None, None
+        if base_model is not None:
+            base_rev_id, base_folder = self._base_for_validation(base_model)
+        with tempfile.TemporaryDirectory(prefix="swiftreg-push-", dir=self.home) as staging:
+            base = BaseModel.open(base_folder) if base_folder else None
+            prepared = rules.prepare_adapter(checkpoint, Path(staging), base)
+            manifest, notices = prepared.manifest, prepared.notices
+            meta = adapter_meta(converters.inspect(prepared.root).to_dict(), checkpoint)
+            existing = None if provenance else self._existing(rid, "adapter", manifest.digest, tag, force)
+            if existing is not None:
+                return PushResult(existing, created=False, blobs_written=0, bytes_written=0, notices=notices)
+            written, written_bytes = self._store_files(prepared.files, manifest, progress)
+        failpoints.hit("push:after-blobs")
+        info, created = self._commit_revision(
+            "adapter", rid, manifest, checkpoint.format, meta, tag=tag, force=force, message=message, author=author,
+            base_rev_id=base_rev_id, repo_values={"tuner_type": meta.get("tuner_type")}, parents=parents,
+            provenance=provenance)
+        self._refs_changed()
+        return PushResult(info, created=created, blobs_written=written, bytes_written=written_bytes, notices=notices)
+
+    def push_base(self, path: Path | str, repo_id: str, *, tag: str | None = None, force: bool = False,
+                  message: str | None = None, parents: list[dict[str, Any]] | None = None,
+                  progress: Progress | None = None) -> PushResult:
+        """Store a transformers model folder (config.json + safetensors) as a base-model revision."""
+        rid = rules.push_target(repo_id, tag)
+        prepared = rules.prepare_base(path)
+        existing = self._existing(rid, "base", prepared.manifest.digest, tag, force)
+        if existing is not None:
+            return PushResult(existing, False, 0, 0, prepared.notices)
+        written, written_bytes = self._store_files(prepared.files, prepared.manifest, progress)
+        info, created = self._commit_base(rid, prepared.manifest, prepared.meta, prepared.config, tag=tag, force=force,
+                                          message=message, author=None, parents=parents)
+        return PushResult(info, created, written, written_bytes, prepared.notices)
+
+    def push_manifest(self, manifest_json: dict[str, Any], repo_id: str, *, kind: Kind = "adapter",
+                      tag: str | None = None, force: bool = False, message: str | None = None,
+                      author: str | None = None, base_model: str | None = None,
+                      parents: list[dict[str, Any]] | None = None) -> PushResult:
+        """Commit a revision whose blobs were uploaded separately (the server's push path).
+
+        Every blob must already be in the store; the files are then rebuilt from verified blobs
+        and go through exactly the checks a local push makes before the revision is committed.
+        """
+        rid = rules.push_target(repo_id, tag)
+        manifest = Manifest.from_json(manifest_json)
+        if not manifest.files:
+            raise InvalidCheckpointError("the manifest lists no files")
+        absent = self.store.missing(f.sha256 for f in manifest.files)
+        if absent:
+            raise BlobsMissingError(f"{len(absent)} blobs of this manifest are not uploaded yet", absent)
+        pickles = [f.path for f in manifest.files if f.path.endswith(PICKLE_SUFFIXES)]
+        if pickles:
+            raise InvalidCheckpointError(f"pickle files are never stored: {', '.join(pickles[:5])} (convert .bin "
+                                         "weights to safetensors before pushing; leave training pickles out)")
+        if kind == "adapter":
+            existing = self._existing(rid, "adapter", manifest.digest, tag, force)
+            if existing is not None:
+                return PushResult(existing, False, 0, 0)
+        with tempfile.TemporaryDirectory(prefix="swiftreg-commit-", dir=self.home) as tmp:
+            root = Path(tmp) / "checkpoint"
+            self._materialise(manifest, root, link=True)
+            for entry in manifest.files:  # sizes are part of the manifest's identity
+                if (root / entry.path).stat().st_size != entry.size:
+                    raise InvalidCheckpointError(f"{entry.path}: the manifest says {entry.size} bytes, the blob holds "
+                                                 f"{(root / entry.path).stat().st_size}")
+            if kind == "base":
+                meta, config = rules.base_meta(root)
+                info, created = self._commit_base(rid, manifest, meta, config, tag=tag, force=force, message=message,
+                                                  author=author, parents=parents)
+                return PushResult(info, created, 0, 0)
+            checkpoint = converters.detect(root)
+            base_rev_id, base_folder = (None, None) if base_model is None else self._base_for_validation(base_model)
+            base = BaseModel.open(base_folder) if base_folder else None
+            notices = rules.checked(validate_checkpoint(checkpoint, base), rid.repo)
+            meta = adapter_meta(converters.inspect(root).to_dict(), checkpoint)
+            info, created = self._commit_revision(
+                "adapter", rid, manifest, checkpoint.format, meta, tag=tag, force=force, message=message,
+                author=author, base_rev_id=base_rev_id, repo_values={"tuner_type": meta.get("tuner_type")},
+                parents=parents)
+        self._refs_changed()
+        return PushResult(info, created, 0, 0, notices)
+
+    # ----- the steps -------------------------------------------------------------------------------------
+
+    def _base_for_validation(self, base_id: str) -> tuple[int, Path]:
+        """The base revision an adapter is validated against (its row id, its folder)."""
+        rid = parse_id(base_id)
+        with self.db.read() as session:
+            repo = self._find_repo(session, "base", rid)
+            if repo is None:
+                raise rules.no_base_model(base_id)
+            rev_id = self._revision(session, "base", repo, rid).id
+        return rev_id, self.resolve(base_id)
+
+    def _existing(self, rid: RepoId, kind: Kind, digest: str, tag: str | None, force: bool) -> RevisionInfo | None:
+        """The revision already holding this content (tagged if asked), by the shared re-push rule."""
+        return rules.existing_revision(rid, kind, digest, tag, force,
+                                       find=lambda ref: self._find_revision(kind, rid, ref), tag_revision=self.tag)
+
+    def _find_revision(self, kind: Kind, rid: RepoId, ref: str) -> RevisionInfo | None:
+        """The revision of `rid.repo` (of this kind) that `ref` names; None if there is none."""
+        with self.db.read() as session:
+            repo = self._find_repo(session, kind, rid)
+            if repo is None:
+                return None
+            try:
+                rev = self._revision(session, kind, repo, RepoId(rid.namespace, rid.name, parse_ref(ref), True))
+            except NotFoundError:
+                return None
+            return self._info(session, kind, repo, rev)
+
+    def _commit_base(self, rid: RepoId, manifest: Manifest, meta: dict[str, Any], config: dict[str, Any], *,
+                     tag: str | None, force: bool, message: str | None, author: str | None,
+                     parents: list[dict[str, Any]] | None) -> tuple[RevisionInfo, bool]:
+        info, created = self._commit_revision(
+            "base", rid, manifest, "transformers", meta, tag=tag, force=force, message=message, author=author,
+            base_rev_id=None, repo_values={"architecture": meta.get("architecture"), "config": config,
+                                           "fingerprint": meta.get("fingerprint")}, parents=parents)
+        self._refs_changed()
+        return info, created
+
+    def _commit_revision(self, kind: Kind, rid: RepoId, manifest: Manifest, fmt: str, meta: dict[str, Any], *,
+                         tag: str | None, force: bool, message: str | None, author: str | None,
+                         base_rev_id: int | None, repo_values: dict[str, Any],
+                         parents: list[dict[str, Any]] | None = None,
+                         provenance: dict[str, Any] | None = None) -> tuple[RevisionInfo, bool]:
+        """Number the revision and move the refs, in one transaction under the repository's lock.
+
+        Returns the revision and whether this call created it (False when a concurrent push of the
+        same content got there first).
+        """
+        with self.db.write() as session:
+            repo = self._lock_or_create(session, kind, rid, **repo_values)
+            rev = session.scalars(select(RevisionRecord).where(
+                self._repo_filter(kind, repo.id), RevisionRecord.digest == manifest.digest)).one_or_none()
+            created = rev is None
+            if rev is None:
+                absent = self.store.missing(f.sha256 for f in manifest.files)
+                if absent:
+                    raise IntegrityError(f"blobs {', '.join(absent[:3])} vanished before the commit "
+                                         "(a gc with no grace period?); push again")
+                repo.revision_count += 1
+                rev = RevisionRecord(
+                    adapter_id=repo.id if kind == "adapter" else None,
+                    base_model_id=repo.id if kind == "base" else None,
+                    number=repo.revision_count, digest=manifest.digest, format=fmt, manifest=manifest.to_json(),
+                    meta=meta, parents=list(parents or []), base_revision_id=base_rev_id, message=message,
+                    author=author or os.environ.get("USER"))
+                session.add(rev)
+                session.flush()
+                self._set_ref(session, kind, repo, DEFAULT_REF, "branch", rev, force=True)
+                if kind == "adapter":
+                    for key, value in repo_values.items():
+                        setattr(repo, key, value)
+                    if base_rev_id is not None:
+                        repo.base_model_id = session.get(RevisionRecord, base_rev_id).base_model_id  # type: ignore[union-attr]
+            if tag is not None:
+                self._set_ref(session, kind, repo, tag, "tag", rev, force=force)
+            if provenance is not None:
+                self._record_provenance(session, rev.id, provenance)
+            failpoints.hit("push:before-commit")
+            session.flush()
+            return self._info(session, kind, repo, rev), created
+
+    def _record_provenance(self, session: Session, revision_id: int, p: dict[str, Any]) -> None:
+        """One provenance row (none if this revision already records the same hub commit)."""
+        self.db.insert_ignore(
+            session, ProvenanceRecord, revision_id=revision_id, hub=p["hub"], endpoint=p["endpoint"],
+            source_repo=p["repo"], requested_revision=p.get("requested_revision"), source_commit=p["commit"],
+            subfolder=p.get("subfolder") or "", imported_at=datetime.now().astimezone())
+
+
+def adapter_meta(summary: dict[str, Any], checkpoint: Checkpoint) -> dict[str, Any]:
+    """The revision metadata of an adapter checkpoint (tuner, rank, alpha, targets, dominant dtype, sizes)."""
+    adapters = summary["adapters"]
+    first = adapters[0]
+    dtypes: dict[str, int] = {}
+    for a in adapters:
+        for k, v in a["dtypes"].items():
+            dtypes[k] = dtypes.get(k, 0) + v
+    return {
+        "format": checkpoint.format,
+        "tuner_type": first["tuner_type"],
+        "r": first["r"],
+        "lora_alpha": first["lora_alpha"],
+        "target_modules": first["target_modules"],
+        "dtype": max(dtypes, key=dtypes.__getitem__) if dtypes else None,
+        "parameters": sum(a["parameters"] for a in adapters),
+        "tensors": sum(a["tensors"] for a in adapters),
+        "adapters": adapters,
+    }

@@ -1,0 +1,168 @@
+"""Reading revisions: show, log, list, and materialising them (resolve, pull, manifest, verify).
+
+A revision is stored once in the format it was pushed in; another format is derived on first request
+(converted, its blobs stored, recorded in `derived`) and reused from then on.
+"""
+from __future__ import annotations
+
+import builtins
+import os
+import tempfile
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import func, select
+
+import converters
+
+from .. import rules
+from ..api import Kind, RepoInfo, RevisionInfo
+from ..db.models import BaseModelRecord, DerivedRecord, RefRecord, RevisionRecord
+from ..errors import NotFoundError
+from ..ids import DEFAULT_REF, parse_id
+from ..manifest import Manifest, build_manifest, collect_files
+from .blobs import BlobsMixin
+from .core import aware, provenance
+
+#: Bumped whenever the converters could write different bytes for the same input, so derived
+#: conversions recorded by an older swiftreg are redone rather than reused.
+CONVERTER_VERSION = "1"
+
+
+class ReadingMixin(BlobsMixin):
+    """show, log, list, resolve, pull, manifest, verify."""
+
+    def show(self, repo_id: str) -> RevisionInfo:
+        """The revision an id names (`main` when it names no ref)."""
+        rid = parse_id(repo_id)
+        kind = self._kind_of(rid)
+        with self.db.read() as session:
+            repo = self._repo_or_fail(session, kind, rid)
+            return self._info(session, kind, repo, self._revision(session, kind, repo, rid))
+
+    def log(self, repo_id: str) -> builtins.list[RevisionInfo]:
+        """Every revision of a repository, newest first."""
+        rid = parse_id(repo_id, allow_ref=False)
+        kind = self._kind_of(rid)
+        with self.db.read() as session:
+            repo = self._repo_or_fail(session, kind, rid)
+            revs = session.scalars(select(RevisionRecord).where(self._repo_filter(kind, repo.id))
+                                   .order_by(RevisionRecord.number.desc())).all()
+            return [self._info(session, kind, repo, rev) for rev in revs]
+
+    def list(self, namespace: str | None = None) -> builtins.list[RepoInfo]:
+        """Every repository (of one namespace): adapters first, then base models, by name."""
+        out: builtins.list[RepoInfo] = []
+        kinds: tuple[Kind, ...] = ("adapter", "base")
+        repo: Any
+        with self.db.read() as session:
+            for kind in kinds:
+                model = self._model(kind)
+                query = select(model).order_by(model.namespace, model.name)
+                if namespace:
+                    query = query.where(model.namespace == namespace)
+                for repo in session.scalars(query):
+                    main = session.scalars(
+                        select(RevisionRecord).join(RefRecord, RefRecord.revision_id == RevisionRecord.id)
+                        .where(self._ref_filter(kind, repo.id), RefRecord.name == DEFAULT_REF)).one_or_none()
+                    updated = session.scalar(select(func.max(RevisionRecord.created_at)).where(
+                        self._repo_filter(kind, repo.id)))
+                    base = None
+                    if kind == "adapter" and repo.base_model_id is not None:
+                        b = session.get(BaseModelRecord, repo.base_model_id)
+                        base = f"{b.namespace}/{b.name}"  # type: ignore[union-attr]
+                    sources = provenance(session, main.id) if main is not None else []
+                    source = sources[0] if sources else None
+                    out.append(RepoInfo(f"{repo.namespace}/{repo.name}", kind, getattr(repo, "tuner_type", None),
+                                        repo.revision_count, main.number if main else None,
+                                        aware(updated) if updated else None, base, source))
+        return out
+
+    # ----- materialising --------------------------------------------------------------------------------
+
+    def resolve(self, repo_id: str, format: str | None = None) -> Path:
+        """A verified local folder holding `repo_id`'s revision in `format` (its stored format by default).
+
+        Repeated calls for a cached id cost two `stat`s: the answer is remembered, and a tag or
+        branch answer is dropped as soon as any ref of this registry changes.
+        """
+        hit = self._memo.get((repo_id, format))
+        if hit is not None:
+            path, folder, stamp = hit
+            if (stamp is None or stamp == self._stamp()) and os.path.isdir(folder):
+                return path
+        stamp = self._stamp() if self._memo_mutable else None
+        path, immutable = self._resolve(repo_id, format)
+        if immutable or self._memo_mutable:
+            if len(self._memo) > 4096:
+                self._memo.clear()
+            self._memo[(repo_id, format)] = (path, str(path), None if immutable else stamp)
+        return path
+
+    def _resolve(self, repo_id: str, format: str | None) -> tuple[Path, bool]:
+        rid = parse_id(repo_id)
+        with self.db.read() as session:
+            kind: Kind = "adapter"
+            repo = self._find_repo(session, "adapter", rid)
+            if repo is None:
+                kind, repo = "base", self._find_repo(session, "base", rid)
+            if repo is None:
+                raise NotFoundError(f"no adapter or base model {rid.repo} in this registry")
+            rev = self._revision(session, kind, repo, rid)
+            rev_id, number, digest, stored_format, manifest = rev.id, rev.number, rev.digest, rev.format, rev.manifest
+        target = rules.served_format(rid.repo, kind, stored_format, format)
+        folder = self.snapshots.folder(rid.namespace, rid.name, number, target, digest)
+        immutable = rid.ref.kind in ("number", "digest")
+        if folder.is_dir():
+            return folder, immutable
+        return self.snapshots.materialise(folder, lambda: self._manifest_for(rev_id, manifest, stored_format, target),
+                                          self._copy_blob), immutable
+
+    def pull(self, repo_id: str, output: Path | str | None = None, format: str | None = None, *,
+             overwrite: bool = False) -> Path:
+        """Materialise a revision; with `output`, copy it there (atomically) and return that path."""
+        return rules.pulled(self.resolve(repo_id, format), output, overwrite=overwrite)
+
+    def manifest(self, repo_id: str, format: str | None = None) -> Manifest:
+        """The files of `repo_id`'s revision in `format` (stored format by default), copying no file.
+
+        A conversion to another format is derived once and recorded, exactly as resolve() does.
+        """
+        rid = parse_id(repo_id)
+        kind = self._kind_of(rid)
+        with self.db.read() as session:
+            rev = self._revision(session, kind, self._repo_or_fail(session, kind, rid), rid)
+            rev_id, stored, manifest = rev.id, rev.format, rev.manifest
+        return self._manifest_for(rev_id, manifest, stored, rules.served_format(rid.repo, kind, stored, format))
+
+    def verify(self, repo_id: str) -> builtins.list[str]:
+        """Digests of the revision's blobs whose stored bytes no longer match (empty: all good)."""
+        info = self.show(repo_id)
+        return [f["sha256"] for f in info.manifest["files"] if not self.store.verify(f["sha256"])]
+
+    def _manifest_for(self, rev_id: int, manifest: dict[str, Any], stored: str, target: str) -> Manifest:
+        if target == stored:
+            return Manifest.from_json(manifest)
+        with self.db.read() as session:
+            derived = session.scalars(select(DerivedRecord).where(
+                DerivedRecord.revision_id == rev_id, DerivedRecord.target_format == target,
+                DerivedRecord.converter_version == CONVERTER_VERSION)).one_or_none()
+            if derived is not None:
+                return Manifest.from_json(derived.manifest)
+        return self._derive(rev_id, Manifest.from_json(manifest), target)
+
+    def _derive(self, rev_id: int, source: Manifest, target: str) -> Manifest:
+        """Convert a revision once, store the output's blobs, and record it in `derived`."""
+        with tempfile.TemporaryDirectory(prefix="swiftreg-derive-", dir=self.home) as tmp:
+            original = Path(tmp) / "original"
+            self._materialise(source, original)
+            converted = converters.convert(original, Path(tmp) / "converted", target).destination  # type: ignore[arg-type]
+            files, _ = collect_files(converted)
+            manifest = build_manifest(files)
+            self._store_files(files, manifest, None)
+        with self.db.write() as session:
+            self.db.insert_ignore(session, DerivedRecord, revision_id=rev_id, target_format=target,
+                                  converter_version=CONVERTER_VERSION, digest=manifest.digest,
+                                  manifest=manifest.to_json(), created_at=datetime.now().astimezone())
+        return manifest

