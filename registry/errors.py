@@ -19,7 +19,7 @@
     ├── HubError                        400 hub_error            an import from a hub failed (registry/hubs/)
     │   ├── HubNotFoundError            404 hub_not_found        no such hub repository (also a NotFoundError)
     │   └── HubNoAdapterError           400 hub_no_adapter       the hub repository holds no adapter
-    ├── WorkerError                     400 tensor_error         tensor work refused (registry/tensors/)
+    ├── TensorError                     400 tensor_error         tensor work refused (registry/tensors/)
     │   ├── AdapterError                400 unusable_adapter     an adapter folder unusable for tensor work
     │   ├── ShapeMismatchError          400 shape_mismatch       an adapter made for another base model
     │   ├── NonFiniteError              400 non_finite           NaN or Inf in a result (--safe)

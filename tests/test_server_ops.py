@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from tests.helpers.checkpoints import write_peft_lora
-from tests.helpers.http import API, TIMEOUT, checkpoint_files, client, push_folder
+from tests.helpers.api_v1 import API, TIMEOUT, checkpoint_files, client, push_folder
 from tests.helpers.server import running_server
 
 pytestmark = pytest.mark.server

@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 from tests.helpers.checkpoints import write_peft_lora
-from tests.helpers.http import (
+from tests.helpers.api_v1 import (
     API,
     assert_error,
     checkpoint_files,

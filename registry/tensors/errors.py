@@ -1,7 +1,7 @@
 """The tensor code's refusals, part of the registry's error tree (registry/errors.py).
 
     RegistryError
-    └── WorkerError                 400 tensor_error      tensor work refused (module, file or tensor named)
+    └── TensorError                 400 tensor_error      tensor work refused (module, file or tensor named)
         ├── AdapterError            400 unusable_adapter  an adapter folder that cannot be used (layout, keys)
         ├── ShapeMismatchError      400 shape_mismatch    an adapter for another base model (module named)
         ├── NonFiniteError          400 non_finite        NaN or Inf in a result (--safe), module named
@@ -18,31 +18,31 @@ from __future__ import annotations
 from ..errors import RegistryError
 
 
-class WorkerError(RegistryError, ValueError, code="tensor_error"):
+class TensorError(RegistryError, ValueError, code="tensor_error"):
     """Base class of the tensor code's refusals."""
 
 
-class AdapterError(WorkerError, code="unusable_adapter"):
+class AdapterError(TensorError, code="unusable_adapter"):
     """The adapter folder cannot be used for tensor work."""
 
 
-class ShapeMismatchError(WorkerError, code="shape_mismatch"):
+class ShapeMismatchError(TensorError, code="shape_mismatch"):
     """The adapter does not fit the base model."""
 
 
-class NonFiniteError(WorkerError, code="non_finite"):
+class NonFiniteError(TensorError, code="non_finite"):
     """A merged or combined tensor holds NaN or Inf."""
 
 
-class NotInvertibleError(WorkerError, code="not_invertible"):
+class NotInvertibleError(TensorError, code="not_invertible"):
     """What merge did cannot be undone from the merged weights alone."""
 
 
-class DeviceError(WorkerError, code="device_error"):
+class DeviceError(TensorError, code="device_error"):
     """A device or dtype name the tensor code cannot use (the message lists what it can)."""
 
 
-class MergeError(WorkerError, code="merge_error"):
+class MergeError(TensorError, code="merge_error"):
     """The merge (or unmerge) cannot be done as asked; the message names the module or file."""
 
 
@@ -50,5 +50,5 @@ class MergeOutputError(MergeError, code="merge_output"):
     """The destination folder cannot be written as asked."""
 
 
-class CombineError(WorkerError, code="combine_error"):
+class CombineError(TensorError, code="combine_error"):
     """A weighted combination that cannot be done as asked; the message says why and what to do."""
