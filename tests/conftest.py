@@ -7,6 +7,7 @@ not fixtures live in tests/helpers/.
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -65,25 +66,30 @@ def llama_base(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 # ----- registry fixtures: every registry test runs on SQLite, and on PostgreSQL when configured -----
 
-@pytest.fixture(params=DATABASES)
-def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    if request.param == "sqlite":
+@contextmanager
+def _fresh_database(postgres: bool, tmp_path: Path) -> Iterator[str]:
+    """The URL of an empty database: a new PostgreSQL database (dropped after), or SQLite in tmp_path."""
+    if not postgres:
         yield f"sqlite:///{tmp_path / 'registry.db'}"
         return
     url = create_postgres_database()
-    yield url
-    drop_postgres_database(url)
+    try:
+        yield url
+    finally:
+        drop_postgres_database(url)
+
+
+@pytest.fixture(params=DATABASES)
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    with _fresh_database(request.param != "sqlite", tmp_path) as url:
+        yield url
 
 
 @pytest.fixture
 def one_database_url(tmp_path: Path) -> Iterator[str]:
     """PostgreSQL when configured (CI), else SQLite: for paths tested on both databases elsewhere."""
-    if not postgres_configured():
-        yield f"sqlite:///{tmp_path / 'registry.db'}"
-        return
-    url = create_postgres_database()
-    yield url
-    drop_postgres_database(url)
+    with _fresh_database(postgres_configured(), tmp_path) as url:
+        yield url
 
 
 @pytest.fixture
