@@ -11,7 +11,8 @@ from typing import TYPE_CHECKING, Any
 
 from .errors import (
     CheckpointReadError, ConfigError, FormatError, InvalidAdapterError, NotACheckpointError, OutputError,
-    RefusedError, SafetensorsHeaderError, UnsafePickleError, UnsupportedFieldError, UnsupportedTunerError,
+    RefusedError, SafetensorsHeaderError, UnsafeFileError, UnsafePickleError, UnsupportedFieldError,
+    UnsupportedTunerError,
 )
 
 _LAZY = {
@@ -41,7 +42,7 @@ def __getattr__(name: str) -> Any:
 __all__ = [
     "Adapter", "AdapterSummary", "Checkpoint", "CheckpointSummary", "CheckpointReadError", "ConfigError",
     "ConversionPlan", "ConversionResult", "FormatError", "InvalidAdapterError", "NotACheckpointError",
-    "OutputError", "Problem", "RefusedError", "Report", "SafetensorsHeaderError", "UnsafePickleError",
-    "UnsupportedFieldError", "UnsupportedTunerError", "convert", "detect", "execute", "inspect",
+    "OutputError", "Problem", "RefusedError", "Report", "SafetensorsHeaderError", "UnsafeFileError",
+    "UnsafePickleError", "UnsupportedFieldError", "UnsupportedTunerError", "convert", "detect", "execute", "inspect",
     "parse_renames", "plan", "validate",
 ]

@@ -8,9 +8,11 @@ unique.
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from . import source_files
 from .errors import FormatError, NotACheckpointError
 from .tensors import TensorInfo, WeightsFile
 
@@ -29,11 +31,14 @@ class BaseModel:
         files = sorted(root.glob("*.safetensors")) or sorted(root.glob("pytorch_model*.bin"))
         if not files:
             raise NotACheckpointError("base model folder has no *.safetensors or pytorch_model*.bin", root)
+        config_path = root / "config.json"
+        roots = source_files.allowed_roots(root)  # the symlink rule: a Hugging Face cache snapshot is fine
+        for f in [*files, config_path] if os.path.lexists(config_path) else files:
+            source_files.check(root, f, roots=roots)
         tensors: dict[str, TensorInfo] = {}
         for f in files:
             for info in WeightsFile.open(f).infos():
                 tensors[info.name] = info
-        config_path = root / "config.json"
         try:
             config = json.loads(config_path.read_text()) if config_path.is_file() else {}
         except ValueError as exc:

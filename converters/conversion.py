@@ -7,6 +7,7 @@ is renamed into place at the end: a failed conversion leaves nothing behind.
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
 import tempfile
 from dataclasses import dataclass, field
@@ -14,16 +15,17 @@ from pathlib import Path
 from typing import Mapping, Sequence
 
 from . import config as configs
+from . import source_files
 from .config import CONFIG_NAME, SIDECAR_NAME
 from .errors import (
-    FormatError, NotACheckpointError, OutputError, RefusedError, UnsupportedTunerError,
+    FormatError, NotACheckpointError, OutputError, RefusedError, UnsafeFileError, UnsupportedTunerError,
 )
 from .keys import TensorKey
 from .layout import (
     DEFAULT_ADAPTER, SAFETENSORS_NAME, Adapter, Checkpoint, Format, _check_name, detect,
 )
 from .methods import GRAMMAR, explain_swift_only, SWIFT_ONLY_TUNERS
-from .safetensors_io import copy_range, write_renamed
+from .safetensors_io import write_renamed
 from .tensors import WeightsFile
 
 SWIFT_MARKER = "configuration.json"
@@ -203,6 +205,8 @@ def plan(source: Checkpoint, target: Format, *, adapters: Sequence[str] | None =
     if source.skipped_pickles:
         notices.append("left out pickle files (never opened): "
                        + ", ".join(p.name for p in source.skipped_pickles))
+    if source.other_folders:
+        notices.append("left out folders that hold no adapter: " + ", ".join(p.name for p in source.other_folders))
     return ConversionPlan(source, target, plans, list(source.extra_files), notices)
 
 
@@ -218,6 +222,21 @@ def publish_folder(tmp: Path, dst: Path) -> None:
         os.rename(tmp, dst)
 
 
+def new_temp_folder(dst: Path, suffix: str = ".partial") -> Path:
+    """A new, empty folder beside `dst` under a dot-name, with the mode the umask gives any new folder
+    (0o777 less the umask), so the output renamed from it is as readable as `mkdir` would make it;
+    tempfile.mkdtemp always makes 0o700."""
+    stem = dst.name.encode()[:160].decode(errors="ignore")  # the name stays under NAME_MAX
+    for _ in range(100):
+        tmp = dst.parent / f".{stem}.{secrets.token_hex(6)}{suffix}"
+        try:
+            os.mkdir(tmp, 0o777)
+            return tmp
+        except FileExistsError:
+            continue
+    raise OutputError("cannot create a temporary folder beside it", dst)
+
+
 def _fsync(path: Path) -> None:
     """Flush a file's data, or a folder's entries, to disk."""
     fd = os.open(path, os.O_RDONLY)
@@ -225,11 +244,6 @@ def _fsync(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-def _copy_file(src: Path, dst: Path) -> None:
-    with open(src, "rb") as fin, open(dst, "wb") as fout:
-        copy_range(fin.fileno(), fout.fileno(), 0, os.fstat(fin.fileno()).st_size)
 
 
 def _write_adapter(p: AdapterPlan, folder: Path) -> int:
@@ -265,13 +279,18 @@ def execute(conversion: ConversionPlan, destination: str | Path, *, overwrite: b
     if dst.exists() and not overwrite:
         raise OutputError("already exists; choose a new path or pass --overwrite", dst)
     dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", suffix=".partial", dir=dst.parent))
+    tmp = new_temp_folder(dst)
     try:
         total = 0
         for p in conversion.adapters:
             total += _write_adapter(p, tmp / p.folder if p.folder else tmp)
-        for extra in conversion.extra_files:
-            _copy_file(extra, tmp / extra.name)
+        root = conversion.source.path
+        roots = source_files.allowed_roots(root)
+        for extra in conversion.extra_files:  # the symlink rule again, at the read: resolved once, opened as checked
+            found = source_files.check(root, extra, roots=roots)
+            if found is None:
+                raise UnsafeFileError("became a folder while being converted", extra)
+            source_files.copy_file(found, tmp / extra.name)
         if conversion.target == "swift" and not (tmp / SWIFT_MARKER).exists():
             (tmp / SWIFT_MARKER).write_bytes(b"{}")
         if durable:

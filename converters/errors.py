@@ -5,7 +5,8 @@
     ├── CheckpointReadError         checkpoint_unreadable    a file is there but cannot be read safely
     │   ├── ConfigError             invalid_config           adapter_config.json (or a sidecar) is malformed
     │   ├── SafetensorsHeaderError  invalid_safetensors_header  a corrupt or hostile safetensors header
-    │   └── UnsafePickleError       unsafe_pickle            a legacy .bin needs more than plain tensors
+    │   ├── UnsafePickleError       unsafe_pickle            a legacy .bin needs more than plain tensors
+    │   └── UnsafeFileError         unsafe_file              a link leading outside the folder, dangling, ...
     ├── RefusedError                refused                  a checkpoint the target format cannot express
     │   ├── UnsupportedTunerError   unsupported_tuner        a tuner type with no equivalent on the other side
     │   └── UnsupportedFieldError   unsupported_field        a config value the target cannot hold
@@ -59,6 +60,11 @@ class SafetensorsHeaderError(CheckpointReadError, code="invalid_safetensors_head
 
 class UnsafePickleError(CheckpointReadError, code="unsafe_pickle"):
     """A .bin checkpoint that `torch.load(weights_only=True)` refuses: we never unpickle freely."""
+
+
+class UnsafeFileError(CheckpointReadError, code="unsafe_file"):
+    """A file of a source folder that is not read: a symbolic link leading outside the folder and the model
+    caches, a dangling or looping link, a link to a folder, or not a regular file (converters/source_files.py)."""
 
 
 class RefusedError(FormatError, code="refused"):

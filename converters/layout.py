@@ -12,11 +12,13 @@ configs and listing files happens here: no tensor is opened.
 """
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from . import source_files
 from .config import CONFIG_NAME, SIDECAR_NAME, read_json
 from .errors import ConfigError, NotACheckpointError
 from .methods import BY_PEFT_TYPE, BY_SWIFT_TYPE, Method, SWIFT_ONLY_TUNERS
@@ -29,8 +31,21 @@ DEFAULT_ADAPTER = "default"
 #: An adapter name becomes a folder name and a key segment: keep it to what both can hold.
 ADAPTER_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_\-]{0,127}$")
 RESERVED_NAMES = frozenset({"weight", "bias", EXTRA_STATES, "modules_to_save", "base_model", "model"})
-#: Files that hold pickles other than the weights: never copied, never opened.
-PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
+#: Suffixes of files that hold (or may hold) pickles, compared without case: torch.save files, pickle,
+#: joblib and dill dumps, numpy arrays (which load pickles with allow_pickle). Never copied, stored or opened.
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".joblib", ".dill", ".npy", ".npz")
+
+
+def is_pickle_file(name: str, *, weights_allowed: bool = False) -> bool:
+    """Whether the file `name` (a name or a relative path) may hold a pickle, whatever the case of its suffix.
+
+    `weights_allowed`: `adapter_model.bin`, exactly so named, is the legacy weights file that is read with
+    torch.load(weights_only=True) and stored as safetensors, so it is not a pickle to leave out.
+    """
+    base = name.rsplit("/", 1)[-1]
+    if weights_allowed and base == BIN_NAME:
+        return False
+    return base.lower().endswith(PICKLE_SUFFIXES)
 
 
 @dataclass(frozen=True)
@@ -81,6 +96,7 @@ class Checkpoint:
     extra_states: Path | None = None
     extra_files: tuple[Path, ...] = ()      # other root files worth carrying (README.md, args.json)
     skipped_pickles: tuple[Path, ...] = ()  # training_args.bin, optimizer.pt, ...
+    other_folders: tuple[Path, ...] = ()    # root folders that hold no adapter (runs/, ...): not converted
 
     @property
     def multi(self) -> bool:
@@ -128,8 +144,15 @@ def detect(path: str | Path) -> Checkpoint:
     if not root.is_dir():
         raise NotACheckpointError("is a file; pass the checkpoint folder that holds adapter_config.json", root)
     root_config = root / CONFIG_NAME
-    subfolders = sorted(p for p in root.iterdir() if p.is_dir() and (p / CONFIG_NAME).is_file()
-                        and p.name != EXTRA_STATES)
+    # The symlink rule (source_files.py) on every entry read here or copied by a conversion: a link that
+    # leads outside the folder and the model caches, dangles or names a folder is refused before any read.
+    roots = source_files.allowed_roots(root)
+    entries = {p: source_files.check(root, p, roots=roots) for p in sorted(root.iterdir())}
+    subfolders = sorted(p for p, found in entries.items() if found is None and p.name != EXTRA_STATES
+                        and os.path.lexists(p / CONFIG_NAME))
+    for folder in subfolders:
+        for p in sorted(folder.iterdir()):
+            source_files.check(root, p, roots=roots)
     adapters: list[Adapter] = []
     if root_config.is_file():
         adapters.append(_read_adapter(DEFAULT_ADAPTER, root))
@@ -152,10 +175,10 @@ def detect(path: str | Path) -> Checkpoint:
     extra_states = root / EXTRA_STATES
     extra_files: list[Path] = []
     pickles: list[Path] = []
-    for p in sorted(root.iterdir()):
-        if not p.is_file() or p.name in (CONFIG_NAME, SAFETENSORS_NAME, BIN_NAME, SIDECAR_NAME):
+    for p, found in entries.items():
+        if found is None or p.name in (CONFIG_NAME, SAFETENSORS_NAME, BIN_NAME, SIDECAR_NAME):
             continue
-        (pickles if p.name.endswith(PICKLE_SUFFIXES) else extra_files).append(p)
+        (pickles if is_pickle_file(p.name) else extra_files).append(p)
     return Checkpoint(
         path=root,
         format="swift" if swift else "peft",
@@ -163,6 +186,8 @@ def detect(path: str | Path) -> Checkpoint:
         extra_states=extra_states if extra_states.is_dir() else None,
         extra_files=tuple(extra_files),
         skipped_pickles=tuple(pickles),
+        other_folders=tuple(p for p, found in entries.items() if found is None and p not in subfolders
+                            and p.name != EXTRA_STATES and not p.name.startswith(".")),
     )
 
 

@@ -1,14 +1,21 @@
 """Legacy `adapter_model.bin` files: read with `torch.load(weights_only=True)`, never unpickled freely.
 
 torch is imported here, lazily, and only when a checkpoint actually has a .bin file: everything
-else in the format layer works on JSON and bytes.
+else in the format layer works on JSON and bytes. Both of torch.save's formats are read: the zip
+format memory-mapped, the old one (`_use_new_zipfile_serialization=False`, which cannot be mapped)
+loaded whole, both with weights_only=True. A file that is not plain tensors is refused with torch's
+reason, never with its advice to load it with weights_only=False (that would run the pickle's code).
 """
 from __future__ import annotations
 
+import re
+import warnings
+import zipfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .errors import UnsafePickleError
+from .finite import NonFinite
 
 if TYPE_CHECKING:
     import torch
@@ -29,12 +36,13 @@ def load_state_dict(path: Path) -> dict[str, "torch.Tensor"]:
         raise UnsafePickleError("reading a legacy .bin checkpoint needs torch (pip install 'swiftreg[ml]')",
                                 path) from None
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        with warnings.catch_warnings():  # torch's notes on pickle protocols are not the user's business
+            warnings.simplefilter("ignore")
+            state = torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
     except Exception as exc:  # UnpicklingError, RuntimeError, EOFError...: all mean "not plain weights"
-        reason = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
         raise UnsafePickleError(
-            f"not loadable as plain tensors with torch.load(weights_only=True), so it was not unpickled: {reason}",
-            path) from None
+            f"not loadable as plain tensors with torch.load(weights_only=True), so it was not unpickled: "
+            f"{refusal_reason(exc)}", path) from None
     if not isinstance(state, dict):
         raise UnsafePickleError(f"holds a {type(state).__name__}, not a mapping of tensor names to tensors", path)
     for key, value in state.items():
@@ -43,6 +51,38 @@ def load_state_dict(path: Path) -> dict[str, "torch.Tensor"]:
         if str(value.dtype).removeprefix("torch.") not in TORCH_TO_SAFETENSORS:
             raise UnsafePickleError(f"tensor {key!r} has dtype {value.dtype}, which safetensors cannot hold", path)
     return state
+
+
+#: torch's refusals explain how to load the file anyway; the reason itself follows "WeightsUnpickler error:".
+_UNPICKLER_REASON = re.compile(r"WeightsUnpickler error:\s*(.+?)(?:\.\s|\s*Please use|\s*Check the documentation|$)",
+                               re.S)
+
+
+def refusal_reason(exc: BaseException) -> str:
+    """Why torch.load(weights_only=True) refused a file, without torch's advice to retry with
+    weights_only=False or to allowlist the file's classes (either would run the pickle's code)."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc)).strip()
+    found = _UNPICKLER_REASON.search(text)
+    reason = " ".join(found.group(1).split()) if found else (text.splitlines() or [""])[0]
+    if not reason or re.search(r"weights_only|trust|add_safe_globals|safe_globals", reason):
+        reason = f"{type(exc).__name__} (it holds more than tensors)"
+    return reason[:300]
+
+
+def nonfinite(state: dict[str, "torch.Tensor"]) -> list[NonFinite]:
+    """The tensors of a loaded state dict that hold NaN or Inf (converters/finite.py reads safetensors files)."""
+    import torch
+
+    found = []
+    for name, tensor in state.items():
+        if not (tensor.is_floating_point() or tensor.is_complex()) or not tensor.numel():
+            continue
+        if tensor.element_size() == 1:  # float8: torch tests them only once widened
+            tensor = tensor.to(torch.float32)
+        if bool(torch.isfinite(tensor).all()):
+            continue
+        found.append(NonFinite(name, int(torch.isnan(tensor).sum()), int(torch.isinf(tensor).sum()), tensor.numel()))
+    return found
 
 
 def dtype_name(tensor: "torch.Tensor") -> str:

@@ -72,6 +72,7 @@ class SafetensorsFile:
     file_size: int
     metadata: dict[str, str] | None
     tensors: tuple[TensorEntry, ...]  # in data order
+    identity: tuple[int, int] | None = None  # (device, inode) of the file the header was read from
 
     @property
     def by_name(self) -> dict[str, TensorEntry]:
@@ -100,7 +101,8 @@ def read_header(path: str | os.PathLike) -> SafetensorsFile:
     path = Path(path)
     try:
         with open(path, "rb") as f:
-            file_size = os.fstat(f.fileno()).st_size
+            st = os.fstat(f.fileno())
+            file_size, identity = st.st_size, (st.st_dev, st.st_ino)
             if file_size < 8:
                 raise SafetensorsHeaderError(f"file is {file_size} bytes, shorter than the 8-byte length prefix", path)
             (header_len,) = struct.unpack("<Q", f.read(8))
@@ -122,10 +124,11 @@ def read_header(path: str | os.PathLike) -> SafetensorsFile:
         raise SafetensorsHeaderError(f"header is not valid JSON: {str(exc)[:200]}", path) from None
     if not isinstance(header, dict):
         raise SafetensorsHeaderError("header is not a JSON object", path)
-    return _validate(path, header, data_start=8 + header_len, file_size=file_size)
+    return _validate(path, header, data_start=8 + header_len, file_size=file_size, identity=identity)
 
 
-def _validate(path: Path, header: dict, *, data_start: int, file_size: int) -> SafetensorsFile:
+def _validate(path: Path, header: dict, *, data_start: int, file_size: int,
+              identity: tuple[int, int] | None = None) -> SafetensorsFile:
     metadata = header.pop("__metadata__", None)
     if metadata is not None:
         if not isinstance(metadata, dict) or not all(
@@ -172,7 +175,7 @@ def _validate(path: Path, header: dict, *, data_start: int, file_size: int) -> S
         raise SafetensorsHeaderError(
             f"tensors cover {cursor} bytes but the data section holds {data_size}: "
             "the file is truncated or has trailing bytes", path)
-    return SafetensorsFile(path, data_start, file_size, metadata, tuple(entries))
+    return SafetensorsFile(path, data_start, file_size, metadata, tuple(entries), identity)
 
 
 def encode_header(entries: Sequence[TensorEntry], metadata: Mapping[str, str] | None) -> bytes:
@@ -253,7 +256,11 @@ def write_renamed(
     header = encode_header(out_entries, source.metadata if metadata is None else metadata)
     src_fd = os.open(source.path, os.O_RDONLY)
     try:
-        dst_fd = os.open(destination, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        st = os.fstat(src_fd)
+        if source.identity is not None and (st.st_dev, st.st_ino) != source.identity:
+            raise SafetensorsHeaderError("changed since its header was read (another file took its place); "
+                                         "nothing was copied", source.path)
+        dst_fd = os.open(destination, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)  # the umask decides
         try:
             write_all(dst_fd, header)
             for begin, length in runs:

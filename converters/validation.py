@@ -2,7 +2,9 @@
 
 PEFT's loader is silent about most mistakes (unmatched keys are ignored, missing LoRA keys keep
 B = 0, a missing prefix loads nothing), so a file that "loads" proves little. These checks read
-configs and safetensors headers only and report every problem with the key or field at fault.
+configs and safetensors headers and report every problem with the key or field at fault; the one
+look at tensor values is for NaN and Inf (converters/finite.py): a non-finite config number is
+always an error, non-finite tensor values are an error unless `allow_nonfinite` (then a warning).
 """
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Mapping
 
+from . import finite, legacy_bin
 from .base_model import BaseModel
 from .errors import FormatError
 from .layout import Adapter, Checkpoint, detect
@@ -72,9 +75,11 @@ def _contains_module(key: str, module: str) -> bool:
 
 
 class _AdapterCheck:
-    def __init__(self, adapter: Adapter, fmt: str, report: Report, base: BaseModel | None) -> None:
+    def __init__(self, adapter: Adapter, fmt: str, report: Report, base: BaseModel | None,
+                 allow_nonfinite: bool = False) -> None:
         self.a, self.fmt, self.report, self.base = adapter, fmt, report, base
         self.c = adapter.config
+        self.allow_nonfinite = allow_nonfinite
 
     def problem(self, where: str, message: str, severity: Severity = "error") -> None:
         self.report.problems.append(Problem(self.a.name, where, message, severity))
@@ -87,14 +92,19 @@ class _AdapterCheck:
         """
         if self.a.weights is not None:
             try:
-                WeightsFile.open(self.a.weights).infos()
+                weights = WeightsFile.open(self.a.weights)
+                weights.infos()
             except FormatError as exc:
                 self.problem(self.a.weights.name, str(exc))
                 return
+            self._check_values(weights)
         self.problem("adapter_config.json", f"{self.a.type_name} is a Swift-only tuner: stored as is (ms-swift "
                      "loads it); its tensors are not checked and it has no PEFT form", "warning")
 
     def run(self) -> None:
+        for where, value in finite.config_fields(self.c):
+            self.problem(where, f"is {value}: every number of an adapter config must be finite "
+                         "(was it written from a diverged run, or by hand?)")
         method = self.a.method
         if method is None and "swift_type" in self.c and self.a.type_name in SWIFT_ONLY_TUNERS:
             self._check_swift_only()
@@ -108,14 +118,36 @@ class _AdapterCheck:
             self.problem(self.a.folder.name or ".", "no adapter_model.safetensors or adapter_model.bin")
             return
         try:
-            infos = WeightsFile.open(self.a.weights).infos()
+            weights = WeightsFile.open(self.a.weights)
+            infos = weights.infos()
         except FormatError as exc:
             self.problem(self.a.weights.name, str(exc))
+            return
+        self._check_values(weights)
+        if not infos:
+            self.problem(self.a.weights.name, "holds no tensors: an adapter without weights changes nothing (was the "
+                         "state dict empty when it was saved?)")
             return
         if method.peft_type == "SHIRA":
             self._check_shira(infos)
         else:
             self._check_lora(infos)
+
+    def _check_values(self, weights: WeightsFile) -> None:
+        """NaN or Inf in the tensors: an error, or a warning when they were allowed."""
+        try:
+            found = (finite.scan_safetensors(weights.header) if weights.header is not None
+                     else legacy_bin.nonfinite(weights.state or {}))
+        except OSError as exc:
+            self.problem(weights.path.name, f"cannot read the tensor values: {exc}")
+            return
+        if not found:
+            return
+        if self.allow_nonfinite:
+            self.problem(weights.path.name, finite.describe(found) + " (allowed)", "warning")
+        else:
+            self.problem(weights.path.name, finite.describe(found) + ": a diverged training run? Use the checkpoint "
+                         "from before it diverged, or pass --allow-nonfinite if these values are deliberate")
 
     def _config_ok(self, peft_type: str) -> bool:
         c, ok = self.c, True
@@ -308,15 +340,20 @@ class _AdapterCheck:
         self._check_plain(plain, set())
 
 
-def validate(path: str | Path, base_model: str | Path | None = None) -> Report:
-    """Check every adapter of the checkpoint at `path` (and against `base_model` when given)."""
+def validate(path: str | Path, base_model: str | Path | None = None, *, allow_nonfinite: bool = False) -> Report:
+    """Check every adapter of the checkpoint at `path` (and against `base_model` when given).
+
+    NaN or Inf tensor values are errors unless `allow_nonfinite` (then warnings); non-finite config
+    numbers are always errors.
+    """
     checkpoint = detect(path)
     base = BaseModel.open(base_model) if base_model is not None else None
-    return validate_checkpoint(checkpoint, base)
+    return validate_checkpoint(checkpoint, base, allow_nonfinite=allow_nonfinite)
 
 
-def validate_checkpoint(checkpoint: Checkpoint, base: BaseModel | None = None) -> Report:
+def validate_checkpoint(checkpoint: Checkpoint, base: BaseModel | None = None, *,
+                        allow_nonfinite: bool = False) -> Report:
     report = Report(checkpoint.path, checkpoint.format, [a.name for a in checkpoint.adapters])
     for adapter in checkpoint.adapters:
-        _AdapterCheck(adapter, checkpoint.format, report, base).run()
+        _AdapterCheck(adapter, checkpoint.format, report, base, allow_nonfinite).run()
     return report

@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from .hubs import ImportResult
     from .jobs.queue import JobInfo
     from .jobs.report import ValidationReport
+    from .snapshots import SnapshotCache
 
 Kind = Literal["adapter", "base"]
 #: Called with a byte count as files are stored or uploaded (for progress bars).
@@ -139,6 +140,11 @@ class GcResult:
     temp_files_removed: int
     blobs_kept: int
     partial_uploads_removed: int = 0  # resumable uploads abandoned past the grace (registry/store/uploads.py)
+    revisions_deleted: int = 0        # by retention rules, before the sweep (registry/service/retention.py)
+    staging_removed: int = 0          # folders of killed pushes, commits and conversions past the grace
+    staging_bytes_removed: int = 0
+    kept_in_grace: int = 0            # unreferenced blobs spared only because they are younger than the grace
+    kept_in_grace_bytes: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -149,9 +155,55 @@ class GcResult:
         try:
             return cls(int(data["blobs_removed"]), int(data["bytes_removed"]),
                        int(data.get("temp_files_removed", 0)), int(data.get("blobs_kept", 0)),
-                       int(data.get("partial_uploads_removed", 0)))
+                       *(int(data.get(name, 0)) for name in _GC_COUNTS))
         except (KeyError, TypeError, ValueError) as exc:
             raise ValueError(f"malformed gc result ({type(exc).__name__}: {exc})") from None
+
+
+_GC_COUNTS = ("partial_uploads_removed", "revisions_deleted", "staging_removed", "staging_bytes_removed",
+              "kept_in_grace", "kept_in_grace_bytes")
+
+
+@dataclass(frozen=True)
+class RetentionPolicy:
+    """A repository's retention rule: keep its newest `keep_last` revisions, and every tagged one if
+    `keep_tagged`; whatever a branch, a lineage link or an active job needs is kept whatever the rule."""
+
+    repo: str
+    keep_last: int
+    keep_tagged: bool = True
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "RetentionPolicy":
+        """The inverse of to_dict; ValueError when malformed."""
+        try:
+            return cls(str(data["repo"]), int(data["keep_last"]), bool(data.get("keep_tagged", True)))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"malformed retention policy ({type(exc).__name__}: {exc})") from None
+
+
+@dataclass(frozen=True)
+class RetentionReport:
+    """What applying retention policies did: revisions `deleted` (`ns/name@N`), and those the rules would
+    have deleted but something needs (`kept`: `ns/name@N: why`). Their blobs are reclaimed by gc."""
+
+    deleted: list[str]
+    kept: list[str]
+    dry_run: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "RetentionReport":
+        """The inverse of to_dict; ValueError when malformed."""
+        try:
+            return cls([str(d) for d in data["deleted"]], [str(k) for k in data["kept"]], bool(data.get("dry_run")))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"malformed retention report ({type(exc).__name__}: {exc})") from None
 
 
 @runtime_checkable
@@ -162,12 +214,18 @@ class RegistryAPI(Protocol):
     provenance; the remote import waits for the server's job), never fewer.
     """
 
+    #: The local cache of verified snapshot folders resolve() hands out (`swiftreg cache ls|prune`).
+    snapshots: SnapshotCache
+
     home: Path  # this machine's folder for the registry's files (snapshots, scratch space)
 
     def push(self, path: Path | str, repo_id: str, *, tag: str | None = None, force: bool = False,
              message: str | None = None, author: str | None = None, base_model: str | None = None,
-             parents: list[dict[str, Any]] | None = None, progress: Progress | None = None) -> PushResult:
-        """Store the adapter checkpoint at `path` as a new revision of `repo_id` (or find it already there)."""
+             parents: list[dict[str, Any]] | None = None, progress: Progress | None = None,
+             allow_nonfinite: bool = False, base_folder: Path | str | None = None) -> PushResult:
+        """Store the adapter checkpoint at `path` as a new revision of `repo_id` (or find it already there).
+        Tensors holding NaN or Inf are refused unless `allow_nonfinite`. `base_model` (registered) is validated
+        against and recorded; `base_folder` (a local model folder) is only validated against."""
         ...
 
     def push_base(self, path: Path | str, repo_id: str, *, tag: str | None = None, force: bool = False,
@@ -178,8 +236,9 @@ class RegistryAPI(Protocol):
 
     def import_from(self, source: str, repo_id: str, *, tag: str | None = None, base_model: str | None = None,
                     subfolder: str | None = None, message: str | None = None,
-                    progress: Progress | None = None) -> ImportResult:
-        """Import an adapter from `hf://owner/name[@rev]` or `ms://owner/name[@rev]`."""
+                    progress: Progress | None = None, base_folder: Path | None = None) -> ImportResult:
+        """Import an adapter from `hf://owner/name[@rev]` or `ms://owner/name[@rev]` (`base_folder`: a local
+        model folder to validate against, embedded registries only: a server cannot read it)."""
         ...
 
     def show(self, repo_id: str) -> RevisionInfo:
@@ -207,8 +266,30 @@ class RegistryAPI(Protocol):
         """Point tag `tag` at the revision `repo_id` names (tags are immutable unless forced)."""
         ...
 
+    def branch(self, repo_id: str, branch: str) -> RevisionInfo:
+        """Point branch `branch` at the revision `repo_id` names, creating or moving it (`main` included: how a
+        bad revision is rolled back); a tag of that name is refused. The revision stays what it was."""
+        ...
+
     def untag(self, repo_id: str, tag: str) -> None:
         """Remove a tag (never a branch); the revision stays."""
+        ...
+
+    def delete_revision(self, repo_id: str) -> RevisionInfo:
+        """Delete the revision `repo_id` names (`rm --revision`), on the record; refused (RevisionInUseError)
+        while a tag, a branch, a lineage link or an active job needs it. Its blobs go at the next gc."""
+        ...
+
+    def set_retention(self, repo_id: str, keep_last: int | None, *, keep_tagged: bool = True) -> RetentionPolicy | None:
+        """Set the repository's retention rule (None: remove it); gc and apply_retention enforce it."""
+        ...
+
+    def retention(self, repo_id: str) -> RetentionPolicy | None:
+        """The repository's retention rule, if it has one."""
+        ...
+
+    def apply_retention(self, repo_id: str | None = None, *, dry_run: bool = False) -> RetentionReport:
+        """Delete the revisions retention rules do not keep (one repository's, or every one's)."""
         ...
 
     def remove_ref(self, repo_id: str, *, force: bool = False) -> None:

@@ -8,22 +8,28 @@
     publish_folder(tmp, dst)   rename a finished temp folder to `dst`, replacing an existing one
 
 Everything is written beside its destination (same filesystem, so the rename is atomic), under a
-dot-name that readers and listings skip. `converters/` stands alone and cannot import the registry,
-so it keeps `write_all` and `publish_folder` for its own conversions; the registry takes them from here.
+dot-name that readers and listings skip, cut to fit NAME_MAX whatever the destination's name
+(params.temp_name), so any name a manifest may hold can be written. `converters/` stands alone and
+cannot import the registry, so it keeps `write_all` and `publish_folder` for its own conversions;
+the registry takes them from here.
 The blob store's content-addressed publish (store/local.py) and the resumable download (client/downloads.py)
-have protocols of their own and use these primitives.
+have protocols of their own and use these primitives. What is written here gets the modes the umask gives
+(0o777 / 0o666 less it), never mkdtemp's 0o700, so another user's server can read a published folder when
+the umask lets it.
 """
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
-import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
 from converters.conversion import publish_folder
 from converters.safetensors_io import write_all
+
+from .params import temp_name
 
 __all__ = ["fsync", "new_folder", "publish_folder", "write_all", "write_file"]
 
@@ -47,7 +53,8 @@ def write_file(path: str | os.PathLike[str], data: bytes) -> None:
     Not flushed to disk: for records a crash may lose, never corrupt.
     """
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    tmp = path.with_name(temp_name(path.name, f"tmp-{secrets.token_hex(8)}"))
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # the umask decides who may read it
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -62,7 +69,8 @@ def new_folder(dst: str | os.PathLike[str]) -> Iterator[Path]:
     """A temp folder beside `dst` to build it in; published as `dst` (replacing an existing one) when the
     block ends, removed with its contents when the block raises, so `dst` is never half-written."""
     dst = Path(dst)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", suffix=".partial", dir=dst.parent))
+    tmp = dst.with_name(temp_name(dst.name, f"{secrets.token_hex(8)}.partial"))
+    tmp.mkdir()  # 0o777 less the umask, as mkdir(1) makes it: `dst` is as readable as any new folder
     try:
         yield tmp
         publish_folder(tmp, dst)

@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Callable, TypeVar
+
+N = TypeVar("N", int, float)
 
 
 def home() -> Path:
@@ -31,6 +34,34 @@ def url() -> str | None:
 def token() -> str | None:
     """SWIFTREG_TOKEN: the bearer token for SWIFTREG_URL (`swiftreg token create` on the server). Default: none."""
     return os.environ.get("SWIFTREG_TOKEN", "").strip() or None
+
+
+def retries() -> int:
+    """SWIFTREG_RETRIES: how many times a client call (or one blob's transfer) is tried again after failures
+    in a row that made no progress. Default: 4."""
+    return _number("SWIFTREG_RETRIES", 4, int)
+
+
+def retry_seconds() -> float:
+    """SWIFTREG_RETRY_SECONDS: how long a client call (or one blob's transfer) goes on retrying after a
+    failure before it gives up (progress restarts the clock). Default: 120."""
+    return _number("SWIFTREG_RETRY_SECONDS", 120.0, float)
+
+
+def _number(name: str, default: N, kind: Callable[[str], N]) -> N:
+    value = os.environ.get(name, "").strip()
+    if not value:
+        return default
+    try:
+        number = kind(value)
+    except ValueError:
+        number = None
+    if number is None or not number >= 0 or number == float("inf"):
+        from .errors import RegistryError
+
+        whole = " whole" if kind is int else ""
+        raise RegistryError(f"{name}={value!r}: expected a{whole} number >= 0 (default {default})")
+    return number
 
 
 def swift_python() -> str | None:

@@ -5,12 +5,15 @@
     ├── NotFoundError                   404 not_found            no such adapter, base model, ref or revision
     ├── AmbiguousRefError               409 ambiguous_ref        a digest prefix matches several revisions
     ├── RefExistsError                  409 ref_exists           a tag already points elsewhere (--force)
+    ├── RevisionInUseError              409 revision_in_use      a deletion refused: a ref, lineage or job needs it
     ├── InvalidCheckpointError          422 invalid_checkpoint   push refused by validation (.problems)
     ├── UnsafePathError                 400 unsafe_path          a file name escapes the checkpoint
     ├── IntegrityError                  500 integrity_error      stored bytes do not match their digest
     ├── BlobsMissingError               409 blobs_missing        a commit names blobs not uploaded (.missing)
     ├── SwiftEnvironmentError           500 swift_environment    no ms-swift interpreter, or its batch failed
     ├── ServingRefusedError             400 serving_refused      vLLM cannot serve the adapter (.verdict)
+    ├── UnavailableError                503 unavailable          a dependency (database, store, disk) is down
+    ├── InsufficientStorageError        507 insufficient_storage  the disk is full (.writing: what was written)
     ├── StoreError                      400 store_error          the blob store (registry/store/errors.py)
     │   ├── InvalidDigest               400 invalid_digest       not "sha256:" + 64 lowercase hex (.value)
     │   ├── BlobNotFound                404 blob_not_found       no such blob (also a NotFoundError)
@@ -49,6 +52,7 @@
             ├── UploadInProgressError   409 upload_in_progress   another upload holds the blob: retry
             ├── UploadOffsetError       409 offset_mismatch      Upload-Offset is not where the server is
             ├── UploadTooLongError      400 too_many_bytes       the body runs past Upload-Length
+            ├── UploadQuotaError        413 upload_quota         partial uploads over the namespace's limit
             └── ClientDisconnectedError 400 client_disconnected  the body ended early
 
     converters.FormatError              422 (its own code)       the format layer (converters/errors.py)
@@ -121,6 +125,14 @@ class RefExistsError(RegistryError, code="ref_exists", status=409):
     """Tags are immutable: moving one needs --force."""
 
 
+class RevisionInUseError(RegistryError, code="revision_in_use", status=409, fields=("needed_by",)):
+    """A revision cannot be deleted: `.needed_by` names each tag, branch, revision (lineage) or job that needs it."""
+
+    def __init__(self, message: str, needed_by: Sequence[str]) -> None:
+        self.needed_by = list(needed_by)
+        super().__init__(message)
+
+
 class InvalidCheckpointError(RegistryError, code="invalid_checkpoint", status=422, fields=("problems",)):
     """Validation found errors; `.problems` lists them."""
 
@@ -130,7 +142,7 @@ class InvalidCheckpointError(RegistryError, code="invalid_checkpoint", status=42
 
 
 class UnsafePathError(RegistryError, code="unsafe_path"):
-    """A path inside a checkpoint is absolute, climbs out with '..', is a link, or is not portable."""
+    """A path inside a checkpoint is absolute, climbs out with '..', or is not portable (links: UnsafeFileError)."""
 
 
 class IntegrityError(RegistryError, code="integrity_error", status=500):
@@ -197,6 +209,26 @@ class JobStateError(JobError, code="job_state", status=409):
 
 class JobCancelledError(JobError, code="job_cancelled", status=409):
     """The job was cancelled (or given to another worker) while it ran: its result is not pushed."""
+
+
+class UnavailableError(RegistryError, code="unavailable", status=503, fields=("dependency", "retry_after")):
+    """A dependency the registry needs is down: `.dependency` names it ("database", "store", "disk"),
+    `.retry_after` is the seconds a client should wait (sent as `Retry-After`). Nothing was changed."""
+
+    def __init__(self, message: str, dependency: str, retry_after: int = 5) -> None:
+        self.dependency = dependency
+        self.retry_after = retry_after
+        self.headers = {"Retry-After": str(retry_after)}
+        super().__init__(message)
+
+
+class InsufficientStorageError(RegistryError, code="insufficient_storage", status=507, fields=("writing",)):
+    """The filesystem a write needed is full; `.writing` says what was being written. Nothing partial
+    was kept visible: free space (or run gc) and retry."""
+
+    def __init__(self, message: str, writing: str) -> None:
+        self.writing = writing
+        super().__init__(message)
 
 
 # ----- what only a registry over HTTP meets -------------------------------------------------------------
@@ -277,6 +309,11 @@ class UploadOffsetError(UploadError, code="offset_mismatch", status=409):
 
 class UploadTooLongError(UploadError, code="too_many_bytes"):
     """The body runs past Upload-Length; the bytes of this request were dropped."""
+
+
+class UploadQuotaError(UploadError, code="upload_quota", status=413):
+    """The bytes held in unfinished uploads of this namespace (or token) would exceed the server's limit:
+    finish or abandon those uploads (they expire on their own) and retry."""
 
 
 class ClientDisconnectedError(UploadError, code="client_disconnected"):
@@ -377,7 +414,7 @@ def rebuild(code: str, message: str, extra: Mapping[str, Any] | None = None,
     extra = extra or {}
     for name in fields_of(cls):
         value = extra.get(name)
-        setattr(exc, name, [] if value is None and name in ("problems", "missing") else value)
+        setattr(exc, name, [] if value is None and name in ("problems", "missing", "needed_by") else value)
     return exc
 
 

@@ -2,7 +2,7 @@
 
 Paths come from user folders and, later, from remote servers: every one is checked before it is
 read or written, so nothing can climb out of a checkpoint or a snapshot with `..`, an absolute
-path or a symbolic link.
+path or a symbolic link (the link rule is converters/source_files.py's, shared with `convert`).
 """
 from __future__ import annotations
 
@@ -14,13 +14,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
-from converters.layout import PICKLE_SUFFIXES
+from converters import source_files
+from converters.layout import is_pickle_file
 
 from .errors import UnsafePathError
-from .store.digests import sha256_file
+from .params import NAME_MAX, file_name
+from .store.digests import CHUNK_SIZE, format_digest, new_hasher
 
-MAX_COMPONENT = 255
-MAX_PATH = 1024
+MAX_COMPONENT = NAME_MAX  # bytes of UTF-8 in one path component
+MAX_PATH = 1024           # bytes of UTF-8 in a whole relative path
 MAX_FILES = 10_000
 _BAD_CHARS = re.compile(r"[\x00-\x1f\x7f\\:]")
 
@@ -63,52 +65,59 @@ class Manifest:
 
 
 def check_relpath(rel: str) -> str:
-    """A portable relative POSIX path, or UnsafePathError naming it."""
-    if not rel or len(rel) > MAX_PATH or rel.startswith("/") or _BAD_CHARS.search(rel):
-        raise UnsafePathError(f"file name {rel[:200]!r} is not a portable relative path")
+    """A portable relative POSIX path, or UnsafePathError naming it.
+
+    Every component is valid UTF-8 of at most NAME_MAX bytes (params.file_name): what any file system
+    takes, and what every writer of the registry can write back out, temporary names included. A local
+    push (collect_files) and a commit (Manifest.from_json) both check here, so they refuse alike.
+    """
+    if not isinstance(rel, str) or not rel or rel.startswith("/") or _BAD_CHARS.search(rel):
+        raise UnsafePathError(f"file name {str(rel)[:200]!r} is not a portable relative path")
     for part in rel.split("/"):
-        if part in ("", ".", "..") or len(part) > MAX_COMPONENT:
+        if part in ("", ".", ".."):
             raise UnsafePathError(f"file name {rel[:200]!r} has a '{part}' component: it could escape its folder")
+        file_name(part, rel)
+    if len(rel.encode()) > MAX_PATH:
+        raise UnsafePathError(f"file name {rel[:200]!r}... is {len(rel.encode())} bytes in UTF-8; at most {MAX_PATH}")
     return rel
 
 
 def collect_files(root: Path) -> tuple[list[tuple[str, Path]], list[str]]:
-    """(relative path, absolute path) of every file to store, and the pickles left out.
+    """(relative path, file to read) of every file to store, and the pickles left out.
 
-    Symbolic links are refused outright: a checkpoint is plain files, and a link could smuggle in
-    anything on the machine.
+    Symbolic links follow the one rule of converters/source_files.py, shared with `convert`: a link
+    whose target stays inside the folder or inside a Hugging Face / ModelScope cache (a `snapshot_download`
+    folder) is stored as the file it points to, read by its resolved path; any other link, dangling link,
+    link to a folder or special file is refused (UnsafeFileError, naming it and what to do). Names
+    starting with '.' (.git, .cache, ...) are not part of a checkpoint and are not read.
     """
     kept: list[tuple[str, Path]] = []
     skipped: list[str] = []
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
-        base = Path(dirpath)
-        for name in list(dirnames):
-            if (base / name).is_symlink():
-                raise UnsafePathError(f"{base / name} is a symbolic link; push plain files only")
-            if name.startswith("."):
-                dirnames.remove(name)  # .git, .cache, ...: not part of a checkpoint
-        for name in filenames:
-            full = base / name
-            rel = full.relative_to(root).as_posix()
-            if full.is_symlink():
-                raise UnsafePathError(f"{full} is a symbolic link; push plain files only")
-            if name.startswith("."):
-                continue
-            check_relpath(rel)
-            if name.endswith(PICKLE_SUFFIXES) and name != "adapter_model.bin":
-                skipped.append(rel)
-                continue
-            kept.append((rel, full))
-    if len(kept) > MAX_FILES:
-        raise UnsafePathError(f"{root} holds {len(kept)} files; a checkpoint has at most {MAX_FILES}")
+    for found in source_files.walk(root):
+        check_relpath(found.rel)
+        if is_pickle_file(found.rel, weights_allowed=True):
+            skipped.append(found.rel)
+            continue
+        kept.append((found.rel, found.target))
+        if len(kept) > MAX_FILES:
+            raise UnsafePathError(f"{root} holds more than {MAX_FILES} files; a checkpoint has at most {MAX_FILES}")
     return sorted(kept), sorted(skipped)
+
+
+def _hash_regular_file(path: Path) -> tuple[str, int]:
+    """(digest, size) of the regular file at `path`, opened without following a link (O_NOFOLLOW)."""
+    hasher = new_hasher()
+    with os.fdopen(source_files.open_checked(path), "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        while chunk := f.read(CHUNK_SIZE):
+            hasher.update(chunk)
+    return format_digest(hasher.hexdigest()), size
 
 
 def build_manifest(files: Iterable[tuple[str, Path]], progress: Callable[[int], None] | None = None) -> Manifest:
     entries = []
     for rel, path in files:
-        digest = sha256_file(path)
-        size = path.stat().st_size
+        digest, size = _hash_regular_file(path)
         if progress is not None:
             progress(size)
         entries.append(FileEntry(rel, size, digest))

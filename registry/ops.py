@@ -7,17 +7,18 @@ library versions, equivalence figures) or writes it to a folder.
 """
 from __future__ import annotations
 
-import shutil
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
 
 import converters
+from converters.source_files import copy_folder
 
 from .api import RegistryAPI, RevisionInfo
+from .atomic import new_folder
 from .errors import RegistryError
 from .tensors import equivalence as eq
 from .tensors.adapter_tensors import AdapterTensors, load_adapter
@@ -59,9 +60,20 @@ def source(reg: RegistryAPI, ref: str, role: str, fmt: str | None, scratch: Path
                                                   "number": info.number, "digest": info.digest})
 
 
+#: Told each stage of a long operation as it starts ("loading the base model", "checking equivalence"), so a
+#: command can say where it is (the CLI: one line per stage off a terminal).
+Stage = Callable[[str], None]
+
+
+def _say(stage: Stage | None, message: str) -> None:
+    if stage is not None:
+        stage(message)
+
+
 def _finish(reg: RegistryAPI, result: OpResult, built: Path, *, kind: str, push: str | None, output: Path | None,
             lineage: list[dict[str, Any]], message: str, tag: str | None = None,
-            base_model: str | None = None, before_push: Callable[[], None] | None = None) -> OpResult:
+            base_model: str | None = None, before_push: Callable[[], None] | None = None,
+            stage: Stage | None = None) -> OpResult:
     lineage = lineage + [{"role": "operation", "op": result.operation, **result.figures,
                           "versions": library_versions(),
                           "equivalence": [c.to_dict() for c in result.comparisons]}]
@@ -71,6 +83,7 @@ def _finish(reg: RegistryAPI, result: OpResult, built: Path, *, kind: str, push:
     if push:
         if before_push is not None:  # e.g. a job runner refusing to push for a cancelled job
             before_push()
+        _say(stage, f"pushing the result as {push}")
         pushed = (reg.push_base(built, push, tag=tag, message=message, parents=lineage) if kind == "base"
                   else reg.push(built, push, tag=tag, message=message, parents=lineage, base_model=base_model))
         result.pushed = pushed.revision
@@ -79,7 +92,9 @@ def _finish(reg: RegistryAPI, result: OpResult, built: Path, *, kind: str, push:
         if output.exists():
             raise RegistryError(f"{output} already exists; choose a new path")
         output.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copytree(built, output)
+        _say(stage, f"writing the result to {output}")
+        with new_folder(output) as tmp:  # whole or not at all; files and folders with the umask's modes
+            copy_folder(built, tmp)
         result.output = output
     return result
 
@@ -87,29 +102,34 @@ def _finish(reg: RegistryAPI, result: OpResult, built: Path, *, kind: str, push:
 def merge(reg: RegistryAPI, adapter_ref: str, base_ref: str, *, push: str | None = None, output: Path | None = None,
           dtype: str | None = None, device: str = "auto", precision: str = "float32", safe: bool = False,
           check: bool = True, tag: str | None = None, progress: Callable[[int], None] | None = None,
-          before_push: Callable[[], None] | None = None) -> OpResult:
+          before_push: Callable[[], None] | None = None, stage: Stage | None = None) -> OpResult:
     from .tensors.device import pick_device
     from .tensors.merge import merge_checkpoint
 
     with tempfile.TemporaryDirectory(prefix="swiftreg-merge-", dir=reg.home) as tmp:
         scratch = Path(tmp)
+        _say(stage, f"fetching the base model {base_ref} and the adapter {adapter_ref}")
         base = source(reg, base_ref, "base", None, scratch)
         adapter = source(reg, adapter_ref, "adapter", "peft", scratch)
         merged = scratch / "merged"
+        _say(stage, "merging, one shard of the base at a time")
         report = merge_checkpoint(base.folder, load_adapter(adapter.folder), merged, dtype=dtype, device=device,
                                   precision=precision, safe=safe, progress=progress)
+        if check:
+            _say(stage, "checking equivalence: the merged model against base + adapter on a probe batch")
         comparisons = eq.check_merge(base.folder, adapter.folder, merged, device=pick_device(device)) if check else []
         result = OpResult("merge", comparisons, figures={"params": {"dtype": dtype, "device": device,
                                                                     "precision": precision, "safe": safe},
                                                          "report": _plain(report)})
         return _finish(reg, result, merged, kind="base", push=push, output=output,
                        lineage=[base.record, adapter.record], tag=tag,
-                       message=f"merge of {adapter_ref} into {base_ref}", before_push=before_push)
+                       message=f"merge of {adapter_ref} into {base_ref}", before_push=before_push, stage=stage)
 
 
 def unmerge(reg: RegistryAPI, merged_ref: str, adapter_ref: str, *, push: str | None = None,
             output: Path | None = None, device: str = "auto", precision: str = "float32",
-            tag: str | None = None, before_push: Callable[[], None] | None = None) -> OpResult:
+            tag: str | None = None, before_push: Callable[[], None] | None = None,
+            stage: Stage | None = None) -> OpResult:
     """The original base, bit for bit, when lineage knows it; the numerical unmerge otherwise.
 
     Either way the numerical unmerge is computed and its drift from the original reported: with
@@ -120,11 +140,14 @@ def unmerge(reg: RegistryAPI, merged_ref: str, adapter_ref: str, *, push: str | 
 
     with tempfile.TemporaryDirectory(prefix="swiftreg-unmerge-", dir=reg.home) as tmp:
         scratch = Path(tmp)
+        _say(stage, f"fetching the merged model {merged_ref} and the adapter {adapter_ref}")
         merged = source(reg, merged_ref, "merged", None, scratch)
         adapter = source(reg, adapter_ref, "adapter", "peft", scratch)
         numeric = scratch / "unmerged"
+        _say(stage, "unmerging, one shard at a time")
         unmerge_checkpoint(merged.folder, load_adapter(adapter.folder), numeric, device=device, precision=precision)
         original = _original_base(reg, merged.record, adapter.record)
+        _say(stage, "checking the result on the model")
         result = OpResult("unmerge", [], figures={"params": {"device": device, "precision": precision}})
         if original is not None:
             result.notes.append(f"lineage: {merged_ref} is the merge of this adapter into {original[1]}; "
@@ -146,26 +169,32 @@ def unmerge(reg: RegistryAPI, merged_ref: str, adapter_ref: str, *, push: str | 
             built = numeric
         return _finish(reg, result, built, kind="base", push=push, output=output,
                        lineage=[merged.record, adapter.record], tag=tag,
-                       message=f"unmerge of {adapter_ref} from {merged_ref}", before_push=before_push)
+                       message=f"unmerge of {adapter_ref} from {merged_ref}", before_push=before_push, stage=stage)
 
 
 def combine(reg: RegistryAPI, refs: list[str], weights: list[float], method: str, *, semantics: str = "exact",
             rank: int | None = None, svd_clamp: float | None = None, density: float | None = None,
             majority_sign_method: str = "total", seed: int | None = None, base_ref: str | None = None,
             push: str | None = None, output: Path | None = None, device: str = "auto",
-            tag: str | None = None, before_push: Callable[[], None] | None = None) -> OpResult:
+            tag: str | None = None, before_push: Callable[[], None] | None = None,
+            stage: Stage | None = None) -> OpResult:
     from .tensors.adapter_io import save_adapter
     from .tensors.combine import combine as combine_tensors
     from .tensors.device import pick_device
 
-    if len(refs) < 2:
-        raise RegistryError("combine needs at least two adapters")
+    if not refs:
+        raise RegistryError("combine needs an adapter")
+    if len(refs) == 1 and method != "svd":
+        raise RegistryError(f"combining one adapter reduces its rank: use --method svd --rank R (not {method}), "
+                            "or give two or more adapters")
     if len(weights) != len(refs):
         raise RegistryError(f"{len(refs)} adapters but {len(weights)} weights")
     with tempfile.TemporaryDirectory(prefix="swiftreg-combine-", dir=reg.home) as tmp:
         scratch = Path(tmp)
+        _say(stage, f"fetching {len(refs)} adapter{'s' if len(refs) > 1 else ''}")
         sources = [source(reg, ref, f"source{i}", "peft", scratch) for i, ref in enumerate(refs)]
         tensors = [load_adapter(s.folder) for s in sources]
+        _say(stage, f"combining ({method})")
         params = {"weights": weights, "method": method, "semantics": semantics, "rank": rank, "svd_clamp": svd_clamp,
                   "density": density, "majority_sign_method": majority_sign_method, "seed": seed}
         combined = combine_tensors(tensors, weights, method, semantics=semantics, rank=rank, svd_clamp=svd_clamp,
@@ -177,6 +206,7 @@ def combine(reg: RegistryAPI, refs: list[str], weights: list[float], method: str
         lineage = [s.record for s in sources]
         base_model = None
         if base_ref is not None:
+            _say(stage, f"checking the result on the base model {base_ref}")
             base = source(reg, base_ref, "base", None, scratch)
             result.comparisons.extend(_combine_checks(base.folder, built, [s.folder for s in sources], tensors,
                                                       weights, params, pick_device(device)))
@@ -184,10 +214,10 @@ def combine(reg: RegistryAPI, refs: list[str], weights: list[float], method: str
             if "repo" in base.record:  # a registered base: the pushed adapter records it, pinned to that revision
                 base_model = f"{base.record['repo']}@{base.record['number']}"
         else:
-            result.notes.append("no --base given: the combined adapter was not run on a model")
+            result.notes.append("no --base-model given: the combined adapter was not run on a model")
         return _finish(reg, result, built, kind="adapter", push=push, output=output, lineage=lineage, tag=tag,
                        message=f"{method} ({semantics}) of {', '.join(refs)} with weights {weights}",
-                       base_model=base_model, before_push=before_push)
+                       base_model=base_model, before_push=before_push, stage=stage)
 
 
 def _combine_checks(base_dir: Path, combined_dir: Path, source_dirs: list[Path], tensors: list[AdapterTensors],
@@ -243,20 +273,23 @@ def _peft_weighted_outputs(base_dir: Path, source_dirs: list[Path], weights: lis
 
 
 def check(reg: RegistryAPI, adapter_ref: str, base_ref: str, merged_ref: str | None = None, *,
-          device: str = "auto") -> OpResult:
+          device: str = "auto", stage: Stage | None = None) -> OpResult:
     """`swiftreg check-equivalence`: a merged model (or a fresh merge) against base + adapter and PEFT."""
     from .tensors.device import pick_device
     from .tensors.merge import merge_checkpoint
 
     with tempfile.TemporaryDirectory(prefix="swiftreg-check-", dir=reg.home) as tmp:
         scratch = Path(tmp)
+        _say(stage, f"fetching the base model {base_ref} and the adapter {adapter_ref}")
         base = source(reg, base_ref, "base", None, scratch)
         adapter = source(reg, adapter_ref, "adapter", "peft", scratch)
         if merged_ref is None:
+            _say(stage, "merging")
             merged = scratch / "merged"
             merge_checkpoint(base.folder, load_adapter(adapter.folder), merged, device=device)
         else:
             merged = source(reg, merged_ref, "merged", None, scratch).folder
+        _say(stage, "running base + adapter, the merged model and PEFT's merge on a probe batch")
         return OpResult("check", eq.check_merge(base.folder, adapter.folder, merged, device=pick_device(device)))
 
 
@@ -296,7 +329,7 @@ def _tensor_drift(left: Path, right: Path) -> dict[str, Any]:
 
 
 def _as_info(c: eq.Comparison) -> eq.Comparison:
-    return eq.Comparison(c.name, c.dtype, c.max_abs, c.rel_err, c.top1, c.tolerance, informational=True)
+    return replace(c, informational=True)
 
 
 def _plain(report: Any) -> dict[str, Any]:

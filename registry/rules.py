@@ -73,6 +73,13 @@ def push_target(repo_id: str, tag: str | None) -> RepoId:
     return rid
 
 
+def log_target(repo_id: str) -> RepoId:
+    """The repository `log` lists: all its revisions, so the id names no ref (`show` shows one revision)."""
+    repo = repo_id.partition("@")[0]
+    return parse_id(repo_id, allow_ref=False, ref_hint=f"log lists every revision of {repo}, newest first; "
+                    f"`swiftreg show {repo_id}` shows that one revision")
+
+
 def checked(report: Report, label: str) -> list[str]:
     """The report's warnings as notices; InvalidCheckpointError naming `label` when it has errors."""
     if not report.ok:
@@ -105,13 +112,15 @@ def stored_files(root: Path, notices: list[str]) -> tuple[list[tuple[str, Path]]
     return files, build_manifest(files)
 
 
-def prepare_adapter(checkpoint: Checkpoint, staging: Path, base: BaseModel | None = None) -> PreparedPush:
+def prepare_adapter(checkpoint: Checkpoint, staging: Path, base: BaseModel | None = None, *,
+                    allow_nonfinite: bool = False) -> PreparedPush:
     """Validate a detected checkpoint (against `base` when given) and build what a push stores.
 
     `staging` is an empty folder the caller owns for the duration of the push (a .bin conversion
-    is written there). A refusal names the checkpoint's folder.
+    is written there). A refusal names the checkpoint's folder. NaN or Inf tensor values are refused
+    unless `allow_nonfinite` (then a notice names them).
     """
-    notices = checked(validate_checkpoint(checkpoint, base), str(checkpoint.path))
+    notices = checked(validate_checkpoint(checkpoint, base, allow_nonfinite=allow_nonfinite), str(checkpoint.path))
     root = storable_form(checkpoint, staging, notices)
     files, manifest = stored_files(root, notices)
     return PreparedPush(checkpoint, root, files, manifest, notices)
@@ -215,6 +224,26 @@ def existing_revision(rid: RepoId, kind: Kind, digest: str, tag: str | None, for
     if tag is not None and tag not in same.tags:
         return tag_revision(f"{rid.repo}@{same.number}", tag, force=force)
     return same
+
+
+def base_model_folder(value: str | Path | None) -> Path | None:
+    """`--base-model` given as a local folder: an existing directory (a transformers model folder, checked
+    when opened); None when `value` names no directory, so it is read as a registry id. A folder wins over
+    an id spelled the same, as for every PATH-or-ID argument of the CLI."""
+    if value is None:
+        return None
+    path = Path(value)
+    return path if path.is_dir() else None
+
+
+def repush_notices(repo: str, same: RevisionInfo) -> list[str]:
+    """What a push that found its content already stored tells the user: that `main` did not move when
+    it points elsewhere, and the command that moves it."""
+    if DEFAULT_REF in same.branches:
+        return []
+    return [f"{DEFAULT_REF} did not move: it points at another revision, and {repo}@{same.number} already holds "
+            f"this content; to serve it by default, move the branch: swiftreg branch {repo}@{same.number} "
+            f"{DEFAULT_REF}"]
 
 
 # ----- reading -----------------------------------------------------------------------------------------------

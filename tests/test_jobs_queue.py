@@ -22,7 +22,10 @@ def test_submit_with_a_key_is_idempotent_and_a_reused_key_with_other_params_is_r
     assert created and not created_again and again.id == first.id
     assert len(queue.list()) == 1
     with pytest.raises(JobConflictError, match="retry-1.*other parameters"):
-        queue.submit("sleep", {"seconds": 1}, key="retry-1")
+        queue.submit("sleep", {"seconds": 1}, key="retry-1", namespace="team")
+    # keys are per namespace (issue 14): another namespace, or none, may use the same key for its own job
+    other, created_other = queue.submit("sleep", {"seconds": 1}, key="retry-1", namespace="elsewhere")
+    assert created_other and other.id != first.id
     plain, _ = queue.submit("sleep", {"seconds": 0})
     assert plain.id != first.id and plain.status == "queued" and plain.attempts == 0
     # through the service, the job is checked before it is recorded, and the same key is the same job

@@ -146,9 +146,10 @@ def test_cli_combine_unmerge_and_check_equivalence(world, tmp_path: Path, monkey
     wrong = run("check-equivalence", "team/chat@v1", "--base", "meta/tiny@v1", "--merged", "meta/tiny-sql",
                 "--device", "cpu", code=1)
     assert "FAIL" in wrong.output
-    run("combine", "team/sql@v1", "--weights", "1", "--push", "x/y", code=1)
-    assert "at least two adapters" in run("combine", "team/sql@v1", "--weights", "1", "-o", str(tmp_path / "z"),
-                                          code=1).stderr
+    # one adapter is a rank reduction (--method svd, tests/test_cli_everyday.py); any other method is refused
+    run("combine", "team/sql@v1", "--weights", "1", "--method", "ties", "--push", "x/y", code=1)
+    assert "use --method svd --rank R" in run("combine", "team/sql@v1", "--weights", "1", "--method", "cat", "-o",
+                                              str(tmp_path / "z"), code=1).stderr
 
 
 def test_a_job_cancelled_while_it_runs_pushes_nothing(world) -> None:

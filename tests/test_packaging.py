@@ -34,6 +34,7 @@ ROOT = Path(__file__).resolve().parent.parent
 #: module (or package) -> the extras its imports may come from, besides the core. Longest prefix wins.
 FEATURE_EXTRAS: dict[str, tuple[str, ...]] = {
     "converters.legacy_bin": ("ml",),
+    "converters.finite": ("ml",),  # numpy speeds the NaN/Inf scan where installed; without it, pure Python
     "registry.tensors": ("ml",),
     "registry.ops": ("ml",),
     "registry.jobs.revision_checks": ("ml",),

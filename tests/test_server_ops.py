@@ -98,4 +98,4 @@ def test_sigterm_lets_an_upload_in_flight_finish_and_refuses_new_work(tmp_path: 
     stored = home / "blobs" / "sha256" / digest[7:9] / digest[9:]
     assert hashlib.sha256(stored.read_bytes()).hexdigest() == digest[7:]
     uploads = home / "blobs" / "uploads"
-    assert not [p for p in uploads.glob("*") if not p.name.endswith(".lock")]  # no partial left behind
+    assert not list(uploads.rglob("*.partial"))  # no partial left behind (uploads/<owner>/, issue 14)

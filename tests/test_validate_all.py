@@ -117,10 +117,12 @@ def test_a_seeded_registry_validates_clean_and_corrupted_revisions_fail_with_the
     assert "has 4 rows" in failures["team/swift-plain@1", "config"].get("message")
     assert failures["lab/gpt2-dora@1", "outputs"] is None
 
-    # a check that already failed last time is a failure, not a new regression: exit 0 unless --fail-on any
-    third = cli("validate-all", "--check", "integrity", "--namespace", "team")
+    # a check that already failed last time is a failure, not a new regression: exit 1 by default (--fail-on any),
+    # exit 0 with --fail-on regression
+    third = cli("validate-all", "--check", "integrity", "--namespace", "team", "--fail-on", "regression")
     assert third.exit_code == 0 and "FAILED team/plain@1 integrity" in third.output, third.output
-    assert cli("validate-all", "--check", "integrity", "--fail-on", "any", "--since", "1h").exit_code == 1
+    assert "VALIDATE-ALL PASSED (--fail-on regression)" in third.output.splitlines()[-1]
+    assert cli("validate-all", "--check", "integrity", "--since", "1h").exit_code == 1
     assert "0 revisions" in cli("validate-all", "--since", "2099-01-01T00:00").output
 
     history = cli("validation", "show", "team/plain@1", "--check", "integrity")

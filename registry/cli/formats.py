@@ -14,7 +14,9 @@ import click
 import converters
 from converters.config import known_peft_versions
 
-from .common import echo_json, format_targets, open_registry
+from ..errors import InvalidIdError, NotFoundError, RegistryError
+from ..ids import parse_id
+from .common import base_model_option, doing, echo_json, folder_size, format_targets, open_registry, stages
 
 
 @click.command()
@@ -34,7 +36,11 @@ from .common import echo_json, format_targets, open_registry
 def convert(src: Path, dst: Path, target: str, adapters: tuple[str, ...], renames: tuple[str, ...],
             peft_version: str | None, overwrite: bool, durable: bool, as_json: bool) -> None:
     """Convert the checkpoint SRC to TARGET format at DST, without decoding a tensor."""
+    doing(writing=f"the converted checkpoint at {dst}",
+          interrupted=f"nothing was written at {dst} (a conversion is built beside it and renamed into place whole)")
     started = time.perf_counter()
+    if folder_size(src) >= 32 << 20:  # a large adapter: say what is happening (a line off a terminal)
+        stages("convert")(f"converting {src} to {target} at {dst}")
     result = converters.convert(src, dst, target, adapters=list(adapters) or None,  # type: ignore[arg-type]
                                 renames=converters.parse_renames(renames), peft_version=peft_version,
                                 overwrite=overwrite, durable=durable)
@@ -53,11 +59,14 @@ def convert(src: Path, dst: Path, target: str, adapters: tuple[str, ...], rename
 
 
 @click.command()
-@click.argument("path", type=click.Path(path_type=Path))
+@click.argument("path", metavar="PATH|NS/NAME[@REF]")
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
-def inspect(path: Path, as_json: bool) -> None:
-    """Show format, adapters, tuner types, ranks, targets, dtypes and sizes of the checkpoint at PATH."""
-    summary = converters.inspect(path)
+def inspect(path: str, as_json: bool) -> None:
+    """Show format, adapters, tuner types, ranks, targets, dtypes and sizes of the checkpoint at PATH.
+
+    PATH is a checkpoint folder, or a registry id (its revision as stored) when no such folder exists.
+    """
+    summary = converters.inspect(_folder_or_revision(path, None))
     if as_json:
         click.echo(json.dumps(summary.to_dict(), indent=2, default=str))
         return
@@ -76,27 +85,30 @@ def inspect(path: Path, as_json: bool) -> None:
 
 
 @click.command()
-@click.argument("path", type=click.Path(path_type=Path), metavar="PATH|NS/NAME[@REF]")
-@click.option("--base-model", type=click.Path(path_type=Path),
-              help="A base model folder (config.json + *.safetensors) the adapter must fit; with --target vllm "
-                   "also a registry base model NS/NAME[@REF]: the model vLLM serves.")
+@click.argument("path", metavar="PATH|NS/NAME[@REF]")
+@base_model_option("The base model the adapter must fit (with --target vllm: the model vLLM serves).")
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
 @click.option("--target", type=click.Choice(["vllm"]),
               help="Check what this engine can serve: vLLM's load-time limits (DoRA, rank, bias, ...) and the base.")
 @click.option("--max-lora-rank", type=click.IntRange(min=1), default=16, show_default=True,
               help="The --max-lora-rank vLLM is started with (with --target vllm).")
-def validate(path: Path, base_model: Path | None, as_json: bool, target: str | None = None,
-             max_lora_rank: int = 16) -> None:
+@click.option("--allow-nonfinite", is_flag=True,
+              help="Report tensors holding NaN or Inf as a warning, not an error (for deliberate values).")
+def validate(path: str, base_model: str | None, as_json: bool, target: str | None = None,
+             max_lora_rank: int = 16, allow_nonfinite: bool = False) -> None:
     """Check configs against tensors (and against a base model); exit 1 on any error.
 
     PATH is a checkpoint folder, or a registry id (resolved in PEFT form) when no such folder exists.
+    NaN or Inf in a config number or a tensor is an error (tensors: a warning with --allow-nonfinite).
     """
     if target == "vllm":
         _validate_for_vllm(path, base_model, max_lora_rank, as_json)
         return
-    if not path.exists():
-        path = open_registry().resolve(str(path), "peft")
-    report = converters.validate(path, base_model)
+    folder = _folder_or_revision(path, "peft")
+    from ..rules import base_model_folder
+
+    base = None if base_model is None else (base_model_folder(base_model) or open_registry().resolve(base_model))
+    report = converters.validate(folder, base, allow_nonfinite=allow_nonfinite)
     if as_json:
         click.echo(json.dumps({"path": str(report.path), "format": report.format, "ok": report.ok,
                                "adapters": report.adapters,
@@ -110,22 +122,54 @@ def validate(path: Path, base_model: Path | None, as_json: bool, target: str | N
         sys.exit(1)
 
 
-def _validate_for_vllm(path: Path, base_model: Path | None, max_lora_rank: int, as_json: bool) -> None:
+def _folder_or_revision(text: str, fmt: str | None) -> Path:
+    """PATH|NS/NAME[@REF]: the folder when it exists, else the registry revision's verified snapshot in `fmt`
+    (its stored format with None); neither is one line naming both."""
+    folder = Path(text)
+    if folder.exists():
+        return folder
+    try:
+        return open_registry().resolve(text, fmt)
+    except (InvalidIdError, NotFoundError) as exc:
+        raise _neither(text, exc) from None
+
+
+def _neither(text: str, exc: RegistryError) -> RegistryError:
+    """PATH named neither a folder nor a registry revision: one line that says both, so a mistyped folder
+    is not answered with a registry lookup alone (nor a mistyped id with a missing folder alone)."""
+    folder = f"no folder {text} (looked in {Path.cwd()})"
+    if isinstance(exc, InvalidIdError):
+        return RegistryError(f"{folder}, and {text} is not a registry id either (namespace/name[@ref])")
+    try:
+        open_registry().log(parse_id(text).repo)
+    except (InvalidIdError, NotFoundError):
+        return NotFoundError(f"{folder}, and no repository {parse_id(text).repo} in the registry; check the spelling")
+    return NotFoundError(f"{folder}, and in the registry: {exc}")
+
+
+def _validate_for_vllm(text: str, base_model: str | None, max_lora_rank: int, as_json: bool) -> None:
     """`validate --target vllm`: the serving checks of registry/vllm_checks.py on a folder or a registry id."""
     from ..vllm_checks import Reason, Verdict, check_revision, check_vllm, served_base
 
+    path = Path(text)
     if path.exists():
         subject = str(path)
         verdict = check_vllm(path, max_lora_rank=max_lora_rank)
         if base_model is not None:  # a folder has no recorded base: check that the adapter fits this one
-            report = converters.validate(path, base_model)
+            from ..rules import base_model_folder
+
+            base = base_model_folder(base_model) or open_registry().resolve(base_model)
+            report = converters.validate(path, base)
             extra = tuple(Reason("base_model", f"{p.adapter}: {p.where}", p.message, f"serve it on the model it was "
                                  f"trained on, not {base_model}") for p in report.errors)
             verdict = Verdict(verdict.path, verdict.max_lora_rank, verdict.reasons + extra, verdict.notes)
     else:
         reg = open_registry()
         served = served_base(reg, str(base_model)) if base_model is not None else None
-        info, _folder, verdict = check_revision(reg, str(path), max_lora_rank=max_lora_rank, served=served)
+        try:
+            info, _folder, verdict = check_revision(reg, text, max_lora_rank=max_lora_rank, served=served)
+        except (InvalidIdError, NotFoundError) as exc:
+            raise _neither(text, exc) from None
         subject = f"{info.repo}@{info.number} {info.digest[:19]}"
         if served is not None and not info.base_model:
             verdict = Verdict(verdict.path, verdict.max_lora_rank, verdict.reasons, verdict.notes + (

@@ -3,14 +3,14 @@ from __future__ import annotations
 
 import click
 
-from .common import echo_json, json_option, open_registry, progress_bar
+from .common import base_model_option, echo_json, json_option, open_registry, progress_bar
 
 
 @click.command(name="import")
 @click.argument("source", metavar="hf://OWNER/NAME[@REV] | ms://OWNER/NAME[@REV]")
 @click.argument("repo_id", metavar="NAMESPACE/NAME")
 @click.option("--tag", help="Also tag the imported revision.")
-@click.option("--base-model", metavar="NS/NAME[@REF]", help="Validate against this registered base model.")
+@base_model_option("The base model the adapter must fit; a registered one is also recorded as its base.")
 @click.option("--subfolder", metavar="DIR", help="The folder of the hub repo that holds the adapter.")
 @click.option("-m", "--message", help="A note kept with the revision (default: where it came from).")
 @json_option()
@@ -32,8 +32,12 @@ def import_(source: str, repo_id: str, tag: str | None, base_model: str | None, 
             f"queued as import job {job.id} on {constants.url()}: a `swiftreg worker` beside that server "
             "runs it; waiting (Ctrl-C stops waiting, not the job)", err=True)
     with progress_bar(0, "import") as bar:
-        result = registry.import_from(source, repo_id, tag=tag, base_model=base_model, subfolder=subfolder,
-                                      message=message, progress=bar.update, **remote)
+        from ..rules import base_model_folder
+
+        folder = base_model_folder(base_model)
+        result = registry.import_from(source, repo_id, tag=tag, base_model=None if folder else base_model,
+                                      base_folder=folder, subfolder=subfolder, message=message, progress=bar.update,
+                                      **remote)
     if as_json:
         echo_json({"created": result.created, "already_imported": result.already_imported,
                    "commit": result.commit, "files": result.files, "notices": result.notices,

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from ..jobs.kinds import BACKENDS, CHECKS, KINDS
-from .common import echo_json, json_option, local_registry, open_registry, shows
+from .common import doing, echo_json, json_option, local_registry, open_registry, shows
 
 if TYPE_CHECKING:
     from ..jobs.queue import JobInfo
@@ -223,15 +223,19 @@ def jobs_logs(job_id: int) -> None:
 @click.option("--junit", type=click.Path(path_type=Path), help="Write a JUnit XML report here.")
 @click.option("--timeout", type=click.FloatRange(min=1),
               help="With --backend worker: give up waiting after this many s.")
-@click.option("--fail-on", type=click.Choice(["regression", "any"]), default="regression", show_default=True,
-              help="Exit 1 when a check that passed before fails now (regression), or on any failure.")
+@click.option("--fail-on", type=click.Choice(["any", "regression"]), default="any", show_default=True,
+              help="any: exit 1 when any check fails, on the first run too (a nightly on a broken registry goes "
+                   "red). regression: only when a check that passed before fails now.")
 @json_option("Print the report as JSON instead of the table.")
 def validate_all(since: str | None, namespace: str | None, backend: str, ray_address: str | None, batch_size: int,
                  checks: tuple[str, ...], swift: bool | None, json_report: Path | None, junit: Path | None,
                  timeout: float | None, fail_on: str, as_json: bool) -> None:
     """Check every adapter revision (integrity, config, round trip, peft and ms-swift loads, outputs) and record
-    the results; exit 1 on a regression (or any failure with --fail-on any) or a job that could not run."""
+    the results; exit 1 when a check fails (only on a regression with --fail-on regression) or a job could not
+    run. The last line says which, in capitals."""
     reg = local_registry("validate-all")
+    doing(interrupted="the checks already recorded are kept (`swiftreg validation show NS/NAME@REF`); "
+                      "run it again for the rest")
     report = reg.validate_all(since=since, namespace=namespace, backend=backend, batch_size=batch_size,
                               swift=swift, checks=list(checks) or None, ray_address=ray_address, timeout=timeout,
                               on_event=lambda line: None)
@@ -243,8 +247,28 @@ def validate_all(since: str | None, namespace: str | None, backend: str, ray_add
         for note in report.notes:
             click.secho(f"note: {note}", fg="yellow", err=True)
     failed = report.regressions if fail_on == "regression" else report.failures
+    line = verdict_line(report, fail_on)
+    click.secho(line, fg="red" if failed or report.failed_jobs else "green" if not report.failures else "yellow",
+                bold=True, err=as_json)
     if failed or report.failed_jobs:
         sys.exit(1)
+
+
+def verdict_line(report: Any, fail_on: str) -> str:
+    """The last line of `validate-all`, for whoever reads only that (a cron mail, a CI log's tail)."""
+    revisions = len({r.revision for r in report.failures})
+    first = [r for r in report.failures if not r.regression]
+    parts = [f"{len(report.failures)} of {len(report.results)} checks failed on {revisions} of "
+             f"{len(report.revisions)} revisions ({len(report.regressions)} regressions, {len(first)} failing without "
+             "a previous pass)"] if report.failures else [f"all {len(report.results)} checks passed on "
+                                                          f"{len(report.revisions)} revisions"]
+    if report.failed_jobs:
+        parts.append(f"{len(report.failed_jobs)} validate jobs did not run")
+    if report.failed_jobs or (report.regressions if fail_on == "regression" else report.failures):
+        return "VALIDATE-ALL FAILED: " + "; ".join(parts) + " (exit 1)"
+    if report.failures:  # --fail-on regression, failures that are not new
+        return "VALIDATE-ALL PASSED (--fail-on regression): " + "; ".join(parts) + "; no new regressions"
+    return "VALIDATE-ALL PASSED: " + "; ".join(parts)
 
 
 @click.group()

@@ -1,4 +1,4 @@
-"""Commands on a registry's repositories and revisions: push, pull, ls, log, show, tag, untag, rm, gc,
+"""Commands on a registry's repositories and revisions: push, pull, ls, log, show, tag, branch, untag, rm, gc,
 `db upgrade` and `base push`. They work on the embedded registry or, with SWIFTREG_URL, over HTTP.
 """
 from __future__ import annotations
@@ -9,6 +9,8 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from .common import (
+    base_model_option,
+    doing,
     echo_json,
     folder_size,
     format_targets,
@@ -17,6 +19,8 @@ from .common import (
     open_registry,
     progress_bar,
     shows,
+    slow_stage,
+    stages,
 )
 
 if TYPE_CHECKING:
@@ -27,6 +31,25 @@ def _push_check(reg: RegistryAPI, revision: RevisionInfo, base_model: str | None
     """`push --check vllm`: the serving verdict of the pushed revision, computed and recorded by the registry."""
     return reg.check_serving(f"{revision.repo}@{revision.number}", "vllm", max_lora_rank=max_lora_rank,
                              served_model=base_model)
+
+
+def _pushing(reg: RegistryAPI) -> None:
+    """What a push writes, and what a Ctrl-C during it leaves behind, for the CLI's one error handler."""
+    remote = getattr(reg, "url", None)
+    doing(writing=f"blobs into {reg.home}/blobs" if not remote else f"staging files under {reg.home}",
+          interrupted="nothing was committed; blobs already " + ("uploaded stay on the server" if remote
+                                                                 else "stored are kept")
+          + " for the next push, which skips them (`swiftreg gc` reclaims them if none comes)")
+
+
+#: Bytes from which push and base push say their stage (a line on stderr off a terminal, beside the bar on one).
+LARGE = 32 << 20
+
+
+def _where(reg: RegistryAPI) -> str:
+    """Which registry a command works on, for its stage lines: the server's URL, or the embedded home."""
+    url = getattr(reg, "url", None)
+    return str(url) if url else f"the registry in {getattr(reg, 'home', '')}"
 
 
 def _revision_line(info: RevisionInfo) -> str:
@@ -43,19 +66,32 @@ def _revision_line(info: RevisionInfo) -> str:
 @click.option("--tag", help="Also tag the revision (tags are immutable unless --force).")
 @click.option("--force", is_flag=True, help="Move the tag if it already points elsewhere.")
 @click.option("-m", "--message", help="A note kept with the revision.")
-@click.option("--base-model", metavar="NS/NAME[@REF]", help="Validate against this registered base model.")
+@base_model_option("The base model the adapter must fit; a registered one is also recorded as its base.")
 @json_option()
 @click.option("--check", "check_target", type=click.Choice(["vllm"]),
               help="Also check what vLLM can serve and record the verdict on the revision (validation_runs).")
 @click.option("--max-lora-rank", type=click.IntRange(min=1), default=16, show_default=True,
               help="The --max-lora-rank vLLM runs with (with --check vllm).")
+@click.option("--allow-nonfinite", is_flag=True,
+              help="Store tensors holding NaN or Inf (refused by default: usually a diverged training run).")
 def push(path: Path, repo_id: str, tag: str | None, force: bool, message: str | None, base_model: str | None,
-         as_json: bool, check_target: str | None = None, max_lora_rank: int = 16) -> None:
+         as_json: bool, check_target: str | None = None, max_lora_rank: int = 16,
+         allow_nonfinite: bool = False) -> None:
     """Store the adapter checkpoint at PATH as a new revision of NAMESPACE/NAME."""
     reg = open_registry()
-    with progress_bar(folder_size(path), "push") as bar:
-        result = reg.push(path, repo_id, tag=tag, force=force, message=message, base_model=base_model,
-                          progress=bar.update)
+    _pushing(reg)
+    size = folder_size(path)
+    if size >= LARGE:
+        stages("push")(f"checking and hashing {path} ({size / 1e6:,.1f} MB), then storing what {_where(reg)} lacks")
+    with progress_bar(size, "push") as bar:
+        from ..rules import base_model_folder
+
+        folder = base_model_folder(base_model)
+        result = reg.push(path, repo_id, tag=tag, force=force, message=message,
+                          base_model=None if folder else base_model, base_folder=folder,
+                          progress=bar.update, allow_nonfinite=allow_nonfinite)
+    doing(interrupted=f"{result.revision.repo}@{result.revision.number} was committed; only the vLLM check was cut "
+                      "short (`swiftreg validate ID --target vllm` runs it)")
     check = _push_check(reg, result.revision, base_model, max_lora_rank) if check_target == "vllm" else None
     if as_json:
         echo_json({"created": result.created, "blobs_written": result.blobs_written,
@@ -82,9 +118,24 @@ def push(path: Path, repo_id: str, tag: str | None, force: bool, message: str | 
               "the path of the verified cache snapshot).")
 @click.option("--format", "fmt", type=click.Choice(["swift", "peft"]), help="Convert if stored otherwise.")
 @click.option("--overwrite", is_flag=True, help="Replace OUTPUT if it exists.")
-def pull(repo_id: str, output: Path | None, fmt: str | None, overwrite: bool) -> None:
+@json_option("Print the path and the revision pulled as JSON.")
+def pull(repo_id: str, output: Path | None, fmt: str | None, overwrite: bool, as_json: bool) -> None:
     """Materialise the revision NAMESPACE/NAME[@REF] (converted once, then cached), verified blob by blob."""
-    click.echo(str(open_registry().pull(repo_id, output, fmt, overwrite=overwrite)))
+    reg = open_registry()
+    doing(writing=f"{output} (or the snapshot under {reg.home}/snapshots)" if output else
+          f"the snapshot under {reg.home}/snapshots",
+          interrupted="nothing partial is visible: snapshots and -o copies appear whole or not at all")
+    what = f"materialising {repo_id}{' as ' + fmt if fmt else ''} from {_where(reg)}, every blob verified"
+    if not as_json:
+        with slow_stage("pull", what):
+            path = reg.pull(repo_id, output, fmt, overwrite=overwrite)
+        click.echo(str(path))
+        return
+    info = reg.show(repo_id)  # pinned: the number read here is the revision pulled, even if a branch moves meanwhile
+    with slow_stage("pull", what):
+        path = reg.pull(f"{info.repo}@{info.number}", output, fmt, overwrite=overwrite)
+    echo_json({"path": str(path), "repo": info.repo, "number": info.number, "digest": info.digest,
+               "format": fmt or info.format})
 
 
 def _print_repos(repos: list[RepoInfo]) -> None:
@@ -148,15 +199,42 @@ def _print_revision(info: RevisionInfo) -> None:
 @click.argument("repo_id", metavar="NAMESPACE/NAME[@REF]")
 @click.argument("tag_name", metavar="TAG")
 @click.option("--force", is_flag=True, help="Move TAG if it already points elsewhere.")
-def tag(repo_id: str, tag_name: str, force: bool) -> None:
-    """Point TAG at the revision NAMESPACE/NAME[@REF] names (main by default)."""
+@json_option("Print the revision the tag now points at as JSON.")
+def tag(repo_id: str, tag_name: str, force: bool, as_json: bool) -> None:
+    """Point TAG at the revision NAMESPACE/NAME[@REF] names (main by default). Branches move with `branch`."""
     info = open_registry().tag(repo_id, tag_name, force=force)
-    click.echo(f"{info.repo}@{tag_name} -> revision {info.number} {info.digest[:19]}")
+    _ref_moved(info, tag_name, "tag", as_json)
+
+
+@click.command()
+@click.argument("repo_id", metavar="NAMESPACE/NAME@REF")
+@click.argument("branch_name", metavar="BRANCH")
+@json_option("Print the revision the branch now points at as JSON.")
+def branch(repo_id: str, branch_name: str, as_json: bool) -> None:
+    """Point BRANCH at the revision NAMESPACE/NAME@REF names, creating or moving it.
+
+    `swiftreg branch team/x@1 main` rolls `main` back to revision 1: what `registry.resolve("team/x")`, the hub
+    protocols and vLLM serve by default. The revisions themselves never change.
+    """
+    from ..ids import parse_id
+
+    if not parse_id(repo_id).explicit_ref:
+        raise click.UsageError("name the revision the branch will point at: NAMESPACE/NAME@REF (e.g. team/x@1)")
+    info = open_registry().branch(repo_id, branch_name)
+    _ref_moved(info, branch_name, "branch", as_json)
+
+
+def _ref_moved(info: RevisionInfo, name: str, kind: str, as_json: bool) -> None:
+    if as_json:
+        echo_json({"repo": info.repo, kind: name, "number": info.number, "digest": info.digest})
+    else:
+        click.echo(f"{info.repo}@{name} -> revision {info.number} {info.digest[:19]}")
 
 
 @click.command()
 @click.argument("repo_id", metavar="NAMESPACE/NAME@TAG")
-def untag(repo_id: str) -> None:
+@json_option("Print what was removed as JSON.")
+def untag(repo_id: str, as_json: bool) -> None:
     """Remove the tag NAMESPACE/NAME@TAG (the revision stays)."""
     from ..ids import parse_id
 
@@ -164,17 +242,33 @@ def untag(repo_id: str) -> None:
     if not rid.explicit_ref:
         raise click.UsageError("name the tag: NAMESPACE/NAME@TAG")
     open_registry().untag(rid.repo, rid.ref.value)
-    click.echo(f"removed tag {repo_id}")
+    if as_json:
+        echo_json({"removed": repo_id, "repo": rid.repo, "tag": rid.ref.value})
+    else:
+        click.echo(f"removed tag {repo_id}")
 
 
 @click.command()
 @click.argument("repo_id", metavar="NAMESPACE/NAME@REF")
 @click.option("--force", is_flag=True, help="Allow removing the main branch.")
-def rm(repo_id: str, force: bool) -> None:
-    """Remove the tag or branch NAMESPACE/NAME@REF. Revisions are immutable and stay; gc reclaims unreferenced
-    blobs."""
+@click.option("--revision", "whole_revision", is_flag=True,
+              help="Delete the revision NAMESPACE/NAME@NUMBER itself (on the record), not a ref; refused while a "
+              "tag, branch, lineage link or active job needs it. gc then reclaims its blobs.")
+@json_option("Print what was removed as JSON.")
+def rm(repo_id: str, force: bool, whole_revision: bool, as_json: bool) -> None:
+    """Remove the tag or branch NAMESPACE/NAME@REF (revisions stay), or with --revision the revision itself."""
+    if whole_revision:
+        info = open_registry().delete_revision(repo_id)
+        if as_json:
+            echo_json({"removed": repo_id, "revision": {k: v for k, v in info.to_dict().items() if k != "manifest"}})
+        else:
+            click.echo(f"deleted revision {info.repo}@{info.number} {info.digest[:19]} (run gc to reclaim its blobs)")
+        return
     open_registry().remove_ref(repo_id, force=force)
-    click.echo(f"removed {repo_id}")
+    if as_json:
+        echo_json({"removed": repo_id})
+    else:
+        click.echo(f"removed {repo_id}")
 
 
 @click.command()
@@ -188,10 +282,17 @@ def gc(grace: float, dry_run: bool, as_json: bool) -> None:
     if as_json:
         echo_json(result.__dict__)
         return
-    click.echo(f"{'would remove' if dry_run else 'removed'} {result.blobs_removed} blobs "
-               f"({result.bytes_removed / 1e6:.2f} MB), {result.temp_files_removed} temp files and "
-               f"{result.partial_uploads_removed} abandoned partial uploads; "
-               f"{result.blobs_kept} blobs kept")
+    verb = "would remove" if dry_run else "removed"
+    if result.revisions_deleted:
+        click.echo(f"retention rules: {'would delete' if dry_run else 'deleted'} {result.revisions_deleted} revisions")
+    click.echo(f"{verb} {result.blobs_removed} blobs ({result.bytes_removed / 1e6:.2f} MB), "
+               f"{result.temp_files_removed} temp files, {result.partial_uploads_removed} abandoned partial uploads "
+               f"and {result.staging_removed} working folders of killed pushes "
+               f"({result.staging_bytes_removed / 1e6:.2f} MB); {result.blobs_kept} blobs kept")
+    if result.kept_in_grace:
+        click.echo(f"kept {result.kept_in_grace} unreferenced blobs ({result.kept_in_grace_bytes / 1e6:.2f} MB) "
+                   f"younger than the grace period ({grace:g} s: pushes in flight may need them); --grace 0 removes "
+                   "them too")
 
 
 @click.group()
@@ -225,8 +326,12 @@ def base() -> None:
 def base_push(path: Path, repo_id: str, tag: str | None, force: bool, message: str | None, as_json: bool) -> None:
     """Store the transformers model folder PATH (config.json + *.safetensors) as a base model revision of
     NAMESPACE/NAME."""
+    reg = open_registry()
+    _pushing(reg)
     with progress_bar(folder_size(path), "push") as bar:
-        result = open_registry().push_base(path, repo_id, tag=tag, force=force, message=message, progress=bar.update)
+        if folder_size(path) >= LARGE:
+            stages("base push")(f"checking and hashing {path}, then storing what {_where(reg)} lacks")
+        result = reg.push_base(path, repo_id, tag=tag, force=force, message=message, progress=bar.update)
     if as_json:
         echo_json({"created": result.created, "revision": result.revision.to_dict()})
         return
@@ -235,4 +340,4 @@ def base_push(path: Path, repo_id: str, tag: str | None, force: bool, message: s
                f"({rev.meta.get('architecture')}, {rev.meta.get('parameters', 0):,} parameters)")
 
 
-COMMANDS = (push, pull, list_repos, log, show, tag, untag, rm, gc, db, base)
+COMMANDS = (push, pull, list_repos, log, show, tag, branch, untag, rm, gc, db, base)

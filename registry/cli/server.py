@@ -3,11 +3,18 @@
 """
 from __future__ import annotations
 
+import time
 from pathlib import Path
+from typing import Any
 
 import click
 
+from ..errors import UnavailableError
 from .common import echo_json, json_option, local_registry
+
+#: Seconds `serve --wait-for-db` waits for the database when given no number, and between its log lines.
+WAIT_FOR_DB = 300.0
+WAIT_LOG_EVERY = 5.0
 
 
 @click.command()
@@ -18,6 +25,26 @@ from .common import echo_json, json_option, local_registry
 @click.option("--database-url", help="Any SQLAlchemy URL (default: SWIFTREG_DATABASE_URL, else SQLite in the home).")
 @click.option("--store", type=click.Path(path_type=Path), help="Blob store folder (default: HOME/blobs).")
 @click.option("--anonymous-read", is_flag=True, help="Allow reads without a token.")
+@click.option("--max-partial-bytes", type=click.IntRange(min=0), default=64 << 30, show_default=True,
+              help="Bytes of unfinished uploads one namespace (or unlimited tokens together) may hold; 413 past it.")
+@click.option("--upload-ttl", type=click.FloatRange(min=1), default=24 * 3600.0, show_default=True,
+              help="Seconds an unfinished upload may sit idle before the server removes it (without gc).")
+@click.option("--scrub-interval", type=click.FloatRange(min=0), default=3600.0, show_default=True,
+              help="Seconds between passes that rehash stored blobs not verified for --scrub-max-age, quarantining "
+                   "corrupt ones (0: never; POST /api/v1/scrub runs one now).")
+@click.option("--scrub-max-age", type=click.FloatRange(min=0), default=7 * 86400.0, show_default=True,
+              help="A scrub pass rehashes the blobs whose last verification is older than this (seconds).")
+@click.option("--public-url", callback=lambda _c, _p, v: _public_url(v), metavar="URL",
+              help="The origin clients reach this server by (http(s)://host[:port]), named in absolute URLs the "
+                   "server writes (pagination links). Default: the address each connection reached; the Host header "
+                   "is never used.")
+@click.option("--header-timeout", type=click.FloatRange(min=0.1), default=10.0, show_default=True,
+              help="Seconds a client has to send a request's headers; the connection is closed after that.")
+@click.option("--body-timeout", type=click.FloatRange(min=0.1), default=60.0, show_default=True,
+              help="Seconds a request body may pause between two chunks; the request ends (an upload keeps what "
+                   "arrived) and the connection is closed after that.")
+@click.option("--keep-alive-timeout", type=click.IntRange(min=1), default=5, show_default=True,
+              help="Seconds an idle keep-alive connection stays open between requests.")
 @click.option("--log-level", default="info", show_default=True,
               type=click.Choice(["critical", "error", "warning", "info", "debug"]),
               help="The least severe level logged.")
@@ -25,16 +52,30 @@ from .common import echo_json, json_option, local_registry
               help="json: one object per line (access log: request_id, status, bytes, duration_ms, token_id, ...).")
 @click.option("--ssl-certfile", type=click.Path(path_type=Path), help="Serve HTTPS with this certificate (PEM).")
 @click.option("--ssl-keyfile", type=click.Path(path_type=Path), help="The private key of --ssl-certfile (PEM).")
+@click.option("--wait-for-db", "wait_for_db", type=click.FloatRange(min=0), is_flag=False, flag_value=WAIT_FOR_DB,
+              default=None, metavar="[SECONDS]",
+              help=f"When the database does not answer at start, wait for it up to SECONDS (default {WAIT_FOR_DB:.0f}) "
+                   "instead of exiting at once.")
 def serve(host: str, port: int, home: Path | None, database_url: str | None, store: Path | None,
-          anonymous_read: bool, log_level: str, log_format: str, ssl_certfile: Path | None,
-          ssl_keyfile: Path | None) -> None:
-    """Serve the registry over HTTP: swiftreg's API v1 and the Hugging Face download protocol."""
+          anonymous_read: bool, max_partial_bytes: int, upload_ttl: float, scrub_interval: float,
+          scrub_max_age: float, log_level: str, log_format: str,
+          ssl_certfile: Path | None, ssl_keyfile: Path | None, wait_for_db: float | None,
+          public_url: str | None = None, header_timeout: float = 10.0, body_timeout: float = 60.0,
+          keep_alive_timeout: int = 5) -> None:
+    """Serve the registry over HTTP: swiftreg's API v1 and the Hugging Face download protocol.
+
+    The database must answer at start: if it does not, one line says so and the command exits 1, or
+    with --wait-for-db it waits (a line every few seconds). Once serving, an outage of the database,
+    the blob store or the disk is answered 503 with Retry-After until it is over; /healthz reports it.
+    """
     import logging
 
     import uvicorn
 
+    from ..db.faults import database_fault
     from ..server.access_log import JsonLogFormatter
     from ..server.app import ServerSettings, create_app
+    from ..server.hygiene import protocol
     from ..service import Registry
     from ..store import LocalBlobStore
 
@@ -43,14 +84,76 @@ def serve(host: str, port: int, home: Path | None, database_url: str | None, sto
                          else logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
     logging.basicConfig(level=log_level.upper(), handlers=[handler], force=True)
     registry = Registry(home=home, database_url=database_url, store=LocalBlobStore(store) if store else None)
-    registry.db.migrate()  # before the first request, not during it
-    app = create_app(registry, ServerSettings(anonymous_read=anonymous_read))
+    _database_answers(registry.db.url, wait_for_db, logging.getLogger("swiftreg.server"))
+    try:
+        registry.db.migrate()  # before the first request, not during it
+    except Exception as exc:
+        if database_fault(exc) is None:
+            raise
+        raise _not_answering(registry.db.url, exc, None) from None
+    app = create_app(registry, ServerSettings(anonymous_read=anonymous_read, max_partial_bytes=max_partial_bytes,
+                                                   upload_ttl=upload_ttl, scrub_interval=scrub_interval,
+                                                   scrub_max_age=scrub_max_age,
+                                                   public_url=public_url, body_timeout=body_timeout))
     # log_config=None: uvicorn's own loggers go through the handler above; its text access log is
     # replaced by the JSON one of server/access_log.py (logged when a response ends, with its bytes).
+    # http=: the h11 protocol with a deadline for request heads, whatever else is installed (hygiene.py)
     uvicorn.run(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=30, log_config=None,
+                http=protocol(header_timeout), timeout_keep_alive=keep_alive_timeout,
                 access_log=False,
                 ssl_certfile=str(ssl_certfile) if ssl_certfile else None,
                 ssl_keyfile=str(ssl_keyfile) if ssl_keyfile else None)
+
+
+def _database_answers(url: str, wait: float | None, log: Any) -> None:
+    """Return once the database answers one query; without `wait` (seconds), raise at the first failure."""
+    from ..db.faults import cause_of, ping, probe_engine, safe_url
+
+    engine = probe_engine(url)
+    started = time.monotonic()
+    next_line = started
+    try:
+        while True:
+            try:
+                ping(engine)
+            except Exception as exc:  # noqa: BLE001 - any failure: the database does not answer
+                waited = time.monotonic() - started
+                if wait is None or waited >= wait:
+                    raise _not_answering(url, exc, wait) from None
+                if time.monotonic() >= next_line:
+                    log.warning("waiting for the database at %s (%s): %.0f s of %.0f s", safe_url(url),
+                                cause_of(exc), waited, wait)
+                    next_line += WAIT_LOG_EVERY
+                time.sleep(0.5)
+                continue
+            if wait is not None:
+                log.warning("the database at %s answers (after %.1f s)", safe_url(url), time.monotonic() - started)
+            return
+    finally:
+        engine.dispose()
+
+
+def _not_answering(url: str, exc: Exception, wait: float | None) -> UnavailableError:
+    from ..db.faults import cause_of, safe_url
+
+    waited = f" after waiting {wait:.0f} s" if wait else ""
+    hint = "" if wait else "; start it, or give --wait-for-db [SECONDS]"
+    return UnavailableError(f"the database at {safe_url(url)} does not answer{waited} ({cause_of(exc)}){hint}",
+                            dependency="database")
+
+
+def _public_url(value: str | None) -> str | None:
+    """--public-url checked at parse time (http(s)://host[:port], no path)."""
+    from ..errors import RegistryError
+    from ..server.hygiene import public_origin
+
+    if value is None:
+        return None
+    try:
+        public_origin(value)
+    except RegistryError as exc:
+        raise click.BadParameter(str(exc)) from None
+    return value.strip().rstrip("/")
 
 
 @click.group()

@@ -10,7 +10,12 @@ from typing import Any, Callable
 
 import click
 
-from .common import F, echo_json, json_option, open_registry
+from .common import F, base_model_option, doing, echo_json, json_option, open_registry, stages
+
+
+#: What a Ctrl-C during merge, unmerge or combine leaves behind.
+_INTERRUPTED = ("nothing was pushed or written: results are built in a scratch folder and pushed or copied only "
+                "once checked")
 
 
 def _report(result: Any, as_json: bool) -> None:
@@ -56,7 +61,7 @@ def _with(options: list[Any]) -> Callable[[F], F]:
 
 @click.command()
 @click.argument("adapter_ref", metavar="ADAPTER_REF")
-@click.option("--base", "base_ref", required=True, metavar="BASE_REF", help="Base model: registry id or folder.")
+@base_model_option("The base model to merge into.", required=True)
 @click.option("--dtype", type=click.Choice(["bf16", "fp16", "fp32"]), help="Storage dtype of the result.")
 @click.option("--precision", type=click.Choice(["float32", "float64"]), default="float32", show_default=True,
               help="Precision the arithmetic runs in (the result is stored in the storage dtype).")
@@ -64,20 +69,22 @@ def _with(options: list[Any]) -> Callable[[F], F]:
 @click.option("--no-check", is_flag=True, help="Skip the equivalence check (not recommended).")
 @_device_option
 @_with(_output_options)
-def merge(adapter_ref: str, base_ref: str, dtype: str | None, precision: str, safe: bool, no_check: bool, device: str,
+def merge(adapter_ref: str, base_model: str, dtype: str | None, precision: str, safe: bool, no_check: bool, device: str,
           push: str | None, output: Path | None, tag: str | None, as_json: bool) -> None:
     """Merge the adapter ADAPTER_REF into a base model, check the result on the model, push or write it."""
+    stage = stages("merge", models=True)  # before the model libraries are imported
     from .. import ops
 
     if not push and not output:
         raise click.UsageError("give --push NS/NAME or -o DIR")
+    doing(interrupted=_INTERRUPTED)
     from tqdm import tqdm
 
     with tqdm(unit="B", unit_scale=True, unit_divisor=1024, desc="merge", leave=False, disable=None,
               file=sys.stderr) as bar:
-        result = ops.merge(open_registry(), adapter_ref, base_ref, push=push, output=output, dtype=dtype,
+        result = ops.merge(open_registry(), adapter_ref, base_model, push=push, output=output, dtype=dtype,
                            device=device, precision=precision, safe=safe, check=not no_check, tag=tag,
-                           progress=bar.update)
+                           progress=bar.update, stage=stage)
     _report(result, as_json)
 
 
@@ -92,16 +99,18 @@ def merge(adapter_ref: str, base_ref: str, dtype: str | None, precision: str, sa
 def unmerge(merged_ref: str, adapter_ref: str, precision: str, device: str, push: str | None, output: Path | None,
             tag: str | None, as_json: bool) -> None:
     """Take an adapter back out of the merged model MERGED_REF (bit for bit when the registry knows the original)."""
+    stage = stages("unmerge", models=True)  # before the model libraries are imported
     from .. import ops
 
     if not push and not output:
         raise click.UsageError("give --push NS/NAME or -o DIR")
+    doing(interrupted=_INTERRUPTED)
     _report(ops.unmerge(open_registry(), merged_ref, adapter_ref, push=push, output=output, device=device,
-                        precision=precision, tag=tag), as_json)
+                        precision=precision, tag=tag, stage=stage), as_json)
 
 
 @click.command()
-@click.argument("refs", nargs=-1, required=True, metavar="REF REF ...")
+@click.argument("refs", nargs=-1, required=True, metavar="REF [REF ...]")
 @click.option("--weights", required=True, help="Comma-separated, one per adapter: 0.6,0.4")
 @click.option("--method", default="svd", show_default=True, help="How the adapters are combined (PEFT's "
               "combination_type; the *_svd methods refactor the sum to --rank).",
@@ -116,14 +125,16 @@ def unmerge(merged_ref: str, adapter_ref: str, precision: str, device: str, push
 @click.option("--majority-sign-method", type=click.Choice(["total", "frequency"]), default="total", show_default=True,
               help="How ties methods elect the sign of each parameter (PEFT's majority_sign_method).")
 @click.option("--seed", type=int, help="Seed for DARE's random masks.")
-@click.option("--base", "base_ref", metavar="BASE_REF", help="Run the result on this base model and compare.")
+@base_model_option("Run the result on this base model and compare its outputs.")
 @_device_option
 @_with(_output_options)
 def combine(refs: tuple[str, ...], weights: str, method: str, semantics: str, rank: int | None,
             svd_clamp: float | None, density: float | None, majority_sign_method: str, seed: int | None,
-            base_ref: str | None, device: str, push: str | None, output: Path | None, tag: str | None,
+            base_model: str | None, device: str, push: str | None, output: Path | None, tag: str | None,
             as_json: bool) -> None:
-    """Combine two or more adapters (REF REF ...) with weights into one adapter."""
+    """Combine two or more adapters (REF [REF ...]) with weights into one adapter, or reduce the rank of one
+    (REF --weights 1 --method svd --rank R: the best rank-R approximation of its delta)."""
+    stage = stages("combine", models=True)  # before the model libraries are imported
     from .. import ops
 
     try:
@@ -132,22 +143,26 @@ def combine(refs: tuple[str, ...], weights: str, method: str, semantics: str, ra
         raise click.UsageError(f"--weights must be numbers separated by commas, got {weights!r}") from None
     if not push and not output:
         raise click.UsageError("give --push NS/NAME or -o DIR")
+    doing(interrupted=_INTERRUPTED)
     _report(ops.combine(open_registry(), list(refs), parsed, method, semantics=semantics, rank=rank,
                         svd_clamp=svd_clamp, density=density, majority_sign_method=majority_sign_method, seed=seed,
-                        base_ref=base_ref, push=push, output=output, device=device, tag=tag), as_json)
+                        base_ref=base_model, push=push, output=output, device=device, tag=tag,
+                        stage=stage), as_json)
 
 
 @click.command(name="check-equivalence")
 @click.argument("adapter_ref", metavar="ADAPTER_REF")
-@click.option("--base", "base_ref", required=True, metavar="BASE_REF", help="Base model: registry id or folder.")
+@base_model_option("The base model the adapter was trained on.", required=True)
 @click.option("--merged", "merged_ref", metavar="MERGED_REF", help="A merged model to check (default: merge now).")
 @_device_option
 @json_option()
-def check_equivalence(adapter_ref: str, base_ref: str, merged_ref: str | None, device: str, as_json: bool) -> None:
+def check_equivalence(adapter_ref: str, base_model: str, merged_ref: str | None, device: str, as_json: bool) -> None:
     """Run base + ADAPTER_REF, the merged model and PEFT's merge on one probe batch and compare."""
+    stage = stages("check-equivalence", models=True)  # before the model libraries are imported
     from .. import ops
 
-    _report(ops.check(open_registry(), adapter_ref, base_ref, merged_ref, device=device), as_json)
+    _report(ops.check(open_registry(), adapter_ref, base_model, merged_ref, device=device,
+                      stage=stage), as_json)
 
 
 COMMANDS = (merge, unmerge, combine, check_equivalence)

@@ -30,8 +30,12 @@ of the server on every resolve, and when it cannot be reached the last answer un
 an adapter resolved once keeps working offline.
 
 Every call has timeouts; idempotent ones (GET, HEAD, PUT, DELETE, and the read-only POST
-blobs/missing) are retried with exponential backoff on connection errors and 5xx answers; an upload
-is resumed from the server's offset instead, a download from the `.part` file's length.
+blobs/missing) are retried with exponential backoff on connection errors and 5xx answers, any call on
+`503 unavailable` after its Retry-After; an upload is resumed from the server's offset instead, a
+download from the `.part` file's length. Every one of these loops gives up: after `retries` failures
+in a row without progress, `retry_seconds` after the first of them, and after a fixed number of tries
+of one blob in all (transport.Budget; SWIFTREG_RETRIES, SWIFTREG_RETRY_SECONDS). A blob the server
+holds with the wrong size or bytes is an error naming it at once.
 
 The HTTP itself (client, retries, error mapping) is transport.py beside this module; blob downloads
 (.part files, Range, verification) downloads.py. Errors are the classes the server raised
@@ -56,19 +60,21 @@ from urllib.parse import quote
 import httpx
 
 import converters
+from converters.base_model import BaseModel
 
 from .. import atomic, constants, rules
 from ..errors import (
-    AccessDeniedError, BlobsMissingError, IntegrityError, InvalidCheckpointError, JobError, NotFoundError,
+    AccessDeniedError, BlobsMissingError, IntegrityError, InvalidCheckpointError, InvalidIdError, JobError,
+    NotFoundError,
     RegistryError, RemoteError, rebuild,
 )
-from ..api import GcResult, Kind, Progress, PushResult, RepoInfo, RevisionInfo
+from ..api import GcResult, Kind, Progress, PushResult, RepoInfo, RetentionPolicy, RetentionReport, RevisionInfo
 from ..ids import RepoId, check_tag, parse_id
 from ..manifest import Manifest
 from ..snapshots import SnapshotCache
 from ..store.digests import format_digest, new_hasher, validate_digest
 from .downloads import READ_CHUNK, BlobDownloader
-from .transport import COMMIT_TIMEOUT, DEFAULT_TIMEOUT, Http, error_from, retryable_status
+from .transport import COMMIT_TIMEOUT, DEFAULT_TIMEOUT, Http, error_from, retry_after, retryable
 
 __all__ = ["RemoteRegistry", "cache_dir_name"]
 
@@ -95,6 +101,14 @@ def _parsed(parse: Callable[[Mapping[str, Any]], T], data: Any, what: str) -> T:
 
 def _revision(data: Any) -> RevisionInfo:
     return _parsed(RevisionInfo.from_dict, data, "revision")
+
+
+def _policy(data: Any) -> RetentionPolicy | None:
+    """The `{"policy": ...}` answer of the retention routes."""
+    if not isinstance(data, Mapping):
+        raise RemoteError("the server's retention answer is not a JSON object")
+    policy = data.get("policy")
+    return None if policy is None else _parsed(RetentionPolicy.from_dict, policy, "retention policy")
 
 
 def _files_of(data: Mapping[str, Any]) -> Manifest:
@@ -138,8 +152,11 @@ class RemoteRegistry:
     """A registry behind `swiftreg serve`: the `registry.api.RegistryAPI` that `Registry` offers locally."""
 
     def __init__(self, url: str, token: str | None = None, home: Path | str | None = None, *,
-                 timeout: httpx.Timeout | float = DEFAULT_TIMEOUT, retries: int = 4, backoff: float = 0.25,
-                 chunk_size: int = UPLOAD_CHUNK, transport: httpx.BaseTransport | None = None) -> None:
+                 timeout: httpx.Timeout | float = DEFAULT_TIMEOUT, retries: int | None = None,
+                 retry_seconds: float | None = None, backoff: float = 0.25, chunk_size: int = UPLOAD_CHUNK,
+                 transport: httpx.BaseTransport | None = None) -> None:
+        """`retries` / `retry_seconds` bound every retry loop (transport.Budget); None reads SWIFTREG_RETRIES
+        (default 4) / SWIFTREG_RETRY_SECONDS (default 120)."""
         if not url or not str(url).startswith(("http://", "https://")):
             raise RegistryError(f"registry URL {url!r} must start with http:// or https://")
         self.url = str(url).rstrip("/")
@@ -149,7 +166,9 @@ class RemoteRegistry:
         self.snapshots = SnapshotCache(self.cache / "snapshots")
         self.chunk_size = max(1, int(chunk_size))
         timeout = timeout if isinstance(timeout, httpx.Timeout) else httpx.Timeout(timeout)
-        self._http = Http(self.url, token, timeout, max(0, retries), backoff, transport)
+        retries = constants.retries() if retries is None else max(0, int(retries))
+        retry_seconds = constants.retry_seconds() if retry_seconds is None else max(0.0, float(retry_seconds))
+        self._http = Http(self.url, token, timeout, retries, backoff, transport, retry_seconds)
         self._downloads = BlobDownloader(self._http, self.url, self.cache / "downloads")
         # resolve() memo for immutable refs (numbers, digests): (id, format) -> folder.
         self._memo: dict[tuple[str, str | None], Path] = {}
@@ -197,7 +216,7 @@ class RemoteRegistry:
 
     def log(self, repo_id: str) -> list[RevisionInfo]:
         """Revisions, newest first (without manifests: `show` one for its files)."""
-        rid = parse_id(repo_id, allow_ref=False)
+        rid = rules.log_target(repo_id)
         data = self._http.json("GET", f"{self._repo_path(rid)}/revisions")
         items = data.get("revisions", []) if isinstance(data, Mapping) else data
         return sorted((_revision(d) for d in items), key=lambda r: r.number, reverse=True)
@@ -215,6 +234,36 @@ class RemoteRegistry:
         data = self._http.json("PUT", f"{self._repo_path(rid)}/tags/{self._q(tag)}",
                                json={"ref": rid.ref.value, "force": force})
         return _revision(data)
+
+    def branch(self, repo_id: str, branch: str) -> RevisionInfo:
+        rid = parse_id(repo_id)
+        check_tag(branch)
+        data = self._http.json("PUT", f"{self._repo_path(rid)}/branches/{self._q(branch)}",
+                               json={"ref": rid.ref.value})
+        return _revision(data)
+
+    def delete_revision(self, repo_id: str) -> RevisionInfo:
+        """Delete a revision on the server (an admin token on its namespace); refused while something needs it."""
+        rid = parse_id(repo_id)
+        if not rid.explicit_ref:
+            raise InvalidIdError(f"name the revision to delete: {rid.repo}@NUMBER (a number or sha256 digest)")
+        return _revision(self._http.json("DELETE", f"{self._repo_path(rid)}/revisions/{self._q(rid.ref.value)}"))
+
+    def set_retention(self, repo_id: str, keep_last: int | None, *,
+                      keep_tagged: bool = True) -> RetentionPolicy | None:
+        rid = parse_id(repo_id, allow_ref=False)
+        data = self._http.json("PUT", f"{self._repo_path(rid)}/retention",
+                               json={"keep_last": keep_last, "keep_tagged": keep_tagged})
+        return _policy(data)
+
+    def retention(self, repo_id: str) -> RetentionPolicy | None:
+        rid = parse_id(repo_id, allow_ref=False)
+        return _policy(self._http.json("GET", f"{self._repo_path(rid)}/retention"))
+
+    def apply_retention(self, repo_id: str | None = None, *, dry_run: bool = False) -> RetentionReport:
+        repo = parse_id(repo_id, allow_ref=False).repo if repo_id is not None else None
+        data = self._http.json("POST", "/api/v1/retention/apply", json={"repo": repo, "dry_run": dry_run})
+        return _parsed(RetentionReport.from_dict, data, "retention report")
 
     def untag(self, repo_id: str, tag: str) -> None:
         rid = parse_id(repo_id)
@@ -249,7 +298,7 @@ class RemoteRegistry:
     def import_from(self, source: str, repo_id: str, *, tag: str | None = None, base_model: str | None = None,
                     subfolder: str | None = None, message: str | None = None, progress: Progress | None = None,
                     wait: float | None = 3600.0, poll: float = 1.0,
-                    on_queued: Callable[[Any], None] | None = None) -> Any:
+                    on_queued: Callable[[Any], None] | None = None, base_folder: Path | None = None) -> Any:
         """Import on the server's side: an `import` job its workers run, downloading from the hub there
         (the server's HF_ENDPOINT / MODELSCOPE_ENDPOINT apply, and no adapter bytes cross this client).
 
@@ -258,6 +307,10 @@ class RemoteRegistry:
         """
         from ..hubs import ImportResult, parse_source
 
+        if base_folder is not None:
+            raise RegistryError(f"the server imports with its own workers and cannot read the folder {base_folder}: "
+                                "push that base model first (`swiftreg base push DIR NS/NAME`) and name it, or import "
+                                "into the embedded registry (without SWIFTREG_URL)")
         params: dict[str, Any] = {"source": source, "id": repo_id}
         for key, value in (("tag", tag), ("base_model", base_model), ("subfolder", subfolder), ("message", message)):
             if value is not None:
@@ -287,27 +340,32 @@ class RemoteRegistry:
 
     def push(self, path: Path | str, repo_id: str, *, tag: str | None = None, force: bool = False,
              message: str | None = None, author: str | None = None, base_model: str | None = None,
-             parents: builtins.list[dict[str, Any]] | None = None, progress: Progress | None = None) -> PushResult:
+             parents: builtins.list[dict[str, Any]] | None = None, progress: Progress | None = None,
+             allow_nonfinite: bool = False, base_folder: Path | str | None = None) -> PushResult:
         """Upload the checkpoint at `path` as a new revision of adapter `repo_id` (or find it already there).
 
         Validated here first (the server checks again, and against `base_model`); only blobs the
         server lacks are sent. `author` is accepted for API parity: the server records the token's
-        owner. `bytes_written` / `blobs_written` count what this call uploaded.
+        owner. `bytes_written` / `blobs_written` count what this call uploaded. NaN or Inf tensor
+        values are refused (here and by the server) unless `allow_nonfinite`. `base_folder`: a local model
+        folder validated against here (the server cannot read it, and records no base).
         """
         rid = rules.push_target(repo_id, tag)
         checkpoint = converters.detect(Path(path))
         if base_model is not None:
             self._check_base(base_model)  # refused before uploading; the server validates against it
         with tempfile.TemporaryDirectory(prefix="swiftreg-push-", dir=self.home) as staging:
-            prepared = rules.prepare_adapter(checkpoint, Path(staging))
+            base = BaseModel.open(Path(base_folder)) if base_folder is not None else None
+            prepared = rules.prepare_adapter(checkpoint, Path(staging), base, allow_nonfinite=allow_nonfinite)
             manifest, notices = prepared.manifest, prepared.notices
             existing = self._existing(rid, "adapter", manifest.digest, tag, force)
             if existing is not None:
-                return PushResult(existing, created=False, blobs_written=0, bytes_written=0, notices=notices)
+                return PushResult(existing, created=False, blobs_written=0, bytes_written=0,
+                                  notices=notices + rules.repush_notices(rid.repo, existing))
             written, written_bytes = self._upload_files(prepared.files, manifest, progress)
             try:
                 result = self._commit(rid, manifest, prepared.files, "adapter", tag=tag, force=force, message=message,
-                                      base_model=base_model, parents=parents)
+                                      base_model=base_model, parents=parents, allow_nonfinite=allow_nonfinite)
             except InvalidCheckpointError as exc:  # the server's checks against the base
                 raise rules.named_after_folder(exc, rid.repo, checkpoint.path) from None
         notices += [n for n in result.notices if n not in notices]
@@ -322,7 +380,7 @@ class RemoteRegistry:
         prepared = rules.prepare_base(path)  # the local refusals: no config.json, no safetensors
         existing = self._existing(rid, "base", prepared.manifest.digest, tag, force)
         if existing is not None:
-            return PushResult(existing, False, 0, 0, prepared.notices)
+            return PushResult(existing, False, 0, 0, prepared.notices + rules.repush_notices(rid.repo, existing))
         written, written_bytes = self._upload_files(prepared.files, prepared.manifest, progress)
         result = self._commit(rid, prepared.manifest, prepared.files, "base", tag=tag, force=force, message=message,
                               base_model=None, parents=parents)
@@ -403,7 +461,9 @@ class RemoteRegistry:
             raise RemoteError(f"the server holds {offset} bytes of {rel} ({digest}), which has {size}")
         if progress is not None and offset:
             progress(offset)
-        sent = failures = 0
+        sent = 0
+        furthest = offset  # the most bytes of this blob the server has held: getting past it is progress
+        budget = self._http.budget(transfer=True)
         response: httpx.Response | None
         error: httpx.TransportError | None
         with open(path, "rb") as f:
@@ -419,7 +479,6 @@ class RemoteRegistry:
                     error = None
                     if response.status_code in (201, 204):
                         sent += length
-                        failures = 0
                         if response.status_code == 201:
                             if progress is not None:
                                 progress(size - offset)
@@ -433,31 +492,30 @@ class RemoteRegistry:
                         if new <= offset and length:
                             raise RemoteError(f"the server did not advance the upload of {rel} past {offset}")
                         offset = new
+                        if offset > furthest:
+                            furthest = offset
+                            budget.progress()
                         if offset >= size and not length:
-                            return sent
-                        continue
-                    if response.status_code == 409:  # someone else's bytes moved the offset: follow it
-                        failures += 1
-                        if failures > self._http.retries + 4:
-                            raise error_from(response, f"PATCH {url}")
-                        offset, sent, complete = self._follow(digest, offset, size, sent, progress)
-                        if complete:
                             return sent
                         continue
                     if response.status_code == 422:
                         raise IntegrityError(f"{rel}: the server refused the bytes of blob {digest}: "
                                              f"{error_from(response, 'PATCH ' + url)} (did the file change during "
                                              "the push? push it again)")
-                    if not retryable_status(response):
+                    # 409: another upload holds the blob, or its bytes moved the offset: follow the server
+                    if response.status_code != 409 and not retryable(response):
                         raise error_from(response, f"PATCH {url}")
-                # A dropped connection or a 5xx: ask the server where it stands and go on from there.
-                if failures >= self._http.retries:
-                    raise self._http.unreachable("PATCH", url, error, failures + 1, response)
-                self._http.pause(failures)
-                failures += 1
+                # A dropped connection, a 409 or a 5xx: ask the server where it stands and go on from there.
+                if not budget.again(retry_after(response)):
+                    if response is None:
+                        raise self._http.unreachable("PATCH", url, error, budget) from None
+                    raise self._http.final("PATCH", url, response, budget)
                 offset, sent, complete = self._follow(digest, offset, size, sent, progress)
                 if complete:
                     return sent
+                if offset > furthest:
+                    furthest = offset
+                    budget.progress()
 
     def _follow(self, digest: str, offset: int, size: int, sent: int,
                 progress: Progress | None) -> tuple[int, int, bool]:
@@ -473,7 +531,7 @@ class RemoteRegistry:
 
     def _commit(self, rid: RepoId, manifest: Manifest, files: builtins.list[tuple[str, Path]], kind: Kind, *,
                 tag: str | None, force: bool, message: str | None, base_model: str | None,
-                parents: builtins.list[dict[str, Any]] | None) -> PushResult:
+                parents: builtins.list[dict[str, Any]] | None, allow_nonfinite: bool = False) -> PushResult:
         """POST the manifest. A blob gc took meanwhile is uploaded again once.
 
         A commit is content-addressed (the same manifest gives the same revision), so it is retried
@@ -482,6 +540,8 @@ class RemoteRegistry:
         body: dict[str, Any] = {"manifest": manifest.to_json(), "kind": kind, "tag": tag, "force": force,
                                 "message": message,
                 "base_model": base_model, "parents": list(parents or [])}
+        if allow_nonfinite:
+            body["allow_nonfinite"] = True
         extra_blobs = extra_bytes = 0
         for attempt in range(2):
             try:

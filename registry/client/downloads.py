@@ -2,10 +2,11 @@
 
 A blob goes to `downloads/<sha256 hex>.part` under a per-prefix file lock. A later run (or another
 process) hashes what the .part already holds and asks for the rest with `Range`; the finished file is
-checked against its digest, fsynced and renamed into the snapshot being built. Bodies are read
-through urllib3 (see transport.Http.bulk) with `read1`, so bytes that arrived before a cut
-connection are kept; large blobs are written, hashed and flushed on threads of their own while the
-socket is read, with bounded memory.
+checked against its digest, fsynced and renamed into the snapshot being built. Retries are bounded
+(transport.Budget); a blob the server holds with another size or other bytes is an error naming it,
+not a retry. Bodies are read through urllib3 (see transport.Http.bulk) with `read1`, so bytes that
+arrived before a cut connection are kept; large blobs are written, hashed and flushed on threads of
+their own while the socket is read, with bounded memory.
 """
 from __future__ import annotations
 
@@ -22,9 +23,9 @@ from filelock import FileLock
 
 from ..atomic import fsync
 from ..atomic import write_all as _write_all  # a module name tests can patch
-from ..errors import IntegrityError
+from ..errors import IntegrityError, ServerUnreachableError, tree
 from ..store.digests import digest_hex, format_digest, new_hasher
-from .transport import Http, as_httpx, error_from
+from .transport import Budget, Http, as_httpx, error_code, error_from, gave_up, retry_after, retryable
 
 #: Read size of local files while hashing a resumed download.
 READ_CHUNK = 8 << 20
@@ -67,7 +68,14 @@ class BlobDownloader:
         self._http, self.url, self.downloads = http, url, downloads
 
     def download(self, digest: str, size: int, dst: Path, rel: str) -> None:
-        """Fetch one blob into `dst`: through downloads/<hex>.part, resumed with Range, verified, renamed."""
+        """Fetch one blob into `dst`: through downloads/<hex>.part, resumed with Range, verified, renamed.
+
+        Cut answers are resumed within one Budget (transport.py): a try that got further than any
+        before is progress; a server that keeps failing, or keeps cutting at the same byte, is given
+        up with the .part kept for the next run. A blob whose size on the server is not the size the
+        revision names (a 416 to a Range inside it, a Content-Length or Content-Range total that
+        differs) and bytes that hash to another digest are errors naming the blob, never retried.
+        """
         downloads = self.downloads
         locks = downloads / ".locks"
         locks.mkdir(parents=True, exist_ok=True)
@@ -76,20 +84,28 @@ class BlobDownloader:
             part = _Partial(downloads / f"{hexdigest}.part")  # what an earlier, interrupted run left
             if part.size > size:
                 part.restart()
-            failures = 0
+            budget = self._http.budget(transfer=True)
+            initial = furthest = part.size
+            inherited = initial > 0  # bytes of an earlier run only: a 416 may mean that .part is stale
             while part.size < size:
-                before = part.size
                 try:
                     self._fetch_range(digest, size, part, rel)
+                except _Short as exc:
+                    if not inherited:
+                        part.restart()
+                        raise IntegrityError(f"{rel}: the server holds fewer than the {size} bytes of blob {digest} "
+                                             f"(HTTP 416 for bytes {exc.start}-); its copy is truncated: tell the "
+                                             "server's administrator. Nothing was kept") from None
+                    part.restart()  # our .part of an earlier run is longer than the server's blob: start over
                 except (httpx.TransportError, urllib3.exceptions.HTTPError, _Retry) as exc:
-                    if part.size > before:
-                        failures = 0
-                    elif failures >= self._http.retries:
-                        raise self._http.unreachable("GET", f"/api/v1/blobs/{digest}", exc, failures + 1,
-                                                     exc.response if isinstance(exc, _Retry) else None) from None
-                    self._http.pause(failures)
-                    failures += 1
+                    if part.size > furthest:
+                        furthest = part.size
+                        budget.progress()
+                    response = exc.response if isinstance(exc, _Retry) else None
+                    if not budget.again(retry_after(response)):
+                        raise self._gave_up(digest, size, rel, part, exc, response, budget) from None
                     part = _Partial(part.path)  # trust only what is on disk
+                inherited = inherited and part.size == initial
             actual = format_digest(part.hasher.hexdigest())
             if actual != digest:
                 part.restart()
@@ -99,6 +115,17 @@ class BlobDownloader:
                 os.fsync(f.fileno())
             os.replace(part.path, dst)
         fsync(dst.parent)
+
+    def _gave_up(self, digest: str, size: int, rel: str, part: _Partial, exc: Exception,
+                 response: httpx.Response | None, budget: Budget) -> Exception:
+        """The error that ends a download whose retries are spent; it names the blob and what is kept."""
+        if response is not None and error_code(response) in tree():  # the server named it: 503 unavailable, ...
+            return gave_up(error_from(response, f"GET blob {digest} ({rel})"), budget)
+        why = f"HTTP {response.status_code}" if response is not None else f"{type(exc).__name__}: {exc}"
+        return ServerUnreachableError(
+            f"{rel}: blob {digest} could not be downloaded from {self.url}: {part.size} of its {size} bytes arrived, "
+            f"the last try ended with {why}; gave up after {budget.spent()}. The {part.size} bytes are kept: run "
+            "the command again to resume", response.status_code if response is not None else None, "unreachable")
 
     def _fetch_range(self, digest: str, size: int, part: _Partial, rel: str) -> None:
         """One GET of the blob from `part.size` on, appended to the .part file as it arrives."""
@@ -113,23 +140,37 @@ class BlobDownloader:
         finally:
             response.release_conn()
 
+    @staticmethod
+    def _other_size(digest: str, size: int, rel: str, served: int, part: _Partial) -> IntegrityError:
+        part.restart()
+        return IntegrityError(f"{rel}: the server's copy of blob {digest} has {served} bytes where the revision "
+                              f"names {size}; its store is damaged: tell the server's administrator. Nothing was kept")
+
     def _receive(self, response: urllib3.BaseHTTPResponse, url: str, digest: str, size: int, part: _Partial,
                  rel: str) -> None:
         status = response.status
         if status >= 500:
-            raise _Retry(as_httpx(response, "GET", url))
-        if status == 416:  # the server holds fewer bytes than we do: start over
-            part.restart()
-            raise _Retry(as_httpx(response, "GET", url))
+            answer = as_httpx(response, "GET", url)
+            if not retryable(answer):
+                raise error_from(answer, f"GET blob {digest} ({rel})")
+            raise _Retry(answer)
+        if status == 416:  # the server holds no byte from part.size on
+            raise _Short(part.size)
         if status >= 300:
             raise error_from(as_httpx(response, "GET", url), f"GET blob {digest} ({rel})")
         if status == 206:
             match = _CONTENT_RANGE.fullmatch(response.headers.get("Content-Range", ""))
+            if match is not None and match.group(3) != "*" and int(match.group(3)) != size:
+                raise self._other_size(digest, size, rel, int(match.group(3)), part)
             if match is None or int(match.group(1)) != part.size:
                 part.restart()  # not the range we asked for: take the whole blob again
                 raise _Retry(None)
-        elif part.size:  # 200: the server ignored the Range header and sends everything
-            part.restart()
+        else:  # 200: every byte (the server ignored the Range header when we asked for one)
+            declared = response.headers.get("Content-Length", "")
+            if declared.isascii() and declared.isdigit() and int(declared) != size:
+                raise self._other_size(digest, size, rel, int(declared), part)
+            if part.size:
+                part.restart()
         flags = os.O_WRONLY | os.O_CREAT | (os.O_APPEND if part.size else os.O_TRUNC)
         fd = os.open(part.path, flags, 0o644)
         sink = _Sink(part, fd, threaded=size - part.size > THREADED_DOWNLOAD)
@@ -251,6 +292,14 @@ class _Sink:
         if self.error is not None and not self.reported:
             self.reported = True
             raise self.error
+
+
+class _Short(Exception):
+    """416: the server holds no byte of the blob from `start` on."""
+
+    def __init__(self, start: int) -> None:
+        self.start = start
+        super().__init__(f"HTTP 416 for bytes {start}-")
 
 
 class _Retry(Exception):

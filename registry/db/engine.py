@@ -2,7 +2,9 @@
 
 SQLite: WAL so readers never wait for a writer, a generous busy timeout, foreign keys on, and
 `BEGIN IMMEDIATE` for write transactions so two pushes serialise at BEGIN instead of failing at
-COMMIT. PostgreSQL: row locks (`SELECT ... FOR UPDATE`) taken by the service.
+COMMIT. PostgreSQL: row locks (`SELECT ... FOR UPDATE`) taken by the service; a connect timeout, TCP
+keepalives and pre-ping (PG_CONNECT_ARGS), so while the server is down a request fails in seconds
+(faults.py says which failures mean "unavailable") and after it the pool recovers by itself.
 
 The schema exists only through Alembic (`migrations/`): `upgrade()` is the one way to create it and
 runs automatically, under a lock, the first time a registry opens a database.
@@ -23,6 +25,10 @@ from sqlalchemy.orm import Session
 
 WRITE = "swiftreg_write"
 ADVISORY_LOCK_KEY = 0x5357_4654  # "SWFT": serialises migrations across processes on PostgreSQL
+#: libpq settings of every PostgreSQL connection (a setting in the URL's query wins): seconds to connect,
+#: and keepalives that notice a dead server within about a minute.
+PG_CONNECT_ARGS: dict[str, Any] = {"connect_timeout": 5, "keepalives": 1, "keepalives_idle": 30,
+                                   "keepalives_interval": 10, "keepalives_count": 3}
 
 
 def normalise_url(url: str) -> str:
@@ -54,7 +60,12 @@ def make_engine(url: str) -> Engine:
             connection.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
 
         return engine
-    return create_engine(url, pool_pre_ping=True)
+    # A request must fail in seconds, not minutes, while PostgreSQL is down or unreachable: a connect
+    # timeout, and TCP keepalives so a connection to a server that vanished is noticed; pre-ping so the
+    # pool drops the connections an outage broke and the first request after it does not fail on one.
+    given = make_url(url).query
+    connect_args = {k: v for k, v in PG_CONNECT_ARGS.items() if k not in given}
+    return create_engine(url, pool_pre_ping=True, connect_args=connect_args)
 
 
 @contextlib.contextmanager

@@ -154,7 +154,7 @@ class TokenRecord(Base):
 
 class JobRecord(Base):
     __tablename__ = "jobs"
-    __table_args__ = (Index("ix_jobs_status", "status"),)
+    __table_args__ = (Index("ix_jobs_status", "status"), UniqueConstraint("idempotency_scope", "idempotency_key"))
 
     id: Mapped[int] = mapped_column(primary_key=True)
     kind: Mapped[str] = mapped_column(String(32))
@@ -165,7 +165,9 @@ class JobRecord(Base):
     heartbeat_at: Mapped[Optional[datetime]]
     result: Mapped[Optional[dict[str, Any]]]
     log: Mapped[Optional[str]] = mapped_column(Text)
-    idempotency_key: Mapped[Optional[str]] = mapped_column(String(200), unique=True)
+    idempotency_key: Mapped[Optional[str]] = mapped_column(String(200))
+    #: where an idempotency key is unique: the job's namespace ("" for none), so namespaces cannot squat keys
+    idempotency_scope: Mapped[str] = mapped_column(NAME, default="", server_default="")
     namespace: Mapped[Optional[str]] = mapped_column(NAME, index=True)  # whose job it is (auth on the server)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     started_at: Mapped[Optional[datetime]]
@@ -204,3 +206,49 @@ class ProvenanceRecord(Base):
     source_commit: Mapped[str] = mapped_column(String(128))        # what the hub answered
     subfolder: Mapped[str] = mapped_column(String(300), default="")
     imported_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class BlobCheckRecord(Base):
+    """The last verification of a stored blob: `state` "verified" (its bytes hashed to its name when the
+    file had `fingerprint`: inode, size and mtime) or "corrupt" (quarantined; `actual` is what its
+    bytes hashed to). A read of a blob whose file still has the verified fingerprint need not rehash it."""
+
+    __tablename__ = "blob_checks"
+
+    digest: Mapped[str] = mapped_column(DIGEST, primary_key=True)
+    state: Mapped[str] = mapped_column(String(16), index=True)
+    fingerprint: Mapped[str] = mapped_column(String(200))
+    checked_at: Mapped[datetime] = mapped_column(default=utcnow)
+    actual: Mapped[Optional[str]] = mapped_column(DIGEST)
+    detail: Mapped[Optional[str]] = mapped_column(Text)
+
+
+class RevisionDeletionRecord(Base):
+    """A deleted revision, on the record: what it was, when, by whom and why (`rm --revision`, or the
+    repository's retention policy). Its row is also the permit the immutability trigger checks: a revision
+    row can be deleted only in the transaction that writes this one (migration 0005)."""
+
+    __tablename__ = "revision_deletions"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    revision_id: Mapped[int] = mapped_column(Integer, unique=True)  # no foreign key: the row it names is gone
+    kind: Mapped[str] = mapped_column(String(8))
+    repo: Mapped[str] = mapped_column(String(200), index=True)
+    number: Mapped[int] = mapped_column(Integer)
+    digest: Mapped[str] = mapped_column(DIGEST)
+    reason: Mapped[str] = mapped_column(String(200))
+    deleted_by: Mapped[Optional[str]] = mapped_column(String(200))
+    deleted_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class RetentionPolicyRecord(_OfRepository, Base):
+    """A repository's retention rule: keep its newest `keep_last` revisions (and, with `keep_tagged`, every
+    tagged one); `gc` deletes the others that nothing needs."""
+
+    __tablename__ = "retention_policies"
+    __table_args__ = (UniqueConstraint("adapter_id"), UniqueConstraint("base_model_id"))
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    keep_last: Mapped[int] = mapped_column(Integer)
+    keep_tagged: Mapped[bool] = mapped_column(Boolean, default=True)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 import converters
-from converters.layout import PICKLE_SUFFIXES
+from converters.layout import is_pickle_file
 
 from ..errors import HubError, HubNoAdapterError, InvalidCheckpointError, InvalidIdError
 from ..ids import check_tag, parse_id
@@ -96,7 +96,7 @@ def select_files(files: list[str], subfolder: str) -> tuple[list[str], list[str]
         if not path.startswith(prefix) or any(part.startswith(".") for part in path.split("/")):
             continue  # elsewhere in the repo, or .gitattributes / .cache: not part of a checkpoint
         name = path.rsplit("/", 1)[-1]
-        if name.endswith(PICKLE_SUFFIXES) and name != "adapter_model.bin":  # weights only, read with weights_only
+        if is_pickle_file(name, weights_allowed=True):  # adapter_model.bin: weights only, read with weights_only
             pickles.append(path)
         else:
             chosen.append(path)
@@ -104,7 +104,8 @@ def select_files(files: list[str], subfolder: str) -> tuple[list[str], list[str]
 
 
 def import_into(registry: Registry, source: str, repo_id: str, *, tag: str | None = None,
-                base_model: str | None = None, subfolder: str | None = None, message: str | None = None,
+                base_model: str | None = None, base_folder: Path | None = None, subfolder: str | None = None,
+                message: str | None = None,
                 progress: Callable[[int], None] | None = None) -> ImportResult:
     """Registry.import_from's work (the service method only delegates here)."""
     src = parse_source(source)
@@ -127,7 +128,7 @@ def import_into(registry: Registry, source: str, repo_id: str, *, tag: str | Non
     inside = f" under {sub}/" if sub else ""
     if not any(p.rsplit("/", 1)[-1] == CONFIG for p in chosen):
         found = [p for p in chosen + pickles if not p.endswith(".md")]
-        pickle_only = bool(found) and all(p.endswith(PICKLE_SUFFIXES) for p in found)
+        pickle_only = bool(found) and all(is_pickle_file(p) for p in found)
         detail = (f"it holds only a pickle checkpoint{inside} ({', '.join(sorted(found)[:5])}), which swiftreg never "
                   "loads (push safetensors weights with an adapter_config.json)" if pickle_only
                   else f"no {CONFIG}{inside}")
@@ -143,7 +144,8 @@ def import_into(registry: Registry, source: str, repo_id: str, *, tag: str | Non
         provenance = {"hub": src.hub, "endpoint": listing.endpoint, "repo": src.repo,
                       "requested_revision": src.revision, "commit": listing.commit, "subfolder": sub}
         try:
-            result = registry.push(root, rid.repo, tag=tag, base_model=base_model, progress=progress,
+            result = registry.push(root, rid.repo, tag=tag, base_model=base_model, base_folder=base_folder,
+                                   progress=progress,
                                    message=message or f"imported from {src.hub}://{src.repo}@{listing.commit}",
                                    provenance=provenance)
         except (InvalidCheckpointError, converters.FormatError) as exc:

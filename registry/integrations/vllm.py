@@ -64,6 +64,7 @@ from typing import TYPE_CHECKING, Callable
 from .. import atomic
 from ..errors import IntegrityError, InvalidIdError, NotFoundError, RegistryError, ServingRefusedError
 from ..ids import parse_id
+from ..params import DIGITS
 from ..vllm_checks import DEFAULT_MAX_LORA_RANK, ServedBase, Verdict, base_requirement, check_vllm, served_base
 
 if TYPE_CHECKING:
@@ -95,7 +96,7 @@ def max_lora_rank_from_argv(argv: list[str] | None = None) -> int:
         match = _RANK_ARG.match(arg)
         if match:
             value = match.group(1) or (args[i + 1] if i + 1 < len(args) else "")
-            if value.isdigit():
+            if DIGITS.fullmatch(value):
                 return int(value)
     return DEFAULT_MAX_LORA_RANK
 
@@ -247,7 +248,8 @@ class Resolver:
             if required is not None:
                 served = self._served.get(base_model_name) or served_base(reg, base_model_name)
                 self._served[base_model_name] = served
-            verdict = check_vllm(folder, max_lora_rank=self.max_lora_rank, base=required, served=served)
+            verdict = check_vllm(folder, max_lora_rank=self.max_lora_rank, base=required, served=served,
+                                 registry_id=f"{info.repo}@{info.number}")
             with self._lock:
                 self._verdicts[key] = verdict
         return verdict

@@ -5,6 +5,7 @@ whichever backend runs it, with its result and log tail.
 """
 from __future__ import annotations
 
+import re
 import time
 import uuid
 from datetime import datetime, timedelta, timezone
@@ -12,7 +13,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 from ..errors import InvalidJobError
 from .kinds import BACKENDS, CHECKS
-from .queue import JobInfo, JobQueue, default_worker_id
+from .queue import JobInfo, JobQueue, default_worker_id, key_scope
 from .runner import check_params, job_namespaces
 
 if TYPE_CHECKING:
@@ -53,8 +54,8 @@ def submit(reg: "Registry", kind: str, params: dict[str, Any], *, key: str | Non
     """Record a job (idempotent with `key`) and, for inline / ray, run it before returning."""
     _check_backend(backend)
     check_params(kind, params)
-    namespace, _ = job_namespaces(kind, params)
-    job, created = queue_of(reg).submit(kind, params, key=key, namespace=namespace)
+    namespace, reads = job_namespaces(kind, params)
+    job, created = queue_of(reg).submit(kind, params, key=key, namespace=namespace, scope=key_scope(namespace, reads))
     if backend in ("inline", "ray") and job.status == "queued":
         [job] = run_jobs(reg, [job.id], backend, ray_address=ray_address)
     return job
@@ -66,11 +67,11 @@ def parse_since(text: str | None) -> datetime | None:
         return None
     text = text.strip()
     units = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
-    if text[:-1].replace(".", "", 1).isdigit() and text[-1:] in units:
-        return datetime.now(timezone.utc) - timedelta(seconds=float(text[:-1]) * units[text[-1]])
     try:
+        if re.fullmatch(r"[0-9]+(\.[0-9]+)?", text[:-1], re.ASCII) and text[-1:] in units:  # not '²h'
+            return datetime.now(timezone.utc) - timedelta(seconds=float(text[:-1]) * units[text[-1]])
         moment = datetime.fromisoformat(text)
-    except ValueError:
+    except (ValueError, OverflowError):
         raise InvalidJobError(f"--since {text!r}: give a duration (24h, 30m, 7d) or an ISO date (2026-11-23T00:00)") \
             from None
     return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
@@ -102,8 +103,9 @@ def validate_all(reg: "Registry", *, since: str | datetime | None = None, namesp
         params: dict[str, Any] = {"revisions": refs[i:i + batch_size], "run_id": run_id, "checks": wanted}
         if swift is not None:
             params["swift"] = swift
-        namespace_of, _ = job_namespaces("validate", params)
-        job, _ = queue.submit("validate", params, key=f"validate:{run_id}:{i // batch_size}", namespace=namespace_of)
+        namespace_of, reads = job_namespaces("validate", params)
+        job, _ = queue.submit("validate", params, key=f"validate:{run_id}:{i // batch_size}", namespace=namespace_of,
+                              scope=key_scope(namespace_of, reads))
         ids.append(job.id)
     jobs = run_jobs(reg, ids, backend, ray_address=ray_address, timeout=timeout, on_event=on_event) if ids else []
     report: ValidationReport = build(reg, run_id, refs)

@@ -16,11 +16,14 @@ compare-and-sets on (status = 'running', worker = me): a worker that lost its jo
 stall, or cancelled) cannot overwrite what happened since.
 
 Times are stored in UTC. Submission takes an idempotency key: the same key again returns the first
-job instead of queueing a second one (a retried HTTP request does not run twice).
+job instead of queueing a second one (a retried HTTP request does not run twice). A key is unique
+within its scope (`key_scope`: the namespace the job writes to, else the namespaces it reads), so one
+namespace can neither squat another's keys nor learn of its jobs from a conflict.
 """
 from __future__ import annotations
 
 import builtins
+import hashlib
 import os
 import socket
 from dataclasses import dataclass
@@ -42,6 +45,15 @@ LOG_TAIL = 16_000  # characters of a job's log kept in the database
 
 DEFAULT_MAX_ATTEMPTS = 3
 DEFAULT_STALE_AFTER = 60.0  # seconds without a heartbeat before a running job is given back
+
+
+def key_scope(namespace: str | None, reads: Iterable[str] = ()) -> str:
+    """Where a job's idempotency key is unique: the namespace it writes to; for a job without one, the
+    namespaces it reads joined by "+" (hashed when longer than the column); "" for a job about none."""
+    if namespace:
+        return namespace
+    joined = "+".join(sorted(set(reads)))
+    return joined if len(joined) <= 96 else "sha256:" + hashlib.sha256(joined.encode()).hexdigest()
 
 
 def utcnow() -> datetime:
@@ -130,8 +142,9 @@ class JobQueue:
     # ----- submitting and reading --------------------------------------------------------------------
 
     def submit(self, kind: str, params: dict[str, Any], *, key: str | None = None,
-               namespace: str | None = None) -> tuple[JobInfo, bool]:
-        """Queue a job; (job, created). With `key`, a second submission returns the first job.
+               namespace: str | None = None, scope: str | None = None) -> tuple[JobInfo, bool]:
+        """Queue a job; (job, created). With `key`, a second submission in the same `scope` (see
+        `key_scope`; by default the job's namespace, or "") returns the first job.
 
         The same key with another kind or other parameters is refused: that is a different job, and
         silently answering the old one would hide the mistake.
@@ -142,8 +155,9 @@ class JobQueue:
             raise InvalidJobError("job parameters must be a JSON object")
         if key is not None and not (0 < len(key) <= 200):
             raise InvalidJobError("an idempotency key must have 1 to 200 characters")
+        scope = key_scope(namespace) if scope is None else scope
         values = dict(kind=kind, params=params, status="queued", attempts=0, idempotency_key=key,
-                      namespace=namespace, created_at=utcnow())
+                      idempotency_scope=scope, namespace=namespace, created_at=utcnow())
         with db.write_session(self.engine) as session:
             if key is None:
                 row = JobRecord(**values)
@@ -151,7 +165,8 @@ class JobQueue:
                 session.flush()
                 return _info(row), True
             inserted = db.insert_ignore(session, JobRecord, **values)
-            row = session.scalars(select(JobRecord).where(JobRecord.idempotency_key == key)).one()
+            row = session.scalars(select(JobRecord).where(JobRecord.idempotency_scope == scope,
+                                                          JobRecord.idempotency_key == key)).one()
             if not inserted and (row.kind != kind or row.params != params):
                 raise JobConflictError(f"idempotency key {key!r} was used for job {row.id} ({row.kind}) with other "
                                        "parameters; use a new key for a new job")

@@ -20,6 +20,7 @@ import threading
 from typing import TYPE_CHECKING, Any, Iterable
 
 from ..errors import JobError
+from ..params import DIGITS
 from .queue import JobInfo, JobQueue
 from .runner import GPU_KINDS
 from .worker import WorkerStats
@@ -75,7 +76,7 @@ def _reachable(address: str | None) -> None:
         return
     hostport = address.split("://", 1)[-1].rsplit("/", 1)[0]
     host, _, port = hostport.rpartition(":")
-    if not host or not port.isdigit():
+    if not host or not DIGITS.fullmatch(port):
         return
     try:
         socket.create_connection((host.strip("[]"), int(port)), timeout=5).close()

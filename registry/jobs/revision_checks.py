@@ -13,7 +13,9 @@
 
 The revision is read straight from the blob store into a scratch folder, never from the snapshot
 cache, so what is checked is what is stored; an unreadable blob fails `integrity` and the checks
-go on with the bytes that are there (a shape edited in the store is then named by `config`).
+go on with the bytes that are there (a shape edited in the store is then named by `config`). A blob
+found corrupt is quarantined (registry/service/integrity.py); a quarantined one is unreadable, and
+the failure says it was quarantined.
 
 Checks that cannot apply are not recorded (no base model: no load or output checks; a PEFT-only
 tuner such as SHiRA: no round trip through Swift); the report says why. Every row carries the
@@ -27,6 +29,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import shutil
 import tempfile
 from dataclasses import asdict, dataclass, field
@@ -163,6 +166,7 @@ def _materialise_unverified(reg: "Registry", rev: _Revision) -> None:
         actual = "sha256:" + digest.hexdigest()
         if actual != f["sha256"]:
             bad.append(f"{f['path']}: stored bytes hash to {actual[:19]}, the manifest says {f['sha256'][:19]}")
+            reg.check_blob(f["sha256"])  # the quarantine rule (registry/service/integrity.py): reported, never served
     problems = missing + bad
     rev.add("integrity", not problems, "; ".join(problems), files=len(rev.info.manifest["files"]),
             mismatched=len(bad), unreadable=len(missing))
@@ -231,11 +235,16 @@ def _check_roundtrip(rev: _Revision) -> None:
     before, after = _configs(rev.stored), _configs(back)
     for name in sorted(set(before) | set(after)):
         a, b = before.get(name, {}), after.get(name, {})
-        changed = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+        changed = sorted(k for k in set(a) | set(b) if _canonical(a.get(k)) != _canonical(b.get(k)))
         if changed:
             problems.append(f"adapter {name}: config fields changed by the round trip: {', '.join(changed[:8])}")
     rev.add("roundtrip", not problems, "; ".join(problems), applicable=True, via=other, tensors=len(ours),
             bytes=sum(len(v[2]) for v in ours.values()))
+
+
+def _canonical(value: Any) -> str:
+    """A config value as JSON text, so equal values compare equal even when they hold NaN (NaN != NaN)."""
+    return json.dumps(value, sort_keys=True, default=str)
 
 
 def _peft_adapters(folder: Path) -> list[tuple[str, Path]]:
@@ -313,7 +322,7 @@ def _check_outputs(reg: "Registry", rev: _Revision) -> None:
             for c in eq.check_merge(rev.base, folder, merged, device="cpu"):
                 comparisons.append({"adapter": name, **c.to_dict()})
                 if not c.passed:
-                    problems.append(f"adapter {name}: {c.name}: relative error {c.rel_err:.3g} over {c.tolerance:g}")
+                    problems.append(f"adapter {name}: {c.name}: {c.reason}")
         except Exception as exc:  # noqa: BLE001 - a merge or model load that fails is the finding
             problems.append(f"adapter {name}: {type(exc).__name__}: {exc}")
             continue
@@ -324,6 +333,11 @@ def _check_outputs(reg: "Registry", rev: _Revision) -> None:
             out = eq.peft_outputs(rev.base, folder, eq.probe_inputs(rev.base), dtype=torch.float32)
             rev.peft_outputs[name] = out
         figures[name] = _figures(out)
+        if not all(math.isfinite(v) for v in (figures[name]["l2"], figures[name]["sum"])):
+            problems.append(f"adapter {name}: its outputs on the probe batch hold NaN or Inf")
+            figures[name] = {**figures[name], "l2": str(figures[name]["l2"]), "sum": str(figures[name]["sum"]),
+                             "head": [v if math.isfinite(v) else str(v) for v in figures[name]["head"]]}
+            continue
         reference = (stored_reference or {}).get(name)
         if reference is not None:
             drift = abs(figures[name]["l2"] - reference["l2"]) / (abs(reference["l2"]) or 1.0)

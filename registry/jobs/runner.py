@@ -81,7 +81,8 @@ def check_params(kind: str, params: dict[str, Any]) -> None:
         for ref in revisions:
             parse_id(ref)
         checks = params.get("checks")
-        if checks is not None and not (isinstance(checks, list) and checks and set(checks) <= set(CHECKS)):
+        if checks is not None and not (isinstance(checks, list) and checks
+                                       and all(isinstance(c, str) and c in CHECKS for c in checks)):
             raise InvalidJobError(f"validate job: checks must be a non-empty list of {', '.join(CHECKS)}")
         if params.get("swift") is not None and not isinstance(params["swift"], bool):
             raise InvalidJobError("validate job: swift must be true or false")

@@ -6,12 +6,17 @@ FastAPI's threadpool (`def` routes); only the upload PATCH is `async`, to stream
 are capped and errors shaped by the route class (schemas.V1Route).
 
 Uploads are resumable: the bytes of a blob in transit are kept by the store's upload area
-(registry/store/uploads.py) and each PATCH appends to them from the offset the server holds, under a
-per-digest lock; the last byte stores the blob, hashed and checked against its digest.
+(registry/store/uploads.py), in the part of it that belongs to the token's namespaces (auth.upload_owner),
+and each PATCH appends to them from the offset the server holds, under a per-digest lock; the last
+byte stores the blob (the partial file itself, hashed and checked against its digest). Before a byte
+is read, an upload must fit its owner's quota of unfinished bytes (413) and the filesystem (507).
+
+gc is store-wide (a blob is stored once for every namespace that uses it), so only an admin token
+without a namespace limit may run it; stats answer a namespace admin with its namespaces' figures.
 """
 from __future__ import annotations
 
-import os
+from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import anyio
@@ -22,18 +27,38 @@ from starlette.requests import ClientDisconnect
 
 from .. import errors as E
 from ..ids import check_name, check_tag, parse_id
+from ..params import natural
 from ..service import Registry
 from ..store import BlobDigestMismatch, BlobNotFound, validate_digest
 from ..store.uploads import UploadArea
-from .auth import Caller, admin, prove, read_any, read_listing, read_ns, require, scoped, visible, write_any, write_ns
+from ..store.local import disk_full, free_bytes
+from ..tokens import TokenInfo
+from .auth import (
+    Caller,
+    admin,
+    counters,
+    owner_namespaces,
+    prove,
+    read_any,
+    read_limit,
+    read_listing,
+    read_ns,
+    require,
+    scoped,
+    upload_owner,
+    visible,
+    write_any,
+    write_ns,
+)
 from .lookup import registry_of
-from .responses import BlobResponse
+from .responses import blob_response
 from .schemas import (
     DIGEST,
     NAME,
     NS,
     REF,
     TAG,
+    BranchIn,
     GcIn,
     GcOut,
     ManifestModel,
@@ -42,6 +67,8 @@ from .schemas import (
     PushIn,
     PushOut,
     RepoOut,
+    RetentionApplyIn,
+    RetentionIn,
     RevisionFilesOut,
     RevisionOut,
     RevisionSummary,
@@ -57,21 +84,65 @@ from .schemas import (
 
 #: How long a PATCH waits for another PATCH of the same blob to finish before answering 409.
 UPLOAD_LOCK_WAIT = 30.0
+#: A PATCH re-checks its owner's quota each time it has received this many more bytes (concurrent
+#: uploads of one owner can overshoot the quota by at most this much each).
+QUOTA_RECHECK_BYTES = 4 << 20
 
 router = APIRouter(prefix="/api/v1", tags=["api v1"], route_class=V1Route)
 
 
 # ----- helpers ------------------------------------------------------------------------------------------
 
-def _uploads(request: Request) -> UploadArea:
+def _uploads(request: Request, caller: Caller = None) -> UploadArea:
+    """The whole upload area, or with `caller` the part of it that belongs to the caller's namespaces."""
     area: UploadArea = request.app.state.uploads
-    return area
+    if caller is None:
+        return area
+    return area.of(upload_owner(caller))
+
+
+def _free(folder: Path) -> int:
+    """Free bytes on the filesystem that holds (or will hold) `folder`."""
+    while not folder.exists() and folder.parent != folder:
+        folder = folder.parent
+    return free_bytes(folder)
+
+
+def _fits(request: Request, uploads: UploadArea, caller: TokenInfo, digest: str, held: int, length: int) -> None:
+    """Refuse an upload before its body is read when the whole blob cannot fit: its owner's quota of
+    bytes in unfinished uploads (413), or the free space of the filesystem (507)."""
+    limit = request.app.state.settings.max_partial_bytes
+    others = uploads.held_bytes(but=digest)
+    if others + length > limit:
+        raise E.UploadQuotaError(f"this upload of {length:,} bytes would bring the unfinished uploads of "
+                                 f"{_whose(caller)} to {others + length:,} bytes, over this server's limit of "
+                                 f"{limit:,}: finish or abandon the others (they expire after "
+                                 f"{_hours(request.app.state.settings.upload_ttl)} idle), then retry",
+                                 offset=held)
+    need = length - held
+    if need > _free(uploads.folder):
+        raise disk_full(uploads.folder, f"upload of blob {digest}", f" ({need:,} more bytes needed)")
+
+
+def _within(owner: set[str] | None, names: set[str]) -> bool:
+    """Whether an upload owner's namespaces are known and all among `names`."""
+    return owner is not None and owner <= names
+
+
+def _whose(caller: TokenInfo) -> str:
+    return "this server's unlimited tokens" if caller.namespaces is None else \
+        f"namespace{'s' if len(caller.namespaces) > 1 else ''} {', '.join(sorted(caller.namespaces))}"
+
+
+def _hours(seconds: float) -> str:
+    return f"{seconds / 3600:g} h" if seconds >= 3600 else f"{seconds:g} s"
 
 
 def _int_header(value: str | None, name: str) -> int:
-    if value is None or not value.isdigit() or len(value) > 20:
-        raise E.RegistryError(f"the {name} header must be a non-negative integer")
-    return int(value)
+    """A byte-count header: ASCII digits, at most 2^63-1 (registry/params.py), else 400."""
+    if value is None:
+        raise E.RegistryError(f"the {name} header is required (a non-negative integer)")
+    return natural(value, f"the {name} header")
 
 
 def _without_manifest(d: dict[str, Any]) -> dict[str, Any]:
@@ -103,8 +174,9 @@ def list_repos(request: Request, caller: Annotated[Caller, Depends(read_listing)
     if namespace:
         check_name(namespace, "namespace")
     repos = registry_of(request).list(namespace or None)
-    if caller is not None and caller.namespaces is not None:
-        repos = [r for r in repos if r.repo.split("/", 1)[0] in caller.namespaces]
+    limit = read_limit(request, caller)
+    if limit is not None:
+        repos = [r for r in repos if r.repo.split("/", 1)[0] in limit]
     return JSONResponse([r.to_dict() for r in repos])
 
 
@@ -128,23 +200,18 @@ def show_ref(request: Request, ns: NS, name: NAME, ref: REF, _: Annotated[Caller
     return JSONResponse({**info, "files": files})
 
 
-@router.get("/blobs/{digest}", summary="A blob's bytes (Range supported)", response_class=FileResponse,
+@router.get("/blobs/{digest}", summary="A blob's bytes (Range supported), verified: a corrupt blob is cut short "
+            "and quarantined, never answered whole", response_class=FileResponse,
             responses={200: {"content": {"application/octet-stream": {}}, "description": "the blob"},
                        206: {"description": "the requested range"}, **error_docs(400, 401, 403, 404, 416)})
 def get_blob(request: Request, digest: DIGEST, caller: Annotated[Caller, Depends(read_any)]) -> Response:
-    store = registry_of(request).store
+    reg = registry_of(request)
     validate_digest(digest)
-    try:
-        path = store.path(digest)
-        stat = os.stat(path) if path is not None else None
-        if not visible(request, caller, digest):  # the same answer as absent: existence is not leaked
-            raise FileNotFoundError(digest)
-    except (BlobNotFound, FileNotFoundError):
-        raise BlobNotFound(digest) from None
-    if path is None:  # a remote store: no file to hand to the server (not built yet)
-        raise E.NotSupportedError("this store cannot serve blobs over HTTP yet")
-    return BlobResponse(path, media_type="application/octet-stream", stat_result=stat,
-                        headers={"ETag": f'"{digest}"', "Accept-Ranges": "bytes"})
+    if not visible(request, caller, digest):  # the same answer as absent: existence is not leaked
+        raise BlobNotFound(digest)
+    blob = reg.servable_blob(digest, whole="range" in request.headers, head=request.method == "HEAD",
+                             referenced=False)
+    return blob_response(reg, blob, {"ETag": f'"{digest}"'}, None)
 
 
 # ----- pushing: missing blobs, resumable uploads, commit ------------------------------------------------------
@@ -183,15 +250,15 @@ def upload_status(request: Request, digest: DIGEST, caller: Annotated[Caller, De
                                                       "Upload-Complete": "true"})
     except BlobNotFound:
         pass
-    return Response(status_code=200, headers={**headers, "Upload-Offset": str(_uploads(request).offset(digest)),
-                                              "Upload-Complete": "false"})
+    held = _uploads(request, caller).offset(digest)  # this token's namespaces' upload, never another's
+    return Response(status_code=200, headers={**headers, "Upload-Offset": str(held), "Upload-Complete": "false"})
 
 
 @router.patch("/uploads/{digest}", summary="Append bytes to an upload; the last byte stores the verified blob",
               status_code=204,
               responses={201: {"model": UploadDone, "description": "complete, verified and stored"},
                          204: {"description": "bytes appended; Upload-Offset is the new offset"},
-                         **error_docs(400, 401, 403, 409, 413, 422)},
+                         **error_docs(400, 401, 403, 409, 413, 422, 507)},
               openapi_extra={"requestBody": {"required": False, "content": {
                   "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}})
 async def upload_bytes(
@@ -204,15 +271,17 @@ async def upload_bytes(
     reg = registry_of(request)
     settings = request.app.state.settings
     stats = request.app.state.stats
-    uploads = _uploads(request)
+    assert caller is not None  # write_any: a token, always
+    mine = counters(request, caller) if scoped(caller) else {}
+    uploads = _uploads(request, caller)
     validate_digest(digest)  # before anything touches a path
     offset = _int_header(upload_offset, "Upload-Offset")
     length = _int_header(upload_length, "Upload-Length")
     if length > settings.max_blob_bytes:
         raise E.RequestTooLargeError(f"Upload-Length {length} exceeds this server's limit of "
                                      f"{settings.max_blob_bytes} bytes per blob")
-    declared = request.headers.get("content-length", "")
-    if offset > length or (declared.isdigit() and offset + int(declared) > length):
+    declared = request.headers.get("content-length")
+    if offset > length or (declared is not None and offset + natural(declared, "Content-Length") > length):
         raise E.UploadTooLongError("the body would run past Upload-Length")
     if await run_in_threadpool(lambda: _stored(reg, digest) and visible(request, caller, digest)):
         size = await run_in_threadpool(reg.store.size, digest)
@@ -227,7 +296,8 @@ async def upload_bytes(
         if offset != upload.held:
             raise E.UploadOffsetError(f"Upload-Offset is {offset} but the server holds {upload.held} bytes of this "
                                       "blob; continue from there", offset=upload.held)
-        received = 0
+        await anyio.to_thread.run_sync(_fits, request, uploads, caller, digest, upload.held, length)
+        received = unchecked = 0
         try:
             async for chunk in request.stream():
                 if not chunk:
@@ -238,7 +308,17 @@ async def upload_bytes(
                                                "this request were dropped", offset=upload.held)
                 await anyio.to_thread.run_sync(upload.append, chunk)
                 received += len(chunk)
+                unchecked += len(chunk)
                 stats["bytes_received"] += len(chunk)
+                if mine:
+                    mine["bytes_received"] += len(chunk)
+                if unchecked >= QUOTA_RECHECK_BYTES:  # other uploads of this owner may have grown meanwhile
+                    unchecked = 0
+                    if await anyio.to_thread.run_sync(uploads.held_bytes) > settings.max_partial_bytes:
+                        await anyio.to_thread.run_sync(upload.rollback)
+                        raise E.UploadQuotaError(f"the unfinished uploads of {_whose(caller)} grew past this "
+                                                 f"server's limit of {settings.max_partial_bytes:,} bytes during "
+                                                 "this request; its bytes were dropped", offset=upload.held)
         except ClientDisconnect:  # keep what arrived: the client resumes from HEAD's offset
             raise E.ClientDisconnectedError("the connection closed before the body ended",
                                             offset=offset + received) from None
@@ -250,6 +330,8 @@ async def upload_bytes(
         except BlobDigestMismatch as exc:
             raise BlobDigestMismatch(digest, exc.actual, exc.size, "this upload") from None
         stats["blobs_stored"] += 1
+        if mine:
+            mine["blobs_stored"] += 1
         prove(request, caller, digest)
         return JSONResponse({"digest": info.digest, "size": info.size}, status_code=201,
                             headers={"Upload-Offset": str(info.size), "Upload-Complete": "true"})
@@ -283,7 +365,8 @@ def push_revision(request: Request, ns: NS, name: NAME, body: PushIn,
                                       "this token's namespaces: upload them first", unseen)
     result = registry_of(request).push_manifest(
         body.manifest.model_dump(), repo, kind=body.kind, tag=body.tag, force=body.force, message=body.message,
-        author=caller.owner if caller is not None else None, base_model=body.base_model, parents=body.parents)
+        author=caller.owner if caller is not None else None, base_model=body.base_model, parents=body.parents,
+        allow_nonfinite=body.allow_nonfinite)
     return JSONResponse({"revision": result.revision.to_dict(), "created": result.created,
                          "blobs_written": result.blobs_written, "bytes_written": result.bytes_written,
                          "notices": result.notices}, status_code=201 if result.created else 200)
@@ -297,6 +380,51 @@ def put_tag(request: Request, ns: NS, name: NAME, tag: TAG, body: TagIn,
             _: Annotated[Caller, Depends(write_ns)]) -> Response:
     info = registry_of(request).tag(ref_id(ns, name, body.ref), check_tag(tag), force=body.force)
     return JSONResponse(info.to_dict())
+
+
+@router.put("/repos/{ns}/{name}/branches/{branch}", summary="Point a branch at a revision, creating or moving it "
+            "(main included: a rollback)", response_model=RevisionOut,
+            responses=error_docs(400, 401, 403, 404, 409, 413, 422))
+def put_branch(request: Request, ns: NS, name: NAME, branch: TAG, body: BranchIn,
+               _: Annotated[Caller, Depends(write_ns)]) -> Response:
+    info = registry_of(request).branch(ref_id(ns, name, body.ref), check_tag(branch))
+    return JSONResponse(info.to_dict())
+
+
+@router.delete("/repos/{ns}/{name}/revisions/{ref}", summary="Delete a revision that nothing needs, on the record "
+               "(admin on its namespace); its blobs go at the next gc", response_model=RevisionOut,
+               responses=error_docs(400, 401, 403, 404, 409))
+def delete_revision(request: Request, ns: NS, name: NAME, ref: REF) -> Response:
+    caller = require(request, "admin", ns)
+    info = registry_of(request).delete_revision(ref_id(ns, name, ref),
+                                                deleted_by=caller.owner if caller is not None else None)
+    return JSONResponse(info.to_dict())
+
+
+@router.get("/repos/{ns}/{name}/retention", summary="The repository's retention rule (null when it has none)",
+            responses=error_docs(400, 401, 403, 404))
+def get_retention(request: Request, ns: NS, name: NAME, _: Annotated[Caller, Depends(read_ns)]) -> Response:
+    policy = registry_of(request).retention(repo_id(ns, name))
+    return JSONResponse({"policy": policy.to_dict() if policy else None})
+
+
+@router.put("/repos/{ns}/{name}/retention", summary="Set or remove the repository's retention rule (admin on its "
+            "namespace); gc enforces it", responses=error_docs(400, 401, 403, 404, 413, 422))
+def put_retention(request: Request, ns: NS, name: NAME, body: RetentionIn) -> Response:
+    require(request, "admin", ns)
+    policy = registry_of(request).set_retention(repo_id(ns, name), body.keep_last, keep_tagged=body.keep_tagged)
+    return JSONResponse({"policy": policy.to_dict() if policy else None})
+
+
+@router.post("/retention/apply", summary="Delete the revisions retention rules do not keep and nothing needs",
+             responses=error_docs(400, 401, 403, 404, 413, 422))
+def apply_retention(request: Request, body: RetentionApplyIn) -> Response:
+    target = parse_id(body.repo, allow_ref=False).repo if body.repo else None
+    caller = require(request, "admin", target.split("/", 1)[0] if target else None)
+    if target is None and caller is not None and caller.namespaces is not None:
+        raise E.ForbiddenError("applying every retention rule reaches every namespace: name the repository "
+                               f"(this token is limited to {', '.join(sorted(caller.namespaces))})")
+    return JSONResponse(registry_of(request).apply_retention(target, dry_run=body.dry_run).to_dict())
 
 
 @router.delete("/repos/{ns}/{name}/tags/{tag}", summary="Delete a tag (the revision stays)", status_code=204,
@@ -333,16 +461,53 @@ def post_vllm_check(request: Request, ns: NS, name: NAME, ref: REF, body: Servin
 
 # ----- operations --------------------------------------------------------------------------------------------
 
-@router.post("/gc", summary="Delete unreferenced blobs and stale partial uploads older than the grace period",
-             response_model=GcOut, responses=error_docs(401, 403, 413, 422))
-def gc(request: Request, _: Annotated[Caller, Depends(admin)], body: GcIn | None = None) -> Response:
+@router.post("/gc", summary="Delete unreferenced blobs and stale partial uploads older than the grace period "
+             "(an admin token without a namespace limit)", response_model=GcOut,
+             responses=error_docs(401, 403, 413, 422))
+def gc(request: Request, caller: Annotated[Caller, Depends(admin)], body: GcIn | None = None) -> Response:
+    if caller is not None and caller.namespaces is not None:
+        raise E.ForbiddenError(
+            "gc is store-wide: a blob is stored once for every namespace that uses it, and an uncommitted upload "
+            "of any namespace would be deleted too, so only an admin token without a namespace limit may run it; "
+            f"this token is limited to {', '.join(sorted(caller.namespaces))} (unfinished uploads expire by "
+            f"themselves after {_hours(request.app.state.settings.upload_ttl)} idle)")
     body = body or GcIn()
     return JSONResponse(registry_of(request).gc(grace_seconds=body.grace_seconds, dry_run=body.dry_run).to_dict())
 
 
-@router.get("/stats", summary="Server counters since start", response_model=StatsOut, responses=error_docs(401, 403))
-def stats(request: Request, _: Annotated[Caller, Depends(admin)]) -> Response:
-    return JSONResponse({**request.app.state.stats, "uploads_in_progress": _uploads(request).in_progress()})
+@router.post("/scrub", summary="Rehash the stored blobs not verified within max_age seconds now, quarantining "
+             "corrupt ones (the server also does this every --scrub-interval); an admin token without a namespace "
+             "limit", responses=error_docs(401, 403, 422))
+def scrub(request: Request, caller: Annotated[Caller, Depends(admin)], max_age: float = 0.0) -> Response:
+    if caller is not None and caller.namespaces is not None:
+        raise E.ForbiddenError("a scrub reads the whole store, shared by every namespace: only an admin token "
+                               "without a namespace limit may run one")
+    return JSONResponse(registry_of(request).scrub(max_age=max(0.0, max_age)).to_dict())
+
+
+@router.get("/stats", summary="Server counters since start (a namespace admin: those of its namespaces)",
+            response_model=StatsOut, responses=error_docs(401, 403))
+def stats(request: Request, caller: Annotated[Caller, Depends(admin)]) -> Response:
+    area = _uploads(request)
+    if caller is None or caller.namespaces is None:
+        reg = registry_of(request)
+        return JSONResponse({**request.app.state.stats, "uploads_in_progress": area.in_progress(),
+                             "partial_upload_bytes": area.held_bytes(), **reg.integrity_counters,
+                             **reg.integrity_report()})
+    names = set(caller.namespaces)
+    totals = {"requests": 0, "bytes_received": 0, "blobs_stored": 0}
+    for limit, figures in list(request.app.state.stats_by_namespaces.items()):
+        if set(limit) <= names:  # tokens limited to these namespaces (or some of them): their activity only
+            for key in totals:
+                totals[key] += figures[key]
+    owned = [area.of(d.name) for d in (area.folder.iterdir() if area.folder.is_dir() else ())
+             if d.is_dir() and _within(owner_namespaces(d.name), names)]
+    reg = registry_of(request)
+    return JSONResponse({"namespaces": sorted(names), **totals,
+                         "uploads_in_progress": sum(a.in_progress() for a in owned),
+                         "partial_upload_bytes": sum(a.held_bytes() for a in owned),
+                         "repositories": sum(len(reg.list(ns)) for ns in sorted(names)),
+                         **reg.integrity_report(sorted(names))})
 
 
 __all__ = ["router"]

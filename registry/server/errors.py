@@ -31,7 +31,14 @@ log = logging.getLogger("swiftreg.server")
 def error_response(status: int, code: str, message: str, headers: dict[str, str] | None = None,
                    **extra: Any) -> JSONResponse:
     """The /api/v1 error shape, `{"error": {"code", "message", **extra}}`, with `status`."""
-    return JSONResponse({"error": {"code": code, "message": message, **extra}}, status_code=status, headers=headers)
+    return JSONResponse({"error": {"code": code, "message": encodable(message), **extra}}, status_code=status,
+                        headers=headers)
+
+
+def encodable(message: str) -> str:
+    """`message` with anything UTF-8 cannot encode (a lone surrogate quoted from the request) escaped: an
+    answer that names hostile input must still be writable."""
+    return message.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def refusal(exc: E.RegistryError | converters.FormatError) -> tuple[int, str, dict[str, Any]]:
@@ -67,6 +74,12 @@ def scrub(message: str, home: str, store_root: str | None) -> str:
     return message
 
 
+def scrub_for(registry: Any, message: str) -> str:
+    """`scrub` with the folders of `registry` (the app's Registry): what every dialect answers."""
+    store_root = getattr(registry.store, "root", None)
+    return scrub(message, str(registry.home), str(store_root) if store_root is not None else None)
+
+
 async def routing_error(request: Request, exc: Exception) -> Response:
     """No such route or method: in the JSON error shape under /api/v1, FastAPI's default elsewhere."""
     assert isinstance(exc, StarletteHTTPException)
@@ -92,30 +105,48 @@ class HubRefusal(Exception):
 
     def __init__(self, status: int, code: str | None, message: str,
                  headers: dict[str, str] | None = None) -> None:
-        self.status, self.code, self.message, self.headers = status, code, message, headers or {}
-        super().__init__(message)
+        self.status, self.code, self.message, self.headers = status, code, encodable(message), headers or {}
+        super().__init__(self.message)
 
 
 def hub_errors(render: Callable[[HubRefusal], Response], dialect: str,
                logger: logging.Logger) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """A route decorator answering HubRefusal and registry refusals through `render`, a dialect's shape.
 
-    Crashes still go to the app's handler (logged, bare 500). A registry refusal with a 5xx status (a
-    corrupt blob) is logged here: the client sees only its message.
+    A dependency that is down (the database, the store, the disk: `app.state.dependencies`, health.py)
+    is answered 503 with Retry-After (507 for a full disk) in the dialect's shape and noted in the
+    outage log. Other crashes still go to the app's catch-all (logged, bare 500). Any other registry
+    refusal with a 5xx status (a corrupt blob) is logged here: the client sees only its message.
     """
 
     def decorate(route: Callable[..., Any]) -> Callable[..., Any]:
         @functools.wraps(route)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
+            request = kwargs.get("request")
+            registry = request.app.state.registry if isinstance(request, Request) else None
+
+            def clean(message: str) -> str:  # no server path in a body or X-Error-Message
+                return scrub_for(registry, message) if registry is not None else message
+
             try:
                 return route(*args, **kwargs)
             except HubRefusal as exc:
-                return render(exc)
-            except (E.RegistryError, converters.FormatError) as exc:
-                status = refusal(exc)[0]
-                if status >= 500:
+                return render(HubRefusal(exc.status, exc.code, clean(exc.message), exc.headers))
+            except Exception as exc:
+                dependencies = request.app.state.dependencies if isinstance(request, Request) else None
+                down = dependencies.refusal_for(exc) if dependencies is not None else None
+                if down is None and not isinstance(exc, (E.RegistryError, converters.FormatError)):
+                    raise
+                shown = down if down is not None else exc
+                assert isinstance(shown, (E.RegistryError, converters.FormatError))
+                status = refusal(shown)[0]
+                if status >= 500 and down is None:
                     logger.error("%s while serving the %s: %s", type(exc).__name__, dialect, exc)
-                return render(HubRefusal(status, None, str(exc)))
+                # No Hub error code, even for a blob that is gone (quarantined): EntryNotFound would make
+                # huggingface_hub record the file as absent at this commit (`.no_exist`), which transformers then
+                # trusts without asking again, even after a re-push restored the blob.
+                return render(HubRefusal(status, None, clean(str(shown)),
+                                         dict(getattr(shown, "headers", None) or {})))
 
         return wrapper
 

@@ -23,9 +23,11 @@ Files: every file is presented as an LFS object: `ETag` / `X-Linked-Etag` and th
 `lfs.oid` are the file's sha256 hex (what the client names its cache blobs by, and checks a
 `local_dir` copy against), `oid` is the git blob id of the LFS pointer file, `pointerSize` its
 length. There is never an `xetHash`. The bytes are streamed (Range supported) straight from the
-blob store when it is on local disk, converted files included: zero copy, and nothing to assemble
-before answering a HEAD (the client gives a HEAD 10 s); otherwise from the registry's verified
-snapshot folder.
+blob store, converted files included, and verified on the way (registry/server/responses.py): the
+client does not hash what it downloads, so a corrupt blob is cut short before its last byte and
+quarantined, never completed; nothing is assembled before answering a HEAD (the client gives a HEAD
+10 s). Files are served as data: `nosniff`, a sandboxing CSP, and `application/octet-stream` with
+`Content-Disposition: attachment` for anything but JSON, Markdown and plain text.
 
 Errors carry `X-Error-Code` (RepoNotFound, RevisionNotFound, EntryNotFound; EntryNotFound also
 `X-Repo-Commit`, so the client can cache the absence) and a `{"error": message}` body. Repository
@@ -42,14 +44,15 @@ from __future__ import annotations
 import hashlib
 import logging
 from datetime import datetime, timezone
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse, Response
 
 from ..manifest import FileEntry
+from ..params import flag, natural
 from .errors import HubRefusal, hub_errors
-from .lookup import Served, file_response, listing, lookup, registry_of, sha256_hex
+from .lookup import Served, file_response, listing, lookup, sha256_hex
 
 log = logging.getLogger("swiftreg.server.hf")
 
@@ -69,7 +72,8 @@ def _render(exc: HubRefusal) -> JSONResponse:
 
 
 def _header_safe(text: str) -> str:
-    return "".join(c if " " <= c <= "~" else "?" for c in text)[:500]
+    """Printable ASCII, without the leading or trailing spaces a header value may not have (h11 refuses them)."""
+    return "".join(c if " " <= c <= "~" else "?" for c in text)[:500].strip()
 
 
 _hf_errors = hub_errors(_render, "HF protocol", log)
@@ -128,22 +132,29 @@ def _repo_info(request: Request, served: Served, blobs: bool) -> dict[str, Any]:
 
 @router.api_route("/api/models/{namespace}/{name}", methods=["GET", "HEAD"])
 @_hf_errors
-def model_info(request: Request, namespace: str, name: str, blobs: bool = False) -> Any:
-    return _repo_info(request, lookup(request, namespace, name, "main"), blobs)
+def model_info(request: Request, namespace: str, name: str, blobs: str = "false") -> Any:
+    with_blobs = flag(blobs, "blobs")
+    return _repo_info(request, lookup(request, namespace, name, "main"), with_blobs)
 
 
 @router.api_route("/api/models/{namespace}/{name}/revision/{rev:path}", methods=["GET", "HEAD"])
 @_hf_errors
-def model_info_at(request: Request, namespace: str, name: str, rev: str, blobs: bool = False) -> Any:
-    return _repo_info(request, lookup(request, namespace, name, rev), blobs)
+def model_info_at(request: Request, namespace: str, name: str, rev: str, blobs: str = "false") -> Any:
+    with_blobs = flag(blobs, "blobs")
+    return _repo_info(request, lookup(request, namespace, name, rev), with_blobs)
 
 
 @router.api_route("/api/models/{namespace}/{name}/tree/{rev}", methods=["GET", "HEAD"])
 @router.api_route("/api/models/{namespace}/{name}/tree/{rev}/{path:path}",
                   methods=["GET", "HEAD"])
 @_hf_errors
-def tree(request: Request, namespace: str, name: str, rev: str, path: str = "", recursive: bool = False,
-         cursor: int = 0, limit: int = PAGE_SIZE) -> Any:
+def tree(request: Request, namespace: str, name: str, rev: str, path: str = "",
+         recursive_text: Annotated[str, Query(alias="recursive")] = "false",
+         cursor_text: Annotated[str, Query(alias="cursor")] = "0",
+         limit_text: Annotated[str, Query(alias="limit")] = str(PAGE_SIZE)) -> Any:
+    # parsed here (registry/params.py), so a bad one is refused in the Hub's error shape, not FastAPI's
+    recursive = flag(recursive_text, "recursive")
+    cursor, limit = natural(cursor_text, "cursor"), natural(limit_text, "limit")
     served = lookup(request, namespace, name, rev)
     prefix = path.strip("/")
     found = listing(served, prefix, recursive)
@@ -172,5 +183,5 @@ def resolve_file(request: Request, namespace: str, name: str, rev: str, path: st
         raise HubRefusal(404, "EntryNotFound", f"{path} is not a file of {served.repo} at {served.commit}",
                          {"X-Repo-Commit": served.commit})
     etag = f'"{sha256_hex(entry)}"'
-    return file_response(registry_of(request), served, entry, {
+    return file_response(request, served, entry, {
         "ETag": etag, "X-Linked-Etag": etag, "X-Linked-Size": str(entry.size), "X-Repo-Commit": served.commit})

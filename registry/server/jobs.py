@@ -11,7 +11,8 @@ Thin, as every dialect: parse, check the token, call the service.
 Submitting needs a write token for the namespace the job writes to (merge/unmerge/combine: the push
 target; import: the repository it imports into; validate: the revisions' namespaces, since it
 records results there) and read access to
-every namespace it reads. The server only records jobs: `swiftreg worker` processes (or a Ray
+every namespace it reads. An idempotency key is unique per namespace (registry/jobs/queue.py
+`key_scope`). The server only records jobs: `swiftreg worker` processes (or a Ray
 driver) next to the database run them. The diagnostic `sleep` kind's `record` file is refused here:
 a client never names a path on the server.
 """
@@ -24,8 +25,10 @@ from fastapi.responses import JSONResponse, Response
 
 from ..errors import ForbiddenError, InvalidJobError
 from ..jobs.api import queue_of
+from ..jobs.queue import key_scope
 from ..jobs.runner import check_params, job_namespaces
-from .auth import Caller, read_any, read_ns, require
+from ..params import text
+from .auth import Caller, read_any, read_limit, read_ns, reads_open, require
 from .lookup import registry_of
 from .schemas import JOB_ID, JOB_STATUS, KIND, NAME, NS, REF, JobIn, JobOut, V1Route, error_docs, ref_id
 
@@ -38,6 +41,8 @@ def _may_see(request: Request, caller: Caller, namespace: str | None, scope: str
         require(request, scope, namespace)
         return
     token = require(request, scope, None)
+    if scope == "read" and reads_open(request):
+        return  # what no token may read, every token may
     if token is not None and token.namespaces is not None:
         raise ForbiddenError("this job spans several namespaces: it needs a token without a namespace limit")
 
@@ -55,16 +60,16 @@ def submit_job(request: Request, body: JobIn, caller: Annotated[Caller, Depends(
         require(request, "write", writes)
     elif body.kind != "validate":  # sleep: not about any namespace; a diagnostic for unscoped writers
         _may_see(request, caller, None, "write")
+    # keys are unique per namespace (key_scope): a conflict never names another namespace's job
     job, created = queue_of(registry_of(request)).submit(body.kind, body.params, key=body.idempotency_key,
-                                                       namespace=writes)
+                                                       namespace=writes, scope=key_scope(writes, reads))
     return JSONResponse(job.to_dict(), status_code=201 if created else 200)
 
 
 @router.get("/jobs", summary="Jobs, newest first", response_model=list[JobOut], responses=error_docs(400, 401, 403))
 def list_jobs(request: Request, caller: Annotated[Caller, Depends(read_any)], status: JOB_STATUS | None = None,
               kind: KIND | None = None, limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> Response:
-    namespaces = caller.namespaces if caller is not None and caller.namespaces is not None else None
-    found = registry_of(request).jobs(status=status, kind=kind, namespaces=namespaces, limit=limit)
+    found = registry_of(request).jobs(status=status, kind=kind, namespaces=read_limit(request, caller), limit=limit)
     return JSONResponse([j.to_dict() for j in found])
 
 
@@ -91,4 +96,6 @@ def cancel_job(request: Request, job_id: JOB_ID,
 def validations(request: Request, ns: NS, name: NAME, ref: REF, _: Annotated[Caller, Depends(read_ns)],
                 check: Annotated[str | None, Query(max_length=64)] = None,
                 limit: Annotated[int, Query(ge=1, le=10000)] = 200) -> Response:
+    if check is not None:
+        text(check, "the check parameter")  # a NUL reaches no database
     return JSONResponse(registry_of(request).validation_history(ref_id(ns, name, ref), check_kind=check, limit=limit))

@@ -18,14 +18,12 @@ EntryNotFound); each dialect renders them in its own shape.
 """
 from __future__ import annotations
 
-import mimetypes
-import os
 import re
 import threading
 from dataclasses import dataclass
-from pathlib import Path
 
 from fastapi import Request
+from fastapi.responses import Response
 
 import converters
 
@@ -34,10 +32,9 @@ from ..errors import AccessDeniedError, AmbiguousRefError, InvalidIdError, NotFo
 from ..ids import parse_id, parse_ref
 from ..manifest import FileEntry, Manifest
 from ..service import Registry
-from ..store.errors import StoreError
 from .auth import bearer, require
 from .errors import HubRefusal
-from .responses import BlobResponse
+from .responses import blob_response
 
 COMMIT = re.compile(r"^[0-9a-f]{40}$")
 #: The Hub's words for a bad token; the client raises a plain 401 HfHubHTTPError on them, not RepoNotFound.
@@ -129,7 +126,7 @@ def lookup(request: Request, namespace: str, name: str, rev: str, *, swift_fallb
     """
     repo = hub_repo(request, namespace, name, secret)
     registry, state = registry_of(request), _state(request)
-    if COMMIT.match(rev):
+    if COMMIT.fullmatch(rev):  # whole: `$` alone lets a trailing newline through
         found = _by_commit(registry, state, repo, rev, swift_fallback=swift_fallback)
         if found is not None:
             return found
@@ -208,19 +205,16 @@ def _by_commit(registry: Registry, state: HubState, repo: str, commit: str, *,
             return served
     except (NotFoundError, AmbiguousRefError, HubRefusal):
         pass
-    try:
-        revisions = registry.log(repo)
-    except NotFoundError:
-        raise repo_not_found(repo) from None
-    for info in revisions:  # newest first; only revisions served in a derived form can still match
-        if info.kind != "adapter" or info.format == "peft":
-            continue
+    # A revision served in a derived form: only forms already derived can have handed out this commit id, so
+    # this is one query and never a conversion (an unknown commit must not convert every Swift revision).
+    number = registry.derived_revision(repo, "peft", commit)
+    if number is not None:
         try:
-            served = _served(registry, state, info, swift_fallback=swift_fallback)
-        except HubRefusal:  # refused conversion: it has no PEFT form, so no commit id
-            continue
-        if served.commit == commit:
-            return served
+            served = _served(registry, state, registry.show(f"{repo}@{number}"), swift_fallback=swift_fallback)
+            if served.commit == commit:
+                return served
+        except (NotFoundError, HubRefusal):
+            pass
     return None
 
 
@@ -248,26 +242,12 @@ def listing(served: Served, prefix: str, recursive: bool) -> dict[str, FileEntry
     return {path: found[path] for path in sorted(found)}
 
 
-def file_response(registry: Registry, served: Served, entry: FileEntry, headers: dict[str, str]) -> BlobResponse:
-    """`entry`'s bytes (Range supported), streamed from a local file: the blob itself when the store is on
-    local disk (zero copy, nothing to assemble before answering a HEAD), else the verified snapshot."""
-    local, stat = _local_file(registry, served, entry)
-    media_type = mimetypes.guess_type(entry.path)[0] or "application/octet-stream"
-    return BlobResponse(local, headers={**headers, "Accept-Ranges": "bytes"}, media_type=media_type, stat_result=stat)
-
-
-def _local_file(registry: Registry, served: Served, entry: FileEntry) -> tuple[Path, os.stat_result]:
-    try:
-        blob = registry.store.path(entry.sha256)
-    except StoreError:
-        blob = None
-    if blob is not None:
-        try:
-            stat = os.stat(blob)
-            if stat.st_size == entry.size:
-                return blob, stat
-        except FileNotFoundError:
-            pass
-    local = registry.resolve(f"{served.repo}@{served.info.number}", served.format) / entry.path
-    return local, os.stat(local)
-
+def file_response(request: Request, served: Served, entry: FileEntry, headers: dict[str, str]) -> Response:
+    """`entry`'s bytes (Range supported) streamed from its blob, verified (responses.py: a corrupt blob is
+    never answered whole; it is quarantined and later requests get `BlobNotFound` saying so), as data
+    (`nosniff`, a sandboxing CSP, and `application/octet-stream` + attachment but for JSON, Markdown and
+    plain text). Nothing to assemble before answering a HEAD (the Hub's client gives a HEAD 10 s)."""
+    registry = registry_of(request)
+    blob = registry.servable_blob(entry.sha256, entry.size, whole="range" in request.headers,
+                                  head=request.method == "HEAD")
+    return blob_response(registry, blob, headers, entry.path)

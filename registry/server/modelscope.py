@@ -37,6 +37,7 @@ from fastapi.responses import JSONResponse, Response
 from ..api import RevisionInfo
 from ..errors import NotFoundError
 from ..ids import DEFAULT_REF
+from ..params import flag
 from .errors import HubRefusal, hub_errors
 from .lookup import Served, file_response, hub_repo, listing, lookup, registry_of, sha256_hex
 
@@ -52,7 +53,7 @@ SESSION_COOKIE = "m_session_id"
 def _render(exc: HubRefusal) -> JSONResponse:
     """ModelScope's error envelope: the HTTP status in `Code`, `Success: false` and a `Message`."""
     return JSONResponse({"Code": exc.status, "Success": False, "Message": exc.message,
-                         "RequestId": uuid.uuid4().hex}, status_code=exc.status)
+                         "RequestId": uuid.uuid4().hex}, status_code=exc.status, headers=exc.headers)
 
 
 _ms_errors = hub_errors(_render, "ModelScope API", log)
@@ -130,8 +131,9 @@ def revisions(request: Request, owner: str, name: str) -> Any:
 @_ms_errors
 def files(request: Request, owner: str, name: str, Revision: str | None = None,  # noqa: N803
           Recursive: str = "False", Root: str | None = None) -> Any:  # noqa: N803
+    recursive = flag(Recursive, "Recursive")
     served = _lookup(request, owner, name, Revision)
-    found = listing(served, (Root or "").strip("/"), Recursive.lower() == "true")
+    found = listing(served, (Root or "").strip("/"), recursive)
     entries = []
     for path, entry in found.items():
         if entry is None:
@@ -146,10 +148,13 @@ def files(request: Request, owner: str, name: str, Revision: str | None = None, 
 
 @router.api_route("/api/v1/models/{owner}/{name}/repo", methods=["GET", "HEAD"])
 @_ms_errors
-def download(request: Request, owner: str, name: str, FilePath: str, Revision: str | None = None) -> Response:  # noqa: N803
+def download(request: Request, owner: str, name: str, FilePath: str | None = None,  # noqa: N803
+             Revision: str | None = None) -> Response:  # noqa: N803
+    if FilePath is None:  # refused in ModelScope's envelope, not FastAPI's
+        raise HubRefusal(400, None, "the FilePath query parameter names the file to download")
     served = _lookup(request, owner, name, Revision)
     entry = served.files.get(FilePath)
     if entry is None:
         raise HubRefusal(404, None, f"{FilePath} is not a file of {served.repo} at revision {Revision or MASTER}")
-    return file_response(registry_of(request), served, entry,
+    return file_response(request, served, entry,
                          {"ETag": f'"{sha256_hex(entry)}"', "X-Repo-Commit": served.commit})

@@ -26,7 +26,8 @@ import converters
 from .. import errors as E
 from ..ids import check_name, parse_ref
 from ..jobs.kinds import KINDS
-from .errors import answer, scrub
+from ..params import natural, unstorable
+from .errors import answer, scrub_for
 
 log = logging.getLogger("swiftreg.server")
 
@@ -58,11 +59,12 @@ class V1Route(APIRoute):
 
 
 def _refusal(request: Request, exc: E.RegistryError | converters.FormatError) -> Response:
-    if E.status_of(exc) >= 500:
+    down = request.app.state.dependencies.refusal_for(exc)  # a dependency down: one log line per outage
+    if down is not None:
+        exc = down
+    elif E.status_of(exc) >= 500:
         log.error("%s %s: %s", request.method, request.url.path, exc)
-    reg = request.app.state.registry
-    store_root = getattr(reg.store, "root", None)
-    return answer(exc, scrub(str(exc), str(reg.home), str(store_root) if store_root is not None else None))
+    return answer(exc, scrub_for(request.app.state.registry, str(exc)))
 
 
 def _describe(errors: Any) -> str:
@@ -75,8 +77,8 @@ def _describe(errors: Any) -> str:
 
 async def _capped(request: Request, limit: int) -> Request:
     """The request with its body read into memory, refused (413) past `limit` bytes."""
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > limit:
+    declared = request.headers.get("content-length")
+    if declared is not None and natural(declared, "Content-Length") > limit:
         raise E.RequestTooLargeError(f"the request body is {int(declared)} bytes; this route takes at most {limit}")
     chunks: list[bytes] = []
     total = 0
@@ -103,7 +105,8 @@ async def _capped(request: Request, limit: int) -> Request:
 
 
 def _refuse_unstorable_json(body: bytes) -> None:
-    """NaN/Infinity (not JSON, though Python reads them) and NUL characters (PostgreSQL cannot store them): 400.
+    """NaN/Infinity (not JSON, though Python reads them), NUL characters (PostgreSQL cannot store them) and
+    lone surrogates ("\\ud800": no UTF-8 encoder takes them), in any string or key: 400.
 
     Anything else that is not valid JSON is left to FastAPI, which reports it as a validation error.
     """
@@ -114,17 +117,9 @@ def _refuse_unstorable_json(body: bytes) -> None:
         value = json.loads(body, parse_constant=constant) if body else None
     except (ValueError, RecursionError):
         return
-    stack = [value]
-    while stack:
-        item = stack.pop()
-        if isinstance(item, str):
-            if "\x00" in item:
-                raise E.RegistryError("strings in the request may not contain NUL characters")
-        elif isinstance(item, dict):
-            stack.extend(item.keys())
-            stack.extend(item.values())
-        elif isinstance(item, list):
-            stack.extend(item)
+    problem = unstorable(value)
+    if problem is not None:
+        raise E.RegistryError(f"{problem}: strings may not hold NUL characters or lone surrogates")
 
 
 # ----- path parameters ---------------------------------------------------------------------------------
@@ -231,6 +226,7 @@ class PushIn(BaseModel):
     message: str | None = Field(default=None, max_length=65_536)
     base_model: str | None = Field(default=None, max_length=400)
     parents: list[dict[str, Any]] | None = Field(default=None, max_length=1_000)
+    allow_nonfinite: bool = False    # accept tensors holding NaN or Inf (push --allow-nonfinite)
 
 
 class PushOut(BaseModel):
@@ -254,6 +250,11 @@ class UploadDone(BaseModel):
     size: int
 
 
+class BranchIn(BaseModel):
+    ref: str = Field(max_length=200, description="the revision the branch will point at: a revision number, "
+                     "sha256:<hex> prefix, tag or branch")
+
+
 class TagIn(BaseModel):
     ref: str = Field(default="main", max_length=200, description="tag, branch, revision number or sha256:<hex> prefix")
     force: bool = False
@@ -263,6 +264,18 @@ class ServingCheckIn(BaseModel):
     max_lora_rank: int = Field(default=16, ge=1, le=4096, description="the --max-lora-rank vLLM runs with")
     base_model: str | None = Field(default=None, max_length=200, description="the registry base model vLLM serves, "
                                    "ns/name[@ref], compared with the base the revision records")
+
+
+class RetentionIn(BaseModel):
+    keep_last: int | None = Field(ge=1, le=1_000_000, description="keep this many newest revisions; null removes "
+                                  "the rule")
+    keep_tagged: bool = Field(default=True, description="also keep every tagged revision")
+
+
+class RetentionApplyIn(BaseModel):
+    repo: str | None = Field(default=None, max_length=200, description="one repository (ns/name); every rule "
+                             "when absent (an admin token without a namespace limit)")
+    dry_run: bool = False
 
 
 class GcIn(BaseModel):
@@ -276,6 +289,11 @@ class GcOut(BaseModel):
     temp_files_removed: int
     blobs_kept: int
     partial_uploads_removed: int
+    revisions_deleted: int = 0
+    staging_removed: int = 0
+    staging_bytes_removed: int = 0
+    kept_in_grace: int = 0
+    kept_in_grace_bytes: int = 0
 
 
 class StatsOut(BaseModel):

@@ -8,6 +8,7 @@ The CLI calls it directly; the server calls it behind HTTP; `RemoteRegistry` off
     push.py      push, push_base, push_manifest: blobs first, then one transaction numbers the revision
     refs.py      tag, untag, remove_ref: the only writes after a revision exists
     reading.py   show, log, list, resolve, pull, manifest, verify (derived conversions recorded once)
+    retention.py delete_revision and retention rules: revisions deleted on the record, never a needed one
     gc.py        gc: blobs nothing names, after a grace period
     access.py    blob_in_namespaces: what a namespace-scoped token may reach by digest
     imports.py   import_from (registry/hubs/ does the work), find_import

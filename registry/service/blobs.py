@@ -1,6 +1,7 @@
 """Files in and out of the blob store: a folder's files stored, a manifest's files written back.
 
-Pushes store files here; commits, conversions and snapshots write them back out, verified.
+Pushes store files here; commits, conversions and snapshots write them back out, verified (a blob
+found corrupt on the way out is quarantined: registry/service/integrity.py).
 """
 from __future__ import annotations
 
@@ -11,11 +12,11 @@ from .. import failpoints
 from ..api import Progress
 from ..errors import IntegrityError
 from ..manifest import Manifest, check_relpath
-from ..store.errors import CorruptBlob
-from .core import RegistryCore
+from ..store.errors import BlobNotFound, CorruptBlob
+from .integrity import IntegrityMixin
 
 
-class BlobsMixin(RegistryCore):
+class BlobsMixin(IntegrityMixin):
     """Moving a manifest's files between folders and the store."""
 
     def _store_files(self, files: list[tuple[str, Path]], manifest: Manifest,
@@ -59,8 +60,43 @@ class BlobsMixin(RegistryCore):
                     pass  # another filesystem: copy below
             self._copy_blob(entry.sha256, dst, entry.path)
 
+    def _link_blob(self, digest: str, dst: Path, rel: str) -> None:
+        """A snapshot file sharing the blob's storage: a hard link to the (read-only) blob, its bytes checked
+        against their name after linking; a verified copy where the store's files cannot be linked to (another
+        filesystem, a remote store). A snapshot then costs no second copy of the bytes on disk."""
+        try:
+            source = self.store.path(digest)
+        except BlobNotFound:
+            source = None
+        if source is not None:
+            try:
+                os.link(source, dst)
+            except OSError:
+                pass  # another filesystem, or links not allowed: copy below
+            else:
+                try:
+                    if self._verified_at(digest) == self.store.fingerprint(digest):
+                        return  # verified since its bytes last changed (a link does not change them)
+                except BlobNotFound:
+                    pass  # quarantined or collected meanwhile: check_blob says which
+                state = self.check_blob(digest)
+                if state == "verified":
+                    return
+                dst.unlink(missing_ok=True)
+                why = "corrupt (quarantined)" if state == "corrupt" else state
+                raise IntegrityError(f"{rel}: blob {digest} is {why} in the store and was not served: push the "
+                                     "file again to restore it")
+        self._copy_blob(digest, dst, rel)
+
     def _copy_blob(self, digest: str, dst: Path, rel: str) -> None:
         try:
             self.store.copy_to(digest, dst)
         except CorruptBlob as exc:
-            raise IntegrityError(f"{rel}: blob {digest} is corrupt in the store ({exc}); it was not served") from None
+            try:
+                fingerprint = self.store.fingerprint(digest) or ""
+                size = self.store.size(digest)
+            except BlobNotFound:
+                fingerprint, size = "", 0
+            self.blob_corrupt(digest, exc.actual, fingerprint, size, f"while writing out {rel}")  # quarantined
+            raise IntegrityError(f"{rel}: blob {digest} is corrupt in the store (its bytes hash to {exc.actual}); "
+                                 "it was quarantined and not served: push the file again to restore it") from None

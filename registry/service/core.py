@@ -20,7 +20,14 @@ from .. import atomic, constants
 from ..api import Kind, RevisionInfo
 from ..db import Database
 from ..db.engine import sqlite_url
-from ..db.models import AdapterRecord, BaseModelRecord, ProvenanceRecord, RefRecord, RevisionRecord
+from ..db.models import (
+    AdapterRecord,
+    BaseModelRecord,
+    ProvenanceRecord,
+    RefRecord,
+    RevisionDeletionRecord,
+    RevisionRecord,
+)
 from ..errors import AmbiguousRefError, NotFoundError
 from ..ids import RepoId
 from ..snapshots import SnapshotCache
@@ -125,6 +132,12 @@ class RegistryCore:
             rev = session.scalars(select(RevisionRecord).where(
                 where, RevisionRecord.number == ref.number)).one_or_none()
             if rev is None:
+                gone = session.scalars(select(RevisionDeletionRecord).where(
+                    RevisionDeletionRecord.repo == rid.repo, RevisionDeletionRecord.number == ref.number)).first()
+                if gone is not None:
+                    when = aware(gone.deleted_at).strftime("%Y-%m-%d %H:%M UTC")
+                    raise NotFoundError(f"{rid.repo}@{ref.number} was deleted on {when} by "
+                                        f"{gone.deleted_by or 'someone'} ({gone.reason})")
                 raise NotFoundError(f"{rid.repo} has no revision {ref.number} (it has {repo.revision_count})")
             return rev
         if ref.kind == "digest":

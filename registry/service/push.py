@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session
 
 import converters
 from converters.base_model import BaseModel
-from converters.layout import PICKLE_SUFFIXES, Checkpoint
+from converters.layout import Checkpoint, is_pickle_file
 from converters.validation import validate_checkpoint
 
 from .. import failpoints, rules
@@ -37,8 +37,14 @@ class PushMixin(RefsMixin, ReadingMixin):
     def push(self, path: Path | str, repo_id: str, *, tag: str | None = None, force: bool = False,
              message: str | None = None, author: str | None = None, base_model: str | None = None,
              parents: list[dict[str, Any]] | None = None, progress: Progress | None = None,
-             provenance: dict[str, Any] | None = None) -> PushResult:
+             provenance: dict[str, Any] | None = None, allow_nonfinite: bool = False,
+             base_folder: Path | str | None = None) -> PushResult:
         """Store the checkpoint at `path` as a new revision of adapter `repo_id` (or find it already there).
+
+        `base_model` (a registered base model) is validated against and recorded as the revision's base;
+        `base_folder` (a local model folder) is only validated against: there is no revision to record.
+
+        Tensors holding NaN or Inf are refused unless `allow_nonfinite` (then the notices name them).
 
         `parents` records lineage for results of merges and combinations: the revisions they came
         from, the operation, its parameters, library versions and equivalence figures.
@@ -46,17 +52,19 @@ class PushMixin(RefsMixin, ReadingMixin):
         """
         rid = rules.push_target(repo_id, tag)
         checkpoint = converters.detect(Path(path))
-        base_rev_id, base_folder = None, None
+        base_rev_id: int | None = None
         if base_model is not None:
             base_rev_id, base_folder = self._base_for_validation(base_model)
         with tempfile.TemporaryDirectory(prefix="swiftreg-push-", dir=self.home) as staging:
-            base = BaseModel.open(base_folder) if base_folder else None
-            prepared = rules.prepare_adapter(checkpoint, Path(staging), base)
+            base = BaseModel.open(Path(base_folder)) if base_folder else None
+            prepared = rules.prepare_adapter(checkpoint, Path(staging), base, allow_nonfinite=allow_nonfinite)
             manifest, notices = prepared.manifest, prepared.notices
             meta = adapter_meta(converters.inspect(prepared.root).to_dict(), checkpoint)
             existing = None if provenance else self._existing(rid, "adapter", manifest.digest, tag, force)
-            if existing is not None:
-                return PushResult(existing, created=False, blobs_written=0, bytes_written=0, notices=notices)
+            if existing is not None:  # its blobs stored again if any went missing (quarantined) since
+                written, written_bytes = self._store_files(prepared.files, manifest, progress)
+                return PushResult(existing, created=False, blobs_written=written, bytes_written=written_bytes,
+                                  notices=notices + rules.repush_notices(rid.repo, existing))
             written, written_bytes = self._store_files(prepared.files, manifest, progress)
         failpoints.hit("push:after-blobs")
         info, created = self._commit_revision(
@@ -73,8 +81,10 @@ class PushMixin(RefsMixin, ReadingMixin):
         rid = rules.push_target(repo_id, tag)
         prepared = rules.prepare_base(path)
         existing = self._existing(rid, "base", prepared.manifest.digest, tag, force)
-        if existing is not None:
-            return PushResult(existing, False, 0, 0, prepared.notices)
+        if existing is not None:  # its blobs stored again if any went missing (quarantined) since
+            written, written_bytes = self._store_files(prepared.files, prepared.manifest, progress)
+            return PushResult(existing, False, written, written_bytes,
+                              prepared.notices + rules.repush_notices(rid.repo, existing))
         written, written_bytes = self._store_files(prepared.files, prepared.manifest, progress)
         info, created = self._commit_base(rid, prepared.manifest, prepared.meta, prepared.config, tag=tag, force=force,
                                           message=message, author=None, parents=parents)
@@ -83,7 +93,7 @@ class PushMixin(RefsMixin, ReadingMixin):
     def push_manifest(self, manifest_json: dict[str, Any], repo_id: str, *, kind: Kind = "adapter",
                       tag: str | None = None, force: bool = False, message: str | None = None,
                       author: str | None = None, base_model: str | None = None,
-                      parents: list[dict[str, Any]] | None = None) -> PushResult:
+                      parents: list[dict[str, Any]] | None = None, allow_nonfinite: bool = False) -> PushResult:
         """Commit a revision whose blobs were uploaded separately (the server's push path).
 
         Every blob must already be in the store; the files are then rebuilt from verified blobs
@@ -96,14 +106,14 @@ class PushMixin(RefsMixin, ReadingMixin):
         absent = self.store.missing(f.sha256 for f in manifest.files)
         if absent:
             raise BlobsMissingError(f"{len(absent)} blobs of this manifest are not uploaded yet", absent)
-        pickles = [f.path for f in manifest.files if f.path.endswith(PICKLE_SUFFIXES)]
+        pickles = [f.path for f in manifest.files if is_pickle_file(f.path)]
         if pickles:
             raise InvalidCheckpointError(f"pickle files are never stored: {', '.join(pickles[:5])} (convert .bin "
                                          "weights to safetensors before pushing; leave training pickles out)")
         if kind == "adapter":
             existing = self._existing(rid, "adapter", manifest.digest, tag, force)
             if existing is not None:
-                return PushResult(existing, False, 0, 0)
+                return PushResult(existing, False, 0, 0, rules.repush_notices(rid.repo, existing))
         with tempfile.TemporaryDirectory(prefix="swiftreg-commit-", dir=self.home) as tmp:
             root = Path(tmp) / "checkpoint"
             self._materialise(manifest, root, link=True)
@@ -119,7 +129,7 @@ class PushMixin(RefsMixin, ReadingMixin):
             checkpoint = converters.detect(root)
             base_rev_id, base_folder = (None, None) if base_model is None else self._base_for_validation(base_model)
             base = BaseModel.open(base_folder) if base_folder else None
-            notices = rules.checked(validate_checkpoint(checkpoint, base), rid.repo)
+            notices = rules.checked(validate_checkpoint(checkpoint, base, allow_nonfinite=allow_nonfinite), rid.repo)
             meta = adapter_meta(converters.inspect(root).to_dict(), checkpoint)
             info, created = self._commit_revision(
                 "adapter", rid, manifest, checkpoint.format, meta, tag=tag, force=force, message=message,

@@ -22,6 +22,7 @@ from ..db.models import BaseModelRecord, DerivedRecord, RefRecord, RevisionRecor
 from ..errors import NotFoundError
 from ..ids import DEFAULT_REF, parse_id
 from ..manifest import Manifest, build_manifest, collect_files
+from ..snapshots import mark_used
 from .blobs import BlobsMixin
 from .core import aware, provenance
 
@@ -43,7 +44,7 @@ class ReadingMixin(BlobsMixin):
 
     def log(self, repo_id: str) -> builtins.list[RevisionInfo]:
         """Every revision of a repository, newest first."""
-        rid = parse_id(repo_id, allow_ref=False)
+        rid = rules.log_target(repo_id)
         kind = self._kind_of(rid)
         with self.db.read() as session:
             repo = self._repo_or_fail(session, kind, rid)
@@ -115,9 +116,10 @@ class ReadingMixin(BlobsMixin):
         folder = self.snapshots.folder(rid.namespace, rid.name, number, target, digest)
         immutable = rid.ref.kind in ("number", "digest")
         if folder.is_dir():
+            mark_used(folder)
             return folder, immutable
         return self.snapshots.materialise(folder, lambda: self._manifest_for(rev_id, manifest, stored_format, target),
-                                          self._copy_blob), immutable
+                                          self._link_blob), immutable
 
     def pull(self, repo_id: str, output: Path | str | None = None, format: str | None = None, *,
              overwrite: bool = False) -> Path:
@@ -136,10 +138,33 @@ class ReadingMixin(BlobsMixin):
             rev_id, stored, manifest = rev.id, rev.format, rev.manifest
         return self._manifest_for(rev_id, manifest, stored, rules.served_format(rid.repo, kind, stored, format))
 
+    def derived_revision(self, repo_id: str, format: str, digest_prefix: str) -> int | None:
+        """The number of the adapter revision of `repo_id` whose form in `format` was already derived with
+        this converter version and has a manifest digest starting with `digest_prefix` (hex); None if none.
+
+        It converts nothing: a hub commit id of a derived form can only have been handed out after that
+        form was derived and recorded, so an unknown commit id costs one query, never a conversion.
+        """
+        rid = parse_id(repo_id, allow_ref=False)
+        if not digest_prefix or not all(c in "0123456789abcdef" for c in digest_prefix):
+            return None
+        with self.db.read() as session:
+            repo = self._find_repo(session, "adapter", rid)
+            if repo is None:
+                return None
+            numbers = session.scalars(
+                select(RevisionRecord.number).join(DerivedRecord, DerivedRecord.revision_id == RevisionRecord.id)
+                .where(self._repo_filter("adapter", repo.id), DerivedRecord.target_format == format,
+                       DerivedRecord.converter_version == CONVERTER_VERSION,
+                       DerivedRecord.digest.startswith(f"sha256:{digest_prefix}", autoescape=True))
+                .order_by(RevisionRecord.number.desc())).all()
+        return numbers[0] if numbers else None
+
     def verify(self, repo_id: str) -> builtins.list[str]:
-        """Digests of the revision's blobs whose stored bytes no longer match (empty: all good)."""
+        """Digests of the revision's blobs whose stored bytes no longer match, or that are gone (quarantined
+        or deleted): empty when all is well. A blob found corrupt now is quarantined like on any read."""
         info = self.show(repo_id)
-        return [f["sha256"] for f in info.manifest["files"] if not self.store.verify(f["sha256"])]
+        return [f["sha256"] for f in info.manifest["files"] if self.check_blob(f["sha256"]) != "verified"]
 
     def _manifest_for(self, rev_id: int, manifest: dict[str, Any], stored: str, target: str) -> Manifest:
         if target == stored:

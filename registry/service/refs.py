@@ -36,6 +36,25 @@ class RefsMixin(RegistryCore):
         self._refs_changed()
         return info
 
+    def branch(self, repo_id: str, branch: str) -> RevisionInfo:
+        """Point branch `branch` at the revision `repo_id` names, creating or moving it (`main` included).
+
+        Branches move by nature, so no force is needed; what keeps this from being an accident is that
+        the revision is named explicitly. Like every ref change it is one transaction and touches the
+        refs stamp, so every resolve() memo and server sees the branch's new revision.
+        """
+        rid = parse_id(repo_id)
+        check_tag(branch)
+        kind = self._kind_of(rid)
+        with self.db.write() as session:
+            repo = self._find_repo(session, kind, rid, lock=True) or self._repo_or_fail(session, kind, rid)
+            rev = self._revision(session, kind, repo, rid)
+            self._set_ref(session, kind, repo, branch, "branch", rev, force=True)
+            session.flush()
+            info = self._info(session, kind, repo, rev)
+        self._refs_changed()
+        return info
+
     def untag(self, repo_id: str, tag: str) -> None:
         """Remove a tag (never a branch)."""
         self._delete_ref(repo_id, tag, only_tags=True)
@@ -70,7 +89,9 @@ class RefsMixin(RegistryCore):
                                   name=name, kind=ref_kind, revision_id=rev.id))
             return
         if ref.kind != ref_kind:
-            raise RefExistsError(f"{repo.namespace}/{repo.name}@{name} is a {ref.kind}, not a {ref_kind}")
+            hint = (f"; move a branch with `swiftreg branch {repo.namespace}/{repo.name}@REVISION {name}`"
+                    if ref.kind == "branch" else "")
+            raise RefExistsError(f"{repo.namespace}/{repo.name}@{name} is a {ref.kind}, not a {ref_kind}{hint}")
         if ref.revision_id == rev.id:
             return
         if ref_kind == "tag" and not force:

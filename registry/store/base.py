@@ -2,8 +2,12 @@
 
 Blobs are immutable and named by the sha256 of their bytes, so identical files across revisions and
 repositories are stored once and a re-push of unchanged files transfers nothing. The methods that
-can be written once in terms of the primitives (`put_file`, `missing`, `verify`, `copy_to`,
+can be written once in terms of the primitives (`put_file`, `missing`, `verify`, `rehash`, `copy_to`,
 `remove_temp_files`) live here so every backend shares the same integrity checks.
+
+Integrity bookkeeping is the service's (registry/service/integrity.py); a store only offers what it
+needs: a `fingerprint` that changes whenever the stored file does (so a verification can be trusted
+until then), and `quarantine`, which takes a corrupt blob out of the store without destroying it.
 
 Progress callbacks receive the number of bytes just processed (an increment, like `tqdm.update`).
 """
@@ -17,6 +21,8 @@ from pathlib import Path
 from typing import BinaryIO, Callable, Iterable, Iterator
 
 from registry.atomic import fsync
+from registry.errors import InsufficientStorageError
+from registry.params import temp_name
 from registry.store.digests import CHUNK_SIZE, Digest, format_digest, new_hasher, validate_digest
 from registry.store.errors import BlobDigestMismatch, BlobNotFound, CorruptBlob
 
@@ -31,6 +37,15 @@ class BlobInfo:
     size: int
 
 
+def file_fingerprint(st: os.stat_result) -> str:
+    """What identifies one version of a file's bytes on disk: inode, size and mtime in nanoseconds. A write,
+    truncation or replacement changes it; what changes only the inode's metadata does not: the store's own
+    `touch` (it moves the access time, for gc's grace period), a hard link to the blob (a snapshot), a
+    chmod. So a push naming a blob never cuts a download of it or voids its verification. Bit rot on the
+    medium changes nothing, which is what the periodic scrub is for."""
+    return f"{st.st_ino}:{st.st_size}:{st.st_mtime_ns}"
+
+
 def read_chunks(f: BinaryIO, chunk_size: int = CHUNK_SIZE) -> Iterator[bytes]:
     """Yield a binary file's contents in chunks (the stream form put_stream takes)."""
     while chunk := f.read(chunk_size):
@@ -42,7 +57,7 @@ class BlobStore(ABC):
 
     Guarantees every backend keeps: a digest is validated before use (`InvalidDigest`); a blob is
     visible under its name only once its full bytes are stored and checked; a put of content already
-    present rewrites nothing but refreshes the blob's mtime, so a concurrent gc that spares blobs
+    present rewrites nothing but marks the blob used (touch), so a concurrent gc that spares blobs
     touched within a grace period does not delete what a push is about to reference.
     """
 
@@ -86,11 +101,11 @@ class BlobStore(ABC):
 
     @abstractmethod
     def touch(self, digest: str) -> None:
-        """Refresh the blob's mtime to now, marking it recently used for gc's grace period."""
+        """Mark the blob recently used, for gc's grace period, without changing its bytes' fingerprint."""
 
     @abstractmethod
     def mtime(self, digest: str) -> float:
-        """The blob's modification time (seconds since the epoch), as gc compares to its grace period."""
+        """When the blob was last stored or touched (seconds since the epoch), as gc compares to its grace."""
 
     @abstractmethod
     def stale_temp_files(self, older_than: float) -> list[Path]:
@@ -121,6 +136,21 @@ class BlobStore(ABC):
         with open(path, "rb") as f:
             return self._put_stream_from(read_chunks(f), expected, progress, source=path)
 
+    def adopt(self, path: Path, expected: str) -> BlobInfo:
+        """Store the file at `path` as blob `expected`, taking the file over: `path` is gone afterwards,
+        stored or not, unless the disk was full (InsufficientStorageError: it stays for a retry). A
+        backend that can move a file into place (store/local.py) stores it without a second copy; this
+        default copies it (put_file) and then drops it."""
+        try:
+            info = self.put_file(Path(path), expected=expected)
+        except InsufficientStorageError:
+            raise
+        except BaseException:
+            Path(path).unlink(missing_ok=True)
+            raise
+        Path(path).unlink(missing_ok=True)
+        return info
+
     def _put_stream_from(self, chunks: Iterable[bytes], expected: str | None, progress: Progress | None,
                          source: Path) -> BlobInfo:
         """put_stream, with a mismatch error that names the file it came from."""
@@ -140,12 +170,43 @@ class BlobStore(ABC):
 
     def verify(self, digest: str) -> bool:
         """Rehash the stored bytes: True if they still match their name."""
+        return self.rehash(digest)[0] == digest
+
+    def rehash(self, digest: str, progress: Progress | None = None) -> tuple[Digest, int]:
+        """What the stored bytes of `digest` hash to, and how many there are (one read pass)."""
         digest = validate_digest(digest)
         hasher = new_hasher()
+        size = 0
         with self.open(digest) as f:
             for chunk in read_chunks(f):
                 hasher.update(chunk)
-        return format_digest(hasher.hexdigest()) == digest
+                size += len(chunk)
+                if progress is not None:
+                    progress(len(chunk))
+        return format_digest(hasher.hexdigest()), size
+
+    def fingerprint(self, digest: str) -> str | None:
+        """A string that changes whenever the stored blob's file changes (`file_fingerprint`); None when
+        the backend cannot tell, so every read must be verified. `BlobNotFound` if absent."""
+        self.size(digest)
+        return None
+
+    def quarantine(self, digest: str) -> bool:
+        """Take a corrupt blob out of the store (no longer served, listed or counted as present) while
+        keeping its bytes for inspection; a later put of the right bytes stores the blob again. True if
+        this call moved it. Backends without a quarantine area delete it."""
+        if not self.exists(digest):
+            return False
+        self.delete(digest, missing_ok=True)
+        return True
+
+    def is_quarantined(self, digest: str) -> bool:
+        """Whether a copy of `digest` sits in the quarantine area."""
+        return False
+
+    def iter_quarantined(self) -> Iterator[Digest]:
+        """The digests of the quarantined copies."""
+        return iter(())
 
     def copy_to(self, digest: str, dst: Path, progress: Progress | None = None) -> None:
         """Write the blob to `dst`, verifying it on the way; `CorruptBlob` if it does not match.
@@ -156,7 +217,7 @@ class BlobStore(ABC):
         """
         digest = validate_digest(digest)
         dst = Path(dst)
-        tmp = dst.with_name(f".{dst.name}.tmp-{secrets.token_hex(8)}")
+        tmp = dst.with_name(temp_name(dst.name, f"tmp-{secrets.token_hex(8)}"))  # fits NAME_MAX
         hasher = new_hasher()
         with self.open(digest) as src:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)

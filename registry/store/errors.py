@@ -42,10 +42,16 @@ class InvalidDigest(StoreError, ValueError, code="invalid_digest", fields=("dige
 
 
 class BlobNotFound(StoreError, NotFoundError, code="blob_not_found", status=404):
-    """The store has no blob under this digest (never pushed, or removed by gc)."""
+    """The store has no blob under this digest (never pushed, removed by gc, or `quarantined`: found
+    corrupt and moved out of the store)."""
 
-    def __init__(self, digest: str, where: str | Path | None = None) -> None:
+    def __init__(self, digest: str, where: str | Path | None = None, *, quarantined: bool = False) -> None:
         place = f" in {where}" if where is not None else ""
+        if quarantined:
+            super().__init__(f"blob {digest} was found corrupt (its stored bytes no longer hash to its name) and "
+                             f"moved out of the store{place} to quarantine: push the file that holds it (or the "
+                             f"revision that names it) again to restore it", digest)
+            return
         super().__init__(f"blob {digest} is not in the store{place}: push the file that holds it "
                          f"(or the revision that names it) again", digest)
 

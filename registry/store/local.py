@@ -3,6 +3,8 @@
     root/sha256/ab/cdef...      a blob: the first two hex characters pick the folder (at most 256),
                                 the remaining 62 are the file name; mode 0o444
     root/tmp/.tmp-<random>      a write in progress (or the leftover of a killed writer)
+    root/quarantine/<64 hex>    a blob found corrupt, moved out of the store (no longer served or
+                                counted as present); a re-push of the right bytes stores it again
 
 A write streams into `root/tmp/` while hashing (the digest is not known until the last byte, so the
 final folder cannot be chosen up front; `root/tmp/` is on the same filesystem, so publishing is
@@ -10,6 +12,11 @@ still one atomic link), fsyncs, checks the digest, hard-links the file to its fi
 that folder. `os.link` fails instead of overwriting, so when two processes store the same blob at
 once the first link wins and the second simply drops its temp file: both succeed and one correct
 file remains. A final name never holds partial bytes: it only ever appears fully written.
+
+A file that is already whole on this filesystem (a finished upload, registry/store/uploads.py) is
+`adopt`ed: hashed where it lies and linked to its final name, so storing a blob never needs room for
+a second copy. A full filesystem is `InsufficientStorageError`, naming what was being written and the
+bytes free, never the store's path (the message can reach an HTTP client).
 """
 from __future__ import annotations
 
@@ -21,8 +28,10 @@ from pathlib import Path
 from typing import BinaryIO, Iterable, Iterator
 
 from registry.atomic import fsync
-from registry.store.base import BlobInfo, BlobStore, Progress
-from registry.store.digests import ALGORITHM, Digest, digest_hex, format_digest, new_hasher, validate_digest
+from registry.errors import InsufficientStorageError
+from registry.store.base import BlobInfo, BlobStore, Progress, file_fingerprint
+from registry.store.digests import (ALGORITHM, CHUNK_SIZE, Digest, digest_hex, format_digest, new_hasher,
+                                    validate_digest)
 from registry.store.errors import BlobDigestMismatch, BlobNotFound, StoreError
 
 TEMP_PREFIX = ".tmp-"
@@ -30,6 +39,24 @@ BLOB_MODE = 0o444
 _HEX = frozenset("0123456789abcdef")
 #: errno values meaning "this filesystem cannot hard-link": fall back to rename.
 _NO_LINK = {errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK, errno.ENOSYS}
+#: errno values meaning "this filesystem is full" (no space left, or the writer's disk quota).
+FULL = frozenset({errno.ENOSPC, errno.EDQUOT})
+
+
+def free_bytes(folder: Path) -> int:
+    """Bytes an unprivileged writer can still put on `folder`'s filesystem."""
+    st = os.statvfs(folder)
+    return st.f_bavail * st.f_frsize
+
+
+def disk_full(folder: Path, writing: str, detail: str = "") -> InsufficientStorageError:
+    """The refusal for a full filesystem: what was being written and what is free, without the path."""
+    try:
+        free = f"{free_bytes(folder):,} bytes free"
+    except OSError:
+        free = "free space unknown"
+    return InsufficientStorageError(f"the blob store's filesystem is full ({free}) while writing {writing}"
+                                    f"{detail}: free space (or run swiftreg gc) and retry", writing)
 
 
 class LocalBlobStore(BlobStore):
@@ -39,6 +66,7 @@ class LocalBlobStore(BlobStore):
         self.root = Path(root).absolute()
         self.blob_dir = self.root / ALGORITHM
         self.tmp_dir = self.root / "tmp"
+        self.quarantine_dir = self.root / "quarantine"  # made on first use
         self.blob_dir.mkdir(parents=True, exist_ok=True)
         self.tmp_dir.mkdir(parents=True, exist_ok=True)
 
@@ -55,8 +83,12 @@ class LocalBlobStore(BlobStore):
     def _existing(self, digest: str) -> Path:
         path = self._blob_path(digest)
         if not path.is_file():
-            raise BlobNotFound(digest, self.root)
+            raise self._not_found(digest)
         return path
+
+    def _not_found(self, digest: str) -> BlobNotFound:
+        """The error for an absent blob, saying so when it is absent because it was quarantined."""
+        return BlobNotFound(digest, self.root, quarantined=self.is_quarantined(digest))
 
     # ----- writes ----------------------------------------------------------------------------
 
@@ -65,10 +97,15 @@ class LocalBlobStore(BlobStore):
         if expected is not None:
             validate_digest(expected)  # before consuming a byte of the stream
         tmp = self.tmp_dir / f"{TEMP_PREFIX}{secrets.token_hex(12)}"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        size = 0
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except OSError as exc:
+            if exc.errno not in FULL:
+                raise
+            raise self._full(expected, size) from None
         try:
             hasher = new_hasher()
-            size = 0
             with open(fd, "wb") as f:
                 for chunk in chunks:
                     if not chunk:
@@ -85,9 +122,69 @@ class LocalBlobStore(BlobStore):
             if expected is not None and actual != expected:
                 raise BlobDigestMismatch(expected, actual, size)
             self._publish(tmp, actual)
+        except OSError as exc:
+            if exc.errno not in FULL:
+                raise
+            tmp.unlink(missing_ok=True)  # first: the free space reported is what a retry would have
+            raise self._full(expected, size) from None
         finally:
             tmp.unlink(missing_ok=True)  # published blobs are a second link: this drops only the temp name
         return BlobInfo(actual, size)
+
+    def _full(self, digest: str | None, written: int) -> InsufficientStorageError:
+        """The refusal for a write of `digest` that found the store's filesystem full."""
+        return disk_full(self.tmp_dir, f"blob {digest}" if digest else "a new blob",
+                         f" ({written:,} bytes written when it filled)" if written else "")
+
+    def adopt(self, path: Path, expected: str) -> BlobInfo:
+        """Store the file at `path` as blob `expected` by linking it into place (no copy): hashed where it
+        lies (`BlobDigestMismatch` stores nothing), made read-only, flushed, linked. `path` is gone
+        afterwards, unless the filesystem was full (InsufficientStorageError: it stays, whole, for a retry).
+        A file on another filesystem is copied (BlobStore.adopt)."""
+        validate_digest(expected)
+        path = Path(path)
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except FileNotFoundError:
+            raise StoreError(f"the upload of blob {expected} was removed before it was stored; upload it again",
+                             expected) from None
+        keep = False
+        try:
+            if os.fstat(fd).st_dev != os.stat(self.blob_dir).st_dev:
+                os.close(fd)
+                fd = -1
+                return super().adopt(path, expected)
+            hasher = new_hasher()
+            size = 0
+            while chunk := os.read(fd, CHUNK_SIZE):
+                hasher.update(chunk)
+                size += len(chunk)
+            actual = format_digest(hasher.hexdigest())
+            if actual != expected:
+                raise BlobDigestMismatch(expected, actual, size)
+            if self.exists(expected):
+                try:
+                    self.touch(expected)  # stored meanwhile (another namespace's upload): this copy is not needed
+                    return BlobInfo(expected, size)
+                except BlobNotFound:
+                    pass  # gc removed it between exists() and touch(): link ours
+            os.fchmod(fd, BLOB_MODE)
+            os.fsync(fd)
+            self._publish(path, actual)
+            self.touch(actual)  # the upload may have idled: the stored blob starts its gc grace now
+            return BlobInfo(actual, size)
+        except OSError as exc:
+            if exc.errno not in FULL:
+                raise
+            keep = True  # the upload stays whole, writable again, for a retry once there is room
+            if fd >= 0:
+                os.fchmod(fd, 0o600)
+            raise self._full(expected, 0) from None
+        finally:
+            if fd >= 0:
+                os.close(fd)
+            if not keep:
+                path.unlink(missing_ok=True)  # after a link this drops only the upload's name
 
     def _publish(self, tmp: Path, digest: Digest) -> None:
         """Give a fully written, fsynced, checked temp file its final name, atomically."""
@@ -104,7 +201,7 @@ class LocalBlobStore(BlobStore):
                     continue  # gc removed it between our link and touch: link ours instead
             except FileNotFoundError:
                 if not tmp.exists():
-                    raise StoreError(f"the temp file of blob {digest} ({tmp}) was removed while it was "
+                    raise StoreError(f"the temp file of blob {digest} ({tmp.name}) was removed while it was "
                                      f"being written (a gc with too short a grace period?); push it again",
                                      digest) from None
                 raise
@@ -137,8 +234,10 @@ class LocalBlobStore(BlobStore):
                 raise BlobNotFound(digest, self.root) from None
 
     def touch(self, digest: str) -> None:
+        """Mark the blob used now by its access time; its mtime, part of its fingerprint, stays (base.py)."""
+        path = self._blob_path(digest)
         try:
-            os.utime(self._blob_path(digest))
+            os.utime(path, ns=(time.time_ns(), os.stat(path).st_mtime_ns))
         except FileNotFoundError:
             raise BlobNotFound(digest, self.root) from None
 
@@ -151,19 +250,50 @@ class LocalBlobStore(BlobStore):
         return self._stat(digest).st_size
 
     def mtime(self, digest: str) -> float:
-        return self._stat(digest).st_mtime
+        """When the blob was last stored or touched: the later of its modification and access times."""
+        st = self._stat(digest)
+        return max(st.st_mtime, st.st_atime)
 
     def _stat(self, digest: str) -> os.stat_result:
         try:
             return os.stat(self._blob_path(digest))
         except FileNotFoundError:
-            raise BlobNotFound(digest, self.root) from None
+            raise self._not_found(digest) from None
 
     def open(self, digest: str) -> BinaryIO:
         try:
             return open(self._blob_path(digest), "rb")
         except FileNotFoundError:
-            raise BlobNotFound(digest, self.root) from None
+            raise self._not_found(digest) from None
+
+    def fingerprint(self, digest: str) -> str:
+        return file_fingerprint(self._stat(digest))
+
+    # ----- quarantine ------------------------------------------------------------------------
+
+    def quarantine(self, digest: str) -> bool:
+        """Move the blob to `root/quarantine/` (same filesystem: one rename); False if it was not there."""
+        target = self.quarantine_dir / digest_hex(digest)
+        self._ensure_dir(self.quarantine_dir)
+        try:
+            os.replace(self._blob_path(digest), target)
+        except FileNotFoundError:
+            return False  # already moved (a concurrent reader found it too) or never stored
+        fsync(self.quarantine_dir)
+        fsync(self._blob_path(digest).parent)
+        return True
+
+    def is_quarantined(self, digest: str) -> bool:
+        return (self.quarantine_dir / digest_hex(digest)).is_file()
+
+    def iter_quarantined(self) -> Iterator[Digest]:
+        try:
+            entries = sorted(os.scandir(self.quarantine_dir), key=lambda e: e.name)
+        except FileNotFoundError:
+            return
+        for entry in entries:
+            if len(entry.name) == 64 and _HEX.issuperset(entry.name) and entry.is_file(follow_symlinks=False):
+                yield format_digest(entry.name)
 
     def path(self, digest: str) -> Path:
         """The blob's file (callers may read it, never write it); `BlobNotFound` if absent."""

@@ -1,16 +1,25 @@
 """Resumable uploads: the bytes of a blob in transit, kept until the last one arrives.
 
-A blob being uploaded lives in `<uploads folder>/<hex>.partial`. Each writer appends to it from the
-offset the area holds, under a per-digest file lock (so two writers, even in two server processes,
-never interleave). `Upload.finish` hands the whole file to `store.put_file(partial, expected=digest)`,
-which hashes it: a mismatch stores nothing, and the partial is dropped either way.
+    <uploads folder>/<owner>/<hex>.partial     the bytes of one blob an owner has sent so far
+    <uploads folder>/<owner>/<hex>.lock        its writer lock
 
-An abandoned partial upload (a client that never came back) is removed by `UploadArea.sweep`, which
-`Registry.gc` runs with its grace period.
+An upload belongs to an owner (the server uses the namespaces a token is limited to, see
+registry/server/auth.py `upload_owner`): each owner has its own folder, so one owner can neither see,
+extend nor complete another's upload of the same blob, and the bytes an owner holds are counted
+(`held_bytes`) against its quota. Each writer appends from the offset the area holds, under a
+per-blob file lock (so two writers, even in two server processes, never interleave).
+`Upload.finish` hands the whole file to `store.adopt(partial, digest)`, which hashes it where it lies
+and links it into place: a mismatch stores nothing, the partial is dropped either way, and the blob
+is never copied (storing it needs no room for a second copy).
+
+An abandoned partial upload is removed by `UploadArea.sweep`: the server runs it on its own clock
+with the upload TTL (registry/server/upkeep.py), and `Registry.gc` with its grace period. A full
+filesystem while appending is `InsufficientStorageError`, naming the upload.
 """
 from __future__ import annotations
 
 import os
+import re
 import time
 from pathlib import Path
 
@@ -19,8 +28,11 @@ import filelock
 from registry.atomic import write_all
 from registry.store.base import BlobInfo, BlobStore
 from registry.store.digests import validate_digest
+from registry.store.local import FULL, disk_full
 
 PARTIAL_SUFFIX = ".partial"
+#: What an owner's folder may be called (registry/server/auth.py builds the names).
+OWNER = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,199}")
 
 
 class Upload:
@@ -32,21 +44,31 @@ class Upload:
         self._fd: int | None = None
 
     def append(self, chunk: bytes) -> None:
-        """Append `chunk`, unbuffered: every byte appended is in the file, so `offset` is never ahead of it."""
-        write_all(self._file(), chunk)
+        """Append `chunk`, unbuffered: every byte appended is in the file, so `offset` is never ahead of it.
+
+        A full filesystem drops what this writer appended (`rollback`, freeing that room for others)
+        and raises `InsufficientStorageError`; the upload resumes from `held` once there is room.
+        """
+        try:
+            write_all(self._file(), chunk)
+        except OSError as exc:
+            if exc.errno not in FULL:
+                raise
+            self.rollback()
+            raise disk_full(self.path.parent, f"upload of blob {self.digest}",
+                            f" ({self.held:,} bytes of it held)") from None
 
     def rollback(self) -> None:
         """Drop what this writer appended: the partial is back at `held` bytes."""
         os.ftruncate(self._file(), self.held)
 
     def finish(self) -> BlobInfo:
-        """Store the blob from the partial (hashed; `BlobDigestMismatch` stores nothing) and drop the partial."""
+        """Store the blob from the partial, which becomes the stored file (hashed first: `BlobDigestMismatch`
+        stores nothing, and drops the partial). A full disk keeps the whole partial: finishing again,
+        once there is room, stores it (an empty PATCH at the end does)."""
         self._file()  # an empty blob has no bytes appended, but it has a file
         self._close_file()
-        try:
-            return self.store.put_file(self.path, expected=self.digest)
-        finally:
-            self.path.unlink(missing_ok=True)
+        return self.store.adopt(self.path, self.digest)
 
     def close(self) -> None:
         """Close the file and release the lock (what was appended stays for the writer to resume)."""
@@ -67,17 +89,23 @@ class Upload:
 
 
 class UploadArea:
-    """The partial uploads of one blob store, in one folder."""
+    """The partial uploads of one blob store, in one folder; `of(owner)` is one owner's part of it."""
 
     def __init__(self, store: BlobStore, folder: Path) -> None:
         self.store, self.folder = store, folder
 
     @classmethod
     def beside(cls, store: BlobStore, home: Path) -> UploadArea:
-        """The area of `store`: `uploads/` under a local store's root (one filesystem: no copy when a blob
-        is stored), else under the registry's home."""
+        """The area of `store`: `uploads/` under a local store's root (one filesystem: a finished upload is
+        linked into the store, never copied), else under the registry's home."""
         root = getattr(store, "root", None)
         return cls(store, (Path(root) if root is not None else home) / "uploads")
+
+    def of(self, owner: str) -> UploadArea:
+        """The uploads of `owner` (a plain folder name: letters, digits, '.', '_', '-', '+')."""
+        if not OWNER.fullmatch(owner):
+            raise ValueError(f"invalid upload owner {owner[:80]!r}")
+        return UploadArea(self.store, self.folder / owner)
 
     def partial(self, digest: str) -> Path:
         """Where the bytes of `digest` in transit live (the digest is validated before it names a path)."""
@@ -102,20 +130,27 @@ class UploadArea:
             lock.release()
             raise
 
+    def partials(self) -> list[Path]:
+        """The partial uploads of the area: its own and, for the whole area, every owner's."""
+        if not self.folder.is_dir():
+            return []
+        return sorted([*self.folder.glob("*" + PARTIAL_SUFFIX), *self.folder.glob("*/*" + PARTIAL_SUFFIX)])
+
     def in_progress(self) -> int:
         """How many partial uploads the area holds."""
-        if not self.folder.is_dir():
-            return 0
-        return sum(1 for _p in self.folder.glob("*" + PARTIAL_SUFFIX))
+        return len(self.partials())
+
+    def held_bytes(self, but: str | None = None) -> int:
+        """The bytes the area's partial uploads hold (less those of the upload of `but`)."""
+        skip = self.partial(but) if but is not None else None
+        return sum(_size(p) for p in self.partials() if p != skip)
 
     def sweep(self, grace_seconds: float, dry_run: bool = False) -> int:
         """Remove the partial uploads untouched for `grace_seconds`, skipping those being written now;
         how many were (with `dry_run`: would be) removed."""
-        if not self.folder.is_dir():
-            return 0
         cutoff = time.time() - grace_seconds
         removed = 0
-        for partial in sorted(self.folder.glob("*" + PARTIAL_SUFFIX)):
+        for partial in self.partials():
             lock = _lock(partial)
             try:
                 lock.acquire(timeout=0)

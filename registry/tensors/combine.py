@@ -14,7 +14,8 @@ alpha_pattern resolved per module), or that sum pruned by the method:
   matrix: QR of the stacked B (m x R) and of the stacked A^T (n x R), SVD of the R x R core,
   B = Qb U_k S_k, A = (Qa V_k)^T. k = `rank`, default the largest source rank; every module gets
   rank k (zero-padded where its delta has lower rank), so the config needs no patterns. With
-  k >= sum of the source ranks the truncation is exact.
+  k >= sum of the source ranks the truncation is exact. With one source and weight 1 this is a rank
+  reduction (what `validate --target vllm` suggests for an adapter above vLLM's --max-lora-rank).
 - linear: cannot hold the intended delta at a fixed rank without truncation, so it is *the same
   operation as svd* (the best rank-k approximation; PEFT's linear, with its cross terms, is
   semantics="peft"). A note gives the truncation error; `cat` is the lossless alternative.
@@ -557,6 +558,9 @@ def _combine_exact(ctx: _Context) -> CombineResult:
             notes.append("linear in exact semantics is svd: the best rank-k approximation of the intended delta "
                          "(PEFT's linear, which combines A and B separately and adds cross terms B_i A_j, is "
                          "semantics='peft'); use cat to keep the delta exactly")
+        if len(ctx.adapters) == 1:
+            notes.append(f"one source: a rank reduction from r={_max_rank(ctx.adapters[0])} to {k}, the best rank-{k} "
+                         "approximation of its delta" + (f" times {ctx.weights[0]:g}" if ctx.weights[0] != 1 else ""))
         notes.append(f"{method}: rank {k}; relative error vs the intended delta {_fmt(target.relative)}"
                      + (f" (truncation in {len(truncated)} of {len(factors)} modules; rank >= the sum of the source "
                         "ranks is exact)" if truncated else " (no truncation)")

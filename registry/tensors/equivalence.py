@@ -4,11 +4,15 @@ Every merge, unmerge and combination ends here: the same seeded probe batch goes
 models and the outputs (logits, or the last hidden state for encoders) are compared by max
 absolute difference, relative error (Frobenius norm of the difference over that of the reference)
 and top-1 agreement. Tolerances depend on the dtype the weights are stored in and are written down
-below, not chosen per call.
+below, not chosen per call. Outputs holding NaN or Inf are never equivalent to anything: such a
+comparison fails (informational rows included) with the count of the non-finite values as its reason,
+and shows no top-1 figure (the argmax of NaN is meaningless).
 """
 from __future__ import annotations
 
 import json
+import math
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -28,6 +32,13 @@ TOLERANCES: dict[str, float] = {"float32": 1e-5, "float64": 1e-10, "bfloat16": 5
 #: 384 features flips between near-equal features under any rounding (MiniLM in bfloat16 agreed on
 #: 84% of positions while its relative error stayed within the tolerance), so there it is not asked.
 MIN_TOP1: dict[str, float] = {"float32": 0.99, "float64": 0.99, "bfloat16": 0.9, "float16": 0.9}
+#: Warnings the libraries print on every model load that say nothing about the user's models (their
+#: own deprecations, raised from their own calls): filtered by message, so every other warning still shows.
+KNOWN_NOISE = (
+    r"`is_gradient_checkpointing` is deprecated",   # transformers 5, from peft's own call on every load
+)
+for _message in KNOWN_NOISE:
+    warnings.filterwarnings("ignore", message=_message, category=FutureWarning)
 PROBE_SENTENCES = [
     "The adapter registry keeps every revision of every adapter.",
     "Merged weights must compute what the base model and its adapter computed.",
@@ -44,15 +55,34 @@ class Comparison:
     tolerance: float
     #: A figure to report, not a pass/fail check (e.g. the truncation error of a lossy combination).
     informational: bool = False
+    #: Why the outputs could not be compared: NaN or Inf in them (such a comparison never passes).
+    nonfinite: str | None = None
 
     @property
     def passed(self) -> bool:
+        if self.nonfinite is not None or not (math.isfinite(self.max_abs) and math.isfinite(self.rel_err)):
+            return False
         if self.informational:
             return True
         return self.rel_err <= self.tolerance and (self.top1 is None or self.top1 >= MIN_TOP1.get(self.dtype, 0.99))
 
+    @property
+    def reason(self) -> str:
+        """Why it failed ("" when it passed)."""
+        if self.passed:
+            return ""
+        if self.nonfinite is not None:
+            return self.nonfinite
+        if not (math.isfinite(self.max_abs) and math.isfinite(self.rel_err)):
+            return f"the difference is not finite (max |diff| {self.max_abs}, relative error {self.rel_err})"
+        if self.rel_err > self.tolerance:
+            return f"relative error {self.rel_err:.3g} over the tolerance {self.tolerance:g}"
+        return f"top-1 agreement {self.top1:.3f} below {MIN_TOP1.get(self.dtype, 0.99)}"
+
     def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "passed": self.passed}
+        """As JSON can hold it anywhere (PostgreSQL's json refuses NaN): a non-finite figure becomes its name."""
+        plain = {k: (v if not isinstance(v, float) or math.isfinite(v) else str(v)) for k, v in asdict(self).items()}
+        return {**plain, "passed": self.passed, "reason": self.reason}
 
 
 def dtype_name(dtype: torch.dtype) -> str:
@@ -108,11 +138,14 @@ def compare(name: str, ours: torch.Tensor, reference: torch.Tensor, dtype: str, 
     ours, reference = ours.to(torch.float64), reference.to(torch.float64)
     diff = ours - reference
     denominator = reference.norm().item() or 1.0
+    bad = {side: int((~torch.isfinite(t)).sum()) for side, t in (("result", ours), ("reference", reference))}
+    nonfinite = "; ".join(f"the {side}'s outputs hold {n:,} NaN or Inf values of {t.numel():,}"
+                          for (side, n), t in zip(bad.items(), (ours, reference)) if n) or None
     top1 = None
-    if logits and ours.dim() == 3 and ours.shape[-1] > 1:
+    if logits and ours.dim() == 3 and ours.shape[-1] > 1 and nonfinite is None:
         top1 = (ours.argmax(-1) == reference.argmax(-1)).double().mean().item()
     return Comparison(name, dtype, diff.abs().max().item(), diff.norm().item() / denominator, top1,
-                      TOLERANCES.get(dtype, TOLERANCES["float32"]), informational)
+                      TOLERANCES.get(dtype, TOLERANCES["float32"]), informational, nonfinite)
 
 
 def peft_outputs(base_dir: Path, adapter_dir: Path, inputs: torch.Tensor, *, dtype: torch.dtype | None = None,
@@ -131,9 +164,11 @@ def format_table(comparisons: list[Comparison]) -> str:
     for c in comparisons:
         rows.append((c.name, c.dtype, f"{c.max_abs:.3g}", f"{c.rel_err:.3g}",
                      "-" if c.top1 is None else f"{c.top1:.3f}", "-" if c.informational else f"{c.tolerance:.0e}",
-                     "info" if c.informational else "ok" if c.passed else "FAIL"))
+                     "FAIL" if not c.passed else "info" if c.informational else "ok"))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows)
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
+    return "\n".join(lines + [f"FAIL {c.name}: {c.reason}" for c in comparisons if c.nonfinite is not None
+                               or (not c.passed and c.informational)])
 
 
 def check_merge(base_dir: Path, adapter_dir: Path, merged_dir: Path, *, device: str | torch.device = "cpu",

@@ -44,6 +44,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
+from converters import source_files
 from converters.safetensors_io import SafetensorsFile, TensorEntry, copy_range, encode_header, read_header
 
 from ..atomic import new_folder, write_all
@@ -550,7 +551,7 @@ def _write_shard(plan: MergePlan, shard: _Shard, dst: Path, *, target: torch.dty
     head = encode_header(out_entries, header.metadata)
     src = os.open(header.path, os.O_RDONLY)
     try:
-        dst_fd = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        dst_fd = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)  # the umask decides
         try:
             write_all(dst_fd, head)
             writer = _Writer(src, dst_fd, buffers.io)
@@ -641,18 +642,20 @@ def _update_config(path: Path, dtype: torch.dtype) -> None:
         path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
 
 
-def _copy_others(base_dir: Path, tmp: Path, written: set[str]) -> list[str]:
+def _copy_others(files: list[source_files.SourceFile], tmp: Path, written: set[str]) -> list[str]:
+    """Copy the base folder's other files (those the symlink rule let through) beside the written shards."""
     skipped: list[str] = []
-    for item in sorted(base_dir.iterdir()):
-        if item.name in written:
+    for found in files:
+        top = found.rel.split("/", 1)[0]
+        if top in written:
             continue
-        if STALE_WEIGHTS.match(item.name):
-            skipped.append(item.name)
+        if STALE_WEIGHTS.match(top):
+            if top not in skipped:
+                skipped.append(top)
             continue
-        if item.is_dir():
-            shutil.copytree(item, tmp / item.name, symlinks=False)
-        elif item.is_file():
-            shutil.copyfile(item, tmp / item.name)
+        dst = tmp / found.rel
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        source_files.copy_file(found, dst)
     return skipped
 
 
@@ -678,6 +681,9 @@ def _run(operation: Literal["merge", "unmerge"], base_dir: str | Path, adapter: 
     dev = pick_device(device)
     if safe:
         _check_adapter_finite(adapter)
+    # The symlink rule (converters/source_files.py) on the whole base folder before a byte is read: a
+    # Hugging Face cache snapshot is read through its links, a link leading anywhere else is refused.
+    base_files = list(source_files.walk(base_dir, hidden=True))
     plan = plan_merge(base_dir, adapter)
     if operation == "unmerge":
         _refuse_uninvertible(plan)
@@ -704,7 +710,7 @@ def _run(operation: Literal["merge", "unmerge"], base_dir: str | Path, adapter: 
             else:
                 (tmp / INDEX_NAME).write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
             written_names.add(INDEX_NAME)
-        skipped = _copy_others(base_dir, tmp, written_names)
+        skipped = _copy_others(base_files, tmp, written_names)
         if target is not None and (tmp / "config.json").is_file():
             _update_config(tmp / "config.json", target)
     return MergeReport(

@@ -65,3 +65,21 @@ def write_swift_lora(folder: Path, seed: int = 0, r: int = 4, layers: int = 2,
             tensors[f"{path}.lora_B.{name}.weight"] = b
         save_file(tensors, str(sub / "adapter_model.safetensors"), metadata={"format": "pt"})
     return folder
+
+
+def write_big_peft_lora(folder: Path, seed: int, megabytes: int = 8) -> Path:
+    """A PEFT LoRA checkpoint of about `megabytes` MB (2 layers of wide float32 tensors, r=8): for what only
+    large adapters show (disk use, progress lines)."""
+    write_peft_lora(folder, seed=seed)
+    rng = np.random.default_rng(seed)
+    width = megabytes * (1 << 20) // (4 * 4 * 8 * 2)
+    tensors = {}
+    for layer in range(2):
+        for proj in ("q_proj", "v_proj"):
+            stem = f"base_model.model.model.layers.{layer}.self_attn.{proj}"
+            tensors[f"{stem}.lora_A.weight"] = rng.standard_normal((8, width), dtype=np.float32)
+            tensors[f"{stem}.lora_B.weight"] = rng.standard_normal((width, 8), dtype=np.float32)
+    config = json.loads((folder / "adapter_config.json").read_text())
+    (folder / "adapter_config.json").write_text(json.dumps({**config, "r": 8}))
+    save_file(tensors, str(folder / "adapter_model.safetensors"), metadata={"format": "pt"})
+    return folder
