@@ -31,8 +31,7 @@ from .health import Dependencies, Failures, crash_response
 from .hygiene import HygieneMiddleware
 from .lookup import HubState
 from .responses import AbortGuard
-from .scrubbing import scrub_periodically
-from .upkeep import expire_uploads
+from .upkeep import expire_uploads, scrub_periodically
 
 log = logging.getLogger("swiftreg.server")
 
@@ -48,7 +47,7 @@ class ServerSettings:
     upload_ttl: float = 24 * 3600.0       # a partial upload idle this long is removed (upkeep.py), gc or not
     public_url: str | None = None         # the origin absolute URLs name (hygiene.py); None: the address reached
     body_timeout: float = 60.0            # seconds a request body may pause between two chunks (hygiene.py)
-    scrub_interval: float = 0.0           # seconds between scrub passes (scrubbing.py); 0: only POST /api/v1/scrub
+    scrub_interval: float = 0.0           # seconds between scrub passes (upkeep.py); 0: only POST /api/v1/scrub
     scrub_max_age: float = 7 * 86400.0    # a pass rehashes the blobs not verified for this long
 
 

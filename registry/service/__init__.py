@@ -6,7 +6,7 @@ The CLI calls it directly; the server calls it behind HTTP; `RemoteRegistry` off
     core.py      the registry's state (home, database handle, store, snapshots) and shared row lookups
     blobs.py     files into the blob store and back out of it, verified
     push.py      push, push_base, push_manifest: blobs first, then one transaction numbers the revision
-    refs.py      tag, untag, remove_ref: the only writes after a revision exists
+    refs.py      tag, branch, untag, remove_ref: ref writes (retention.py deletes revisions on the record)
     reading.py   show, log, list, resolve, pull, manifest, verify (derived conversions recorded once)
     retention.py delete_revision and retention rules: revisions deleted on the record, never a needed one
     gc.py        gc: blobs nothing names, after a grace period

@@ -1,7 +1,7 @@
-"""Tags and branches: pointing them at revisions, moving them, removing them.
+"""Tags and branches: pointing them at revisions, moving them (branches, `main` included, to any one), removing them.
 
-Revisions are immutable and never deleted; only refs change. Every change touches the refs stamp so
-each process's resolve() memo drops its answers for mutable refs.
+Revisions are immutable; they are deleted only on the record (retention.py), never by a ref change.
+Every change touches the refs stamp so each process's resolve() memo drops its answers for mutable refs.
 """
 from __future__ import annotations
 
@@ -24,17 +24,7 @@ class RefsMixin(RegistryCore):
 
     def tag(self, repo_id: str, tag: str, *, force: bool = False) -> RevisionInfo:
         """Point tag `tag` at the revision `repo_id` names (a tag moves only with `force`)."""
-        rid = parse_id(repo_id)
-        check_tag(tag)
-        kind = self._kind_of(rid)
-        with self.db.write() as session:
-            repo = self._find_repo(session, kind, rid, lock=True) or self._repo_or_fail(session, kind, rid)
-            rev = self._revision(session, kind, repo, rid)
-            self._set_ref(session, kind, repo, tag, "tag", rev, force=force)
-            session.flush()
-            info = self._info(session, kind, repo, rev)
-        self._refs_changed()
-        return info
+        return self._point(repo_id, tag, "tag", force=force)
 
     def branch(self, repo_id: str, branch: str) -> RevisionInfo:
         """Point branch `branch` at the revision `repo_id` names, creating or moving it (`main` included).
@@ -43,13 +33,17 @@ class RefsMixin(RegistryCore):
         the revision is named explicitly. Like every ref change it is one transaction and touches the
         refs stamp, so every resolve() memo and server sees the branch's new revision.
         """
+        return self._point(repo_id, branch, "branch", force=True)
+
+    def _point(self, repo_id: str, name: str, kind_of_ref: str, *, force: bool) -> RevisionInfo:
+        """Create or move the tag or branch `name` onto the revision `repo_id` names, in one transaction."""
         rid = parse_id(repo_id)
-        check_tag(branch)
+        check_tag(name)
         kind = self._kind_of(rid)
         with self.db.write() as session:
             repo = self._find_repo(session, kind, rid, lock=True) or self._repo_or_fail(session, kind, rid)
             rev = self._revision(session, kind, repo, rid)
-            self._set_ref(session, kind, repo, branch, "branch", rev, force=True)
+            self._set_ref(session, kind, repo, name, kind_of_ref, rev, force=force)
             session.flush()
             info = self._info(session, kind, repo, rev)
         self._refs_changed()
