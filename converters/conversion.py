@@ -22,7 +22,7 @@ from .errors import (
 )
 from .keys import TensorKey
 from .layout import (
-    DEFAULT_ADAPTER, SAFETENSORS_NAME, Adapter, Checkpoint, Format, _check_name, detect,
+    DEFAULT_ADAPTER, SAFETENSORS_NAME, Adapter, Checkpoint, Format, _check_name, detect, is_pickle_file,
 )
 from .methods import GRAMMAR, explain_swift_only, SWIFT_ONLY_TUNERS
 from .safetensors_io import write_renamed
@@ -54,6 +54,7 @@ class ConversionPlan:
     adapters: list[AdapterPlan]
     extra_files: list[Path]
     notices: list[str]
+    extra_states: Path | None = None  # a Swift checkpoint's extra_states/, carried byte for byte into Swift
 
 
 @dataclass(frozen=True)
@@ -207,7 +208,15 @@ def plan(source: Checkpoint, target: Format, *, adapters: Sequence[str] | None =
                        + ", ".join(p.name for p in source.skipped_pickles))
     if source.other_folders:
         notices.append("left out folders that hold no adapter: " + ", ".join(p.name for p in source.other_folders))
-    return ConversionPlan(source, target, plans, list(source.extra_files), notices)
+    # Swift to Swift (choosing or renaming adapters): extra_states/ holds what ms-swift saved outside any tuner
+    # (extra_state_keys) and belongs to the checkpoint, not to one adapter: carried whole, never left behind.
+    carried = source.extra_states if target == "swift" else None
+    if carried is not None:
+        pickled = sorted(p.relative_to(source.path).as_posix() for p in carried.rglob("*")
+                         if is_pickle_file(p.name, weights_allowed=True))
+        if pickled:
+            notices.append("left out pickle files of extra_states/ (never opened): " + ", ".join(pickled))
+    return ConversionPlan(source, target, plans, list(source.extra_files), notices, carried)
 
 
 def publish_folder(tmp: Path, dst: Path) -> None:
@@ -291,6 +300,10 @@ def execute(conversion: ConversionPlan, destination: str | Path, *, overwrite: b
             if found is None:
                 raise UnsafeFileError("became a folder while being converted", extra)
             source_files.copy_file(found, tmp / extra.name)
+        if conversion.extra_states is not None:
+            states = tmp / conversion.extra_states.name
+            states.mkdir()
+            total += _copy_extra_states(conversion.extra_states, root, states, roots)
         if conversion.target == "swift" and not (tmp / SWIFT_MARKER).exists():
             (tmp / SWIFT_MARKER).write_bytes(b"{}")
         if durable:
@@ -313,6 +326,20 @@ def execute(conversion: ConversionPlan, destination: str | Path, *, overwrite: b
         bytes=total,
         notices=tuple(conversion.notices),
     )
+
+
+def _copy_extra_states(folder: Path, root: Path, dst: Path, roots: tuple[Path, ...]) -> int:
+    """The files of extra_states/ under the source rule (links checked; pickles other than the weights file
+    never copied), into `dst`; bytes copied."""
+    total = 0
+    for found in source_files.walk(folder, roots=roots, top=root):
+        rel = Path(found.rel).relative_to(folder.name)
+        if is_pickle_file(rel.name, weights_allowed=True):
+            continue
+        out = dst / rel
+        out.parent.mkdir(parents=True, exist_ok=True)
+        total += source_files.copy_file(found, out)
+    return total
 
 
 def convert(source: str | Path, destination: str | Path, to: Format, *, adapters: Sequence[str] | None = None,

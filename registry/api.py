@@ -236,7 +236,8 @@ class RegistryAPI(Protocol):
 
     def import_from(self, source: str, repo_id: str, *, tag: str | None = None, base_model: str | None = None,
                     subfolder: str | None = None, message: str | None = None,
-                    progress: Progress | None = None, base_folder: Path | None = None) -> ImportResult:
+                    progress: Progress | None = None, base_folder: Path | None = None,
+                    allow_nonfinite: bool = False) -> ImportResult:
         """Import an adapter from `hf://owner/name[@rev]` or `ms://owner/name[@rev]` (`base_folder`: a local
         model folder to validate against, embedded registries only: a server cannot read it)."""
         ...

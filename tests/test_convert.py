@@ -264,3 +264,20 @@ def test_shira_is_carried_through_and_refused_for_swift(llama_base: Path, tmp_pa
     converters.convert(tmp_path / "shira", tmp_path / "copy", "peft")
     assert torch.equal(peft_forward(llama_base, tmp_path / "copy"), peft_forward(llama_base, tmp_path / "shira"))
     assert not torch.equal(peft_forward(llama_base, tmp_path / "copy"), forward(load_base(llama_base)))
+
+
+def test_extra_states_are_carried_whole_from_swift_to_swift(tmp_path: Path) -> None:
+    """Choosing or renaming adapters keeps the checkpoint's extra_states/ (modules ms-swift saved outside any
+    tuner) byte for byte; only pickles other than the weights are left out, with a notice."""
+    src = _swift_lora(tmp_path / "src", {"default": {}, "sql": {}})
+    states = src / "extra_states"
+    states.mkdir()
+    save_file({"lm_head.weight": torch.arange(12, dtype=torch.float32).reshape(3, 4)},
+              str(states / "adapter_model.safetensors"), metadata={"format": "pt"})
+    (states / "optimizer.PT").write_bytes(b"\x80\x04K\x01.")
+    result = converters.convert(src, tmp_path / "out", "swift", adapters=["sql"], renames={"sql": "main"})
+    out = tmp_path / "out" / "extra_states"
+    assert sorted(p.name for p in out.iterdir()) == ["adapter_model.safetensors"]
+    assert (out / "adapter_model.safetensors").read_bytes() == (states / "adapter_model.safetensors").read_bytes()
+    assert any("extra_states/optimizer.PT" in n for n in result.notices)
+    assert (tmp_path / "out" / "main" / "adapter_config.json").is_file()

@@ -17,7 +17,9 @@ import threading
 from pathlib import Path
 from typing import Iterator
 
+import numpy as np
 import pytest
+from safetensors.numpy import load_file, save_file
 
 from registry.ids import parse_id
 from registry.manifest import build_manifest
@@ -46,6 +48,13 @@ def hub(tmp_path_factory: pytest.TempPathFactory, llama_base: Path) -> Iterator[
         "big": reg.push(big, "team/big-lora", tag="v1").revision,
     }
     reg.push_base(llama_base, "team/no-adapter", tag="v1")  # a repo with a model and no adapter
+    nan = write_peft_lora(root / "nan", seed=13)  # a diverged run: one NaN in a weight, as a real hub may hold
+    weights = load_file(str(nan / "adapter_model.safetensors"))
+    first = sorted(weights)[0]
+    weights[first] = weights[first].copy()
+    weights[first].flat[0] = np.nan
+    save_file(weights, str(nan / "adapter_model.safetensors"), metadata={"format": "pt"})
+    reg.push(nan, "team/nan-lora", tag="v1", allow_nonfinite=True)
     _pickle_only_repo(reg, root / "pickles", "team/pickles")
     served_swift = reg.resolve("team/swift-lora@v1", "peft")  # what both hub protocols serve for it
     reg.close()
@@ -324,3 +333,13 @@ def test_import_refusals_name_repo_and_revision_and_register_nothing(hub: dict, 
     assert _json(swiftreg(env, "ls", "--json")) == []
     leftovers = [p for p in (tmp_path / "local").iterdir() if p.name.startswith("swiftreg-import-")]
     assert leftovers == []
+
+
+def test_import_refuses_nonfinite_weights_unless_allowed(hub: dict, tmp_path: Path) -> None:
+    server: Server = hub["server"]
+    env = _env(tmp_path, f"sqlite:///{tmp_path / 'local.db'}", server.url, server.read_token)
+    refused = swiftreg(env, "import", "hf://team/nan-lora@v1", "local/nan")
+    assert refused.returncode == 1 and "NaN" in refused.stderr and "--allow-nonfinite" in refused.stderr, \
+        refused.stderr[-2000:]
+    allowed = _json(swiftreg(env, "import", "ms://team/nan-lora@v1", "local/nan", "--allow-nonfinite", "--json"))
+    assert allowed["created"] and allowed["revision"]["repo"] == "local/nan"

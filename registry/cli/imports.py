@@ -13,9 +13,11 @@ from .common import base_model_option, echo_json, json_option, open_registry, pr
 @base_model_option("The base model the adapter must fit; a registered one is also recorded as its base.")
 @click.option("--subfolder", metavar="DIR", help="The folder of the hub repo that holds the adapter.")
 @click.option("-m", "--message", help="A note kept with the revision (default: where it came from).")
+@click.option("--allow-nonfinite", is_flag=True,
+              help="Store tensors holding NaN or Inf (refused by default, as by push).")
 @json_option()
 def import_(source: str, repo_id: str, tag: str | None, base_model: str | None, subfolder: str | None,
-            message: str | None, as_json: bool) -> None:
+            message: str | None, as_json: bool, allow_nonfinite: bool = False) -> None:
     """Import the adapter SOURCE from the Hugging Face Hub (hf://) or ModelScope (ms://) as a revision of
     NAMESPACE/NAME, with its provenance.
 
@@ -37,7 +39,7 @@ def import_(source: str, repo_id: str, tag: str | None, base_model: str | None, 
         folder = base_model_folder(base_model)
         result = registry.import_from(source, repo_id, tag=tag, base_model=None if folder else base_model,
                                       base_folder=folder, subfolder=subfolder, message=message, progress=bar.update,
-                                      **remote)
+                                      allow_nonfinite=allow_nonfinite, **remote)
     if as_json:
         echo_json({"created": result.created, "already_imported": result.already_imported,
                    "commit": result.commit, "files": result.files, "notices": result.notices,

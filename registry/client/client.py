@@ -298,7 +298,8 @@ class RemoteRegistry:
     def import_from(self, source: str, repo_id: str, *, tag: str | None = None, base_model: str | None = None,
                     subfolder: str | None = None, message: str | None = None, progress: Progress | None = None,
                     wait: float | None = 3600.0, poll: float = 1.0,
-                    on_queued: Callable[[Any], None] | None = None, base_folder: Path | None = None) -> Any:
+                    on_queued: Callable[[Any], None] | None = None, base_folder: Path | None = None,
+                    allow_nonfinite: bool = False) -> Any:
         """Import on the server's side: an `import` job its workers run, downloading from the hub there
         (the server's HF_ENDPOINT / MODELSCOPE_ENDPOINT apply, and no adapter bytes cross this client).
 
@@ -315,6 +316,8 @@ class RemoteRegistry:
         for key, value in (("tag", tag), ("base_model", base_model), ("subfolder", subfolder), ("message", message)):
             if value is not None:
                 params[key] = value
+        if allow_nonfinite:
+            params["allow_nonfinite"] = True
         src = parse_source(source)
         job = self.submit_job("import", params, key=f"import:{uuid.uuid4().hex}")
         if on_queued is not None:

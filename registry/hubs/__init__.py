@@ -105,7 +105,7 @@ def select_files(files: list[str], subfolder: str) -> tuple[list[str], list[str]
 
 def import_into(registry: Registry, source: str, repo_id: str, *, tag: str | None = None,
                 base_model: str | None = None, base_folder: Path | None = None, subfolder: str | None = None,
-                message: str | None = None,
+                message: str | None = None, allow_nonfinite: bool = False,
                 progress: Callable[[int], None] | None = None) -> ImportResult:
     """Registry.import_from's work (the service method only delegates here)."""
     src = parse_source(source)
@@ -145,7 +145,7 @@ def import_into(registry: Registry, source: str, repo_id: str, *, tag: str | Non
                       "requested_revision": src.revision, "commit": listing.commit, "subfolder": sub}
         try:
             result = registry.push(root, rid.repo, tag=tag, base_model=base_model, base_folder=base_folder,
-                                   progress=progress,
+                                   progress=progress, allow_nonfinite=allow_nonfinite,
                                    message=message or f"imported from {src.hub}://{src.repo}@{listing.commit}",
                                    provenance=provenance)
         except (InvalidCheckpointError, converters.FormatError) as exc:

@@ -38,7 +38,8 @@ PARAMS: dict[str, tuple[frozenset[str], frozenset[str]]] = {
                 frozenset({"tag", "semantics", "rank", "svd_clamp", "density", "majority_sign_method", "seed",
                            "base", "device"})),
     "validate": (frozenset({"revisions"}), frozenset({"run_id", "checks", "swift"})),
-    "import": (frozenset({"source", "id"}), frozenset({"tag", "base_model", "subfolder", "message"})),
+    "import": (frozenset({"source", "id"}),
+               frozenset({"tag", "base_model", "subfolder", "message", "allow_nonfinite"})),
     "sleep": (frozenset({"seconds"}), frozenset({"record", "fail"})),
 }
 assert tuple(PARAMS) == KINDS, "registry/jobs/kinds.py and PARAMS name the same kinds"
@@ -109,6 +110,8 @@ def _check_import(params: dict[str, Any]) -> None:
         check_tag(params["tag"])
     if (params.get("subfolder") or "").strip("/"):
         check_relpath(params["subfolder"].strip("/"))
+    if params.get("allow_nonfinite") is not None and not isinstance(params["allow_nonfinite"], bool):
+        raise InvalidJobError("import job: allow_nonfinite must be true or false")
 
 
 def job_namespaces(kind: str, params: dict[str, Any]) -> tuple[str | None, list[str]]:
@@ -219,7 +222,8 @@ def _validate(reg: "Registry", p: dict[str, Any], job: "JobInfo", guard: Callabl
 def _import(reg: "Registry", p: dict[str, Any], job: "JobInfo", guard: Callable[[], None]
             ) -> tuple[bool, dict[str, Any], list[str]]:
     result = reg.import_from(p["source"], p["id"], tag=p.get("tag"), base_model=p.get("base_model"),
-                             subfolder=p.get("subfolder"), message=p.get("message"))
+                             subfolder=p.get("subfolder"), message=p.get("message"),
+                             allow_nonfinite=bool(p.get("allow_nonfinite")))
     rev = result.revision
     out = {"created": result.created, "already_imported": result.already_imported, "commit": result.commit,
            "files": list(result.files), "notices": list(result.notices), "revision": rev.to_dict()}

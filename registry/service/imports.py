@@ -24,7 +24,8 @@ class ImportsMixin(RegistryCore):
 
     def import_from(self, source: str, repo_id: str, *, tag: str | None = None,
                     base_model: str | None = None, subfolder: str | None = None, message: str | None = None,
-                    progress: Progress | None = None, base_folder: Path | None = None) -> ImportResult:
+                    progress: Progress | None = None, base_folder: Path | None = None,
+                    allow_nonfinite: bool = False) -> ImportResult:
         """Import an adapter from the Hugging Face Hub (`hf://owner/name[@rev]`) or ModelScope (`ms://...`).
 
         Downloaded with the hub's own client (its usual variables apply), then pushed like any
@@ -33,7 +34,7 @@ class ImportsMixin(RegistryCore):
         from ..hubs import import_into
 
         return import_into(whole(self), source, repo_id, tag=tag, base_model=base_model, base_folder=base_folder,
-                           subfolder=subfolder, message=message, progress=progress)
+                           subfolder=subfolder, message=message, progress=progress, allow_nonfinite=allow_nonfinite)
 
     def find_import(self, repo_id: str, hub: str, source_repo: str, commit: str,
                     subfolder: str = "") -> RevisionInfo | None:
