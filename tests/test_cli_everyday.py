@@ -25,6 +25,7 @@ import torch
 from safetensors.numpy import load_file
 
 from tests.helpers.checkpoints import write_peft_lora
+from tests.helpers.filesystems import cannot_mount
 from tests.helpers.server import Server, registry_env
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -225,7 +226,7 @@ def _unshare_works() -> bool:
 
 def test_a_full_disk_names_what_was_being_written(tmp_path: Path) -> None:
     if not _unshare_works():
-        pytest.skip("a small full filesystem needs `unshare -rm` and tmpfs (user and mount namespaces)")
+        cannot_mount("a small full filesystem needs `unshare -rm` and tmpfs (user and mount namespaces)")
     home = tmp_path / "home"
     big = write_peft_lora(tmp_path / "big", seed=5, r=64, layers=24)  # ~0.7 MB of tensors
     assert swiftreg(home, "push", big, "team/big").returncode == 0

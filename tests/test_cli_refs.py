@@ -10,22 +10,12 @@ from click.testing import CliRunner
 
 from registry.cli import main
 from tests.helpers.checkpoints import write_peft_lora
+from tests.helpers.cli import cli_on
 
 
 @pytest.fixture
 def cli(database_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    monkeypatch.setenv("SWIFTREG_HOME", str(tmp_path / "home"))
-    monkeypatch.setenv("SWIFTREG_DATABASE_URL", database_url)
-    monkeypatch.delenv("SWIFTREG_URL", raising=False)
-
-    def run(*args: object, ok: bool = True):
-        result = CliRunner().invoke(main, [str(a) for a in args])
-        if ok:
-            assert result.exit_code == 0, (args, result.output, result.stderr)
-        else:
-            assert result.exit_code == 1 and "Traceback" not in result.output, (args, result.output)
-        return result
-    return run
+    return cli_on(tmp_path / "home", database_url, monkeypatch)
 
 
 def test_main_rolls_back_with_branch_and_a_repush_says_how(cli, tmp_path: Path) -> None:

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import click
 import pytest
-from click.testing import CliRunner
 
 from registry.cli import main
+from tests.helpers.cli import cli_on
 from tests.helpers.models import build_base, make_peft_checkpoint
 
 LORA = dict(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], lora_dropout=0.0)
@@ -17,15 +17,7 @@ LORA = dict(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], lora_dropout
 
 @pytest.fixture
 def cli(one_database_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    monkeypatch.setenv("SWIFTREG_HOME", str(tmp_path / "home"))
-    monkeypatch.setenv("SWIFTREG_DATABASE_URL", one_database_url)
-    monkeypatch.delenv("SWIFTREG_URL", raising=False)
-
-    def run(*args: object, ok: bool = True):
-        result = CliRunner().invoke(main, [str(a) for a in args])
-        assert (result.exit_code == 0) == ok, (args, result.output, result.stderr)
-        return result
-    return run
+    return cli_on(tmp_path / "home", one_database_url, monkeypatch)
 
 
 def _commands(group: click.Group, prefix: str = "swiftreg"):

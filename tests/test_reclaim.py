@@ -22,6 +22,7 @@ from registry.db.models import RevisionDeletionRecord
 from registry.errors import NotFoundError, RevisionInUseError
 from registry.service import Registry
 from tests.helpers.checkpoints import write_big_peft_lora, write_peft_lora
+from tests.helpers.cli import cli_on
 
 
 def home_bytes(home: Path) -> int:
@@ -39,16 +40,8 @@ def home_bytes(home: Path) -> int:
 
 @pytest.fixture
 def cli(database_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    home = tmp_path / "home"
-    monkeypatch.setenv("SWIFTREG_HOME", str(home))
-    monkeypatch.setenv("SWIFTREG_DATABASE_URL", database_url)
-    monkeypatch.delenv("SWIFTREG_URL", raising=False)
-
-    def run(*args: object, ok: bool = True):
-        result = CliRunner().invoke(main, [str(a) for a in args])
-        assert (result.exit_code == 0) == ok, (args, result.output, result.stderr)
-        return result
-    run.home = home  # type: ignore[attr-defined]
+    run = cli_on(tmp_path / "home", database_url, monkeypatch)
+    run.home = tmp_path / "home"  # type: ignore[attr-defined]
     return run
 
 

@@ -33,6 +33,7 @@ import pytest
 from registry.errors import InsufficientStorageError, RegistryError, UnavailableError
 from tests.helpers.api_v1 import API, assert_error, client, sha256, upload
 from tests.helpers.checkpoints import write_peft_lora
+from tests.helpers.filesystems import cannot_mount
 from tests.helpers.pg_cluster import private_postgres
 from tests.helpers.server import Server, free_port, registry_env, running_server
 
@@ -357,7 +358,7 @@ def test_a_read_only_store_answers_503_for_writes_and_serves_reads(seeded_server
     if not (_mount("--bind", str(store), str(store)) and _mount("-o", "remount,ro,bind", str(store))):
         if os.path.ismount(store):
             _umount(store)
-        pytest.skip("needs root and mount (a read-only bind mount of the store)")
+        cannot_mount("needs root and mount (a read-only bind mount of the store)")
     try:
         answers = _store_answers(server, digest)
     finally:
@@ -377,7 +378,7 @@ def test_a_full_disk_answers_507_never_500(tmp_path: Path, options: str, sizes: 
     store = tmp_path / "store"
     store.mkdir()
     if not _mount("-t", "tmpfs", "-o", options, "tmpfs", str(store)):
-        pytest.skip("needs root and mount (a tiny tmpfs as the blob store)")
+        cannot_mount("needs root and mount (a tiny tmpfs as the blob store)")
     try:
         url = f"sqlite:///{tmp_path / 'registry.db'}"
         with running_server(tmp_path / "home", url, extra_args=("--store", str(store))) as server:
