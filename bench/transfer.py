@@ -29,8 +29,21 @@ What it measures
       sha256              hashing the adapter's files, from the page cache, on one core: the least time any
                           pull that verifies every byte can take here (cp does not hash).
 
+    Object storage (issue 20; skipped without boto3 and moto[server]): moto's standalone S3 server
+    (`python -m moto.server`, a fresh one per repeat) on 127.0.0.1, and against it:
+      s3 raw put / get    boto3's own transfer manager (upload_file / download_file of every file,
+                          16 MiB parts, 10 threads: the store's defaults): the storage library alone;
+                          also boto3 get_object read as one stream per file (moto answers every range
+                          GET by copying the whole object, which slows download_file's parallel ranges).
+      s3 push             RemoteRegistry.push to `swiftreg serve --store s3://...`: presigned part PUTs
+                          straight to the storage, the server hashing the object before it copies it
+                          to its blob key, then the commit (validated from the store).
+      s3 pull -o          RemoteRegistry.pull: redirects to presigned GETs, every byte verified.
+    The server's byte counters are checked: no adapter byte passes through it on these two.
+
 Targets
-    pull -o at least half of cp's throughput; a re-push of unchanged content under 1 s (the API call).
+    pull -o at least half of cp's throughput; a re-push of unchanged content under 1 s (the API call);
+    s3 push and s3 pull -o within 1.3x the time of the raw put and get.
     Exit code 0 whether or not they are met (a benchmark, not a test); the verdict lines say MET / MISSED.
 
 The adapter
@@ -65,6 +78,8 @@ REPO = "team/sql-lora-7b"
 TAG = "v1"
 PULL_VS_CP_TARGET = 0.5      # pull throughput / cp throughput, at least
 REPUSH_TARGET_S = 1.0        # re-push of unchanged content, at most
+S3_TARGET = 1.3              # s3 push / raw put and s3 pull / raw get, at most
+BUCKET = "swiftreg-bench"
 
 
 def say(msg: str = "") -> None:
@@ -107,14 +122,14 @@ class Server:
 
 
 @contextmanager
-def serve(home: Path) -> Iterator[Server]:
+def serve(home: Path, args: tuple[str, ...] = (), extra_env: dict[str, str] | None = None) -> Iterator[Server]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("SWIFTREG_")}
-    env.update(SWIFTREG_HOME=str(home), SWIFTREG_DATABASE_URL=f"sqlite:///{home / 'registry.db'}")
+    env.update(SWIFTREG_HOME=str(home), SWIFTREG_DATABASE_URL=f"sqlite:///{home / 'registry.db'}", **(extra_env or {}))
     home.mkdir(parents=True)
     port = free_port()
     log = open(home.parent / f"server-{port}.log", "w")
     proc = subprocess.Popen([sys.executable, "-m", "registry.cli", "serve", "--host", "127.0.0.1", "--port", str(port),
-                             "--log-level", "warning"], env=env, stdout=log, stderr=subprocess.STDOUT)
+                             "--log-level", "warning", *args], env=env, stdout=log, stderr=subprocess.STDOUT)
     import httpx
 
     url = f"http://127.0.0.1:{port}"
@@ -151,6 +166,72 @@ def timed(func: Callable[[], Any]) -> tuple[float, Any]:
     t0 = time.perf_counter()
     out = func()
     return time.perf_counter() - t0, out
+
+
+def s3_available() -> str | None:
+    """None when boto3 and moto's server are installed, else why the object-store rows are skipped."""
+    for module in ("boto3", "moto.server"):
+        if importlib.util.find_spec(module.split(".")[0]) is None:
+            return f"{module} is not installed (pip install 'swiftreg[s3]' 'moto[server]')"
+    return None
+
+
+@contextmanager
+def moto(work: Path) -> Iterator[dict[str, str]]:
+    """moto's standalone S3 server on a free port with one bucket; the AWS_* variables that reach it."""
+    import boto3
+
+    port = free_port()
+    log = open(work / f"moto-{port}.log", "w")
+    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                            stdout=log, stderr=subprocess.STDOUT)
+    env = {"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench-secret", "AWS_DEFAULT_REGION": "us-east-1",
+           "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_EC2_METADATA_DISABLED": "true"}
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+                break
+            except OSError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise SystemExit(f"error: moto's server did not start (log: {log.name})") from None
+                time.sleep(0.1)
+        boto3.client("s3", endpoint_url=env["AWS_ENDPOINT_URL"], aws_access_key_id="bench",
+                     aws_secret_access_key="bench-secret", region_name="us-east-1").create_bucket(Bucket=BUCKET)
+        yield env
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+
+
+def raw_client(env: dict[str, str]) -> tuple[Any, Any]:
+    """boto3's client and transfer settings as the s3:// store makes them (registry/store/s3.py)."""
+    from boto3.s3.transfer import TransferConfig
+
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        from registry.store.s3 import make_client
+
+        client = make_client(10)
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    return client, TransferConfig(multipart_threshold=16 << 20, multipart_chunksize=16 << 20, max_concurrency=10)
+
+
+def stats_of(server: Server) -> dict[str, Any]:
+    import httpx
+
+    return dict(httpx.get(f"{server.url}/api/v1/stats", headers={"Authorization": f"Bearer {server.admin}"}).json())
 
 
 def hf_routes_answer(server: Server) -> str | None:
@@ -217,7 +298,9 @@ def run(args: argparse.Namespace, work: Path) -> int:
             raise SystemExit(f"error: {what} gave {sorted(got)} with other bytes than the source {sorted(expected)}")
 
     times: dict[str, list[float]] = {k: [] for k in (
-        "cp", "push", "repush", "repush_cli", "curl", "sha256", "resolve", "pull", "hf")}
+        "cp", "push", "repush", "repush_cli", "curl", "sha256", "resolve", "pull", "hf",
+        "s3_raw_put", "s3_push", "s3_raw_get", "s3_raw_stream", "s3_pull")}
+    s3_skip = s3_available()
     weights = max(expected, key=lambda rel: expected[rel][0])
     curl = shutil.which("curl")
     hf_skip: str | None = None
@@ -285,6 +368,8 @@ def run(args: argparse.Namespace, work: Path) -> int:
                 except Exception as exc:  # noqa: BLE001 - a benchmark: report and go on
                     hf_skip = f"snapshot_download from our server failed: {type(exc).__name__}: {exc}"
                 shutil.rmtree(base / "hf-cache", ignore_errors=True)
+        if s3_skip is None:
+            s3_repeat(src, base, check, times, total)
         shutil.rmtree(base, ignore_errors=True)
         say(f"  repeat {rep + 1}/{args.repeats} done")
 
@@ -300,6 +385,11 @@ def run(args: argparse.Namespace, work: Path) -> int:
         ("resolve", "swiftreg resolve, empty cache (API)"),
         ("pull", "swiftreg pull -o, empty cache (API)"),
         ("hf", "huggingface_hub snapshot_download (our server)"),
+        ("s3_raw_put", "s3: boto3 upload_file of every file (raw)"),
+        ("s3_push", "s3: swiftreg push, presigned (API)"),
+        ("s3_raw_get", "s3: boto3 download_file of every file (raw)"),
+        ("s3_raw_stream", "s3: boto3 get_object, one stream per file (raw)"),
+        ("s3_pull", "s3: swiftreg pull -o, redirected (API)"),
     ]
     say()
     say(f"{args.repeats} repeat(s), {mib:.1f} MiB adapter over 127.0.0.1 (median, best; MiB/s of adapter bytes at the "
@@ -329,7 +419,66 @@ def run(args: argparse.Namespace, work: Path) -> int:
             f"cache): {med['hf'] / med['resolve']:.2f}x the time")
     else:
         say(f"huggingface_hub snapshot_download: skipped ({hf_skip})")
+    if s3_skip is not None:
+        say(f"object storage rows: skipped ({s3_skip})")
+    else:
+        for mine, raw, what in (("s3_push", "s3_raw_put", "push"), ("s3_pull", "s3_raw_get", "pull -o"),
+                                ("s3_pull", "s3_raw_stream", "pull -o (vs one GET stream per file)")):
+            ratios = [a / b for a, b in zip(times[mine], times[raw])]
+            ratio = statistics.median(ratios)
+            say(f"s3 {what} / boto3 raw ({', '.join(f'{r:.2f}' for r in ratios)} per repeat): median {ratio:.2f}x; "
+                f"target <= {S3_TARGET}x: {'MET' if ratio <= S3_TARGET else 'MISSED'}")
     return 0
+
+
+def s3_repeat(src: Path, base: Path, check: Callable[[Path, str], None], times: dict[str, list[float]],
+              total: int) -> None:
+    """One repeat of the object-store rows, interleaved: raw put, swiftreg push, raw get, swiftreg pull."""
+    from registry.client import RemoteRegistry
+
+    files = sorted(p for p in src.rglob("*") if p.is_file())
+    with moto(base) as env:
+        client, config = raw_client(env)
+        t, _ = timed(lambda: [client.upload_file(str(p), BUCKET, f"raw/{p.relative_to(src).as_posix()}",
+                                                 Config=config) for p in files])
+        times["s3_raw_put"].append(t)
+        with serve(base / "s3-server", ("--store", f"s3://{BUCKET}/registry"), env) as server:
+            pusher = RemoteRegistry(server.url, server.write, home=base / "s3-pusher")
+            t, result = timed(lambda: pusher.push(src, REPO, tag=TAG))
+            if not result.created or result.bytes_written != total:
+                raise SystemExit(f"error: the s3 push sent {result.bytes_written} of {total} bytes")
+            times["s3_push"].append(t)
+            received = stats_of(server)["bytes_received"]
+            if received:
+                raise SystemExit(f"error: {received} bytes of the presigned push went through the server")
+            out = base / "s3-raw"
+            t, _ = timed(lambda: [client.download_file(BUCKET, f"raw/{p.relative_to(src).as_posix()}",
+                                                       str(out / p.relative_to(src)), Config=config)
+                                  for p in files if (out / p.relative_to(src)).parent.mkdir(parents=True,
+                                                                                              exist_ok=True) is None])
+            times["s3_raw_get"].append(t)
+            check(out, "boto3 download_file")
+            shutil.rmtree(out)
+            out.mkdir()
+
+            def streamed() -> None:  # one GET per file, read in 8 MiB pieces (no ranges: see registry/store/s3.py)
+                for p in files:
+                    body = client.get_object(Bucket=BUCKET, Key=f"raw/{p.relative_to(src).as_posix()}")["Body"]
+                    (out / p.relative_to(src)).parent.mkdir(parents=True, exist_ok=True)
+                    with open(out / p.relative_to(src), "wb") as f:
+                        while chunk := body.read(8 << 20):
+                            f.write(chunk)
+            t, _ = timed(streamed)
+            times["s3_raw_stream"].append(t)
+            check(out, "boto3 get_object")
+            sent = stats_of(server)["bytes_sent"]
+            puller = RemoteRegistry(server.url, server.read, home=base / "s3-puller")
+            t, pulled = timed(lambda: puller.pull(f"{REPO}@{TAG}", base / "s3-pulled"))
+            times["s3_pull"].append(t)
+            check(pulled, "s3 pull -o")
+            through = stats_of(server)["bytes_sent"] - sent
+            if through > total // 100:
+                raise SystemExit(f"error: {through} bytes of the redirected pull went through the server")
 
 
 if __name__ == "__main__":

@@ -18,13 +18,14 @@ from . import config as configs
 from . import source_files
 from .config import CONFIG_NAME, SIDECAR_NAME
 from .errors import (
-    FormatError, NotACheckpointError, OutputError, RefusedError, UnsafeFileError, UnsupportedTunerError,
+    FormatError, NotACheckpointError, OutputError, RefusedError, UnsafeFileError, UnsupportedFieldError,
+    UnsupportedTunerError,
 )
 from .keys import TensorKey
 from .layout import (
     DEFAULT_ADAPTER, SAFETENSORS_NAME, Adapter, Checkpoint, Format, _check_name, detect, is_pickle_file,
 )
-from .methods import GRAMMAR, explain_swift_only, SWIFT_ONLY_TUNERS
+from .methods import GRAMMAR, explain_swift_only, SWIFT_ONLY_TUNERS, tuners
 from .safetensors_io import write_renamed
 from .tensors import WeightsFile
 
@@ -98,6 +99,11 @@ def _target_config(adapter: Adapter, target: Format) -> tuple[dict, dict]:
         peft, sidecar = configs.swift_to_peft(adapter.config, adapter=adapter.name, config_path=adapter.config_path)
         return peft, {**adapter.sidecar, **sidecar}
     if method is None:
+        if target == "peft" and adapter.type_name in tuners.BY_NAME:
+            return dict(adapter.config), dict(adapter.sidecar)  # already PEFT: kept as it is
+        if adapter.type_name in tuners.BY_NAME:
+            raise UnsupportedTunerError(f"adapter {adapter.name!r} is a PEFT {adapter.type_name} adapter: "
+                                        + tuners.swift_form_refusal(adapter.type_name))  # the type says it all
         raise UnsupportedTunerError(
             f"adapter {adapter.name!r} is a PEFT {adapter.type_name} adapter; swiftreg converts LoRA-family "
             "adapters (LoRA, DoRA, rsLoRA) and carries SHiRA", adapter.config_path)
@@ -129,7 +135,19 @@ def _plan_adapter(adapter: Adapter, source_format: Format, target: Format, name:
                   peft_version: str | None, notices: list[str]) -> AdapterPlan:
     config, sidecar = _target_config(adapter, target)
     method = adapter.method
-    assert method is not None
+    if method is None:  # another PEFT type (peft_native.py), PEFT to PEFT: every key kept as it is
+        if peft_version:
+            raise UnsupportedFieldError(
+                f"adapter {adapter.name!r} is a PEFT {adapter.type_name} adapter: --peft-version rewrites LoRA and "
+                "SHiRA configs only (swiftreg's field table of older peft releases has no other config class)",
+                adapter.config_path)
+        if adapter.weights is None:
+            raise NotACheckpointError(
+                f"adapter {adapter.name!r} has no {SAFETENSORS_NAME} or adapter_model.bin", adapter.folder)
+        weights = WeightsFile.open(adapter.weights)
+        folder = "" if name == DEFAULT_ADAPTER else name
+        return AdapterPlan(adapter, name, folder, config, sidecar, weights, [(i.name, i.name) for i in weights.infos()],
+                           [])
     if peft_version:
         config, dropped_fields = configs.for_peft_version(
             config, peft_version, config_class=method.config_class, adapter=adapter.name,

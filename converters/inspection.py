@@ -8,6 +8,7 @@ from typing import Any
 
 from .layout import Adapter, detect
 from .methods import GRAMMAR
+from .methods.tuners import BY_NAME
 from .tensors import WeightsFile
 
 
@@ -44,8 +45,14 @@ class CheckpointSummary:
 def summarize_adapter(adapter: Adapter, fmt: str) -> AdapterSummary:
     c = adapter.config
     infos = WeightsFile.open(adapter.weights).infos() if adapter.weights else []
-    modules = set()
-    own = []  # leaving out keys ms-swift leaked from other adapters into this file
+    modules: set[str] = set()
+    own: list = []  # leaving out keys ms-swift leaked from other adapters into this file
+    other = BY_NAME.get(adapter.type_name) if adapter.method is None and "swift_type" not in c else None
+    if other is not None:  # another PEFT type: its modules by the type's key stems (converters/peft_native.py)
+        from .peft_native import module_of
+
+        modules = {found[0] for found in (module_of(other, i.name) for i in infos) if found is not None}
+        own, infos = list(infos), []
     for info in infos:
         parsed = GRAMMAR.parse_peft(info.name) if fmt == "peft" else GRAMMAR.parse_swift(info.name)
         if parsed is not None and parsed.adapter not in (None, adapter.name):

@@ -99,7 +99,8 @@ class _AdapterCheck:
                 return
             self._check_values(weights)
         self.problem("adapter_config.json", f"{self.a.type_name} is a Swift-only tuner: stored as is (ms-swift "
-                     "loads it); its tensors are not checked and it has no PEFT form", "warning")
+                     "loads it) and it has no PEFT form; its tensors are checked by ms-swift itself (`swiftreg "
+                     "validate --base-model` and validate-all, with SWIFTREG_SWIFT_PYTHON set)", "warning")
 
     def run(self) -> None:
         for where, value in finite.config_fields(self.c):
@@ -109,29 +110,78 @@ class _AdapterCheck:
         if method is None and "swift_type" in self.c and self.a.type_name in SWIFT_ONLY_TUNERS:
             self._check_swift_only()
             return
+        if method is None and "swift_type" not in self.c and self.a.type_name:
+            self._check_peft_native()
+            return
         if method is None:
             self.problem("adapter_config.json", f"tuner type {self.a.type_name!r} is not one swiftreg can check")
             return
         if not self._config_ok(method.peft_type):
             return
-        if self.a.weights is None:
-            self.problem(self.a.folder.name or ".", "no adapter_model.safetensors or adapter_model.bin")
-            return
-        try:
-            weights = WeightsFile.open(self.a.weights)
-            infos = weights.infos()
-        except FormatError as exc:
-            self.problem(self.a.weights.name, str(exc))
-            return
-        self._check_values(weights)
-        if not infos:
-            self.problem(self.a.weights.name, "holds no tensors: an adapter without weights changes nothing (was the "
-                         "state dict empty when it was saved?)")
+        infos = self._tensor_infos()
+        if infos is None:
             return
         if method.peft_type == "SHIRA":
             self._check_shira(infos)
         else:
             self._check_lora(infos)
+
+    def _tensor_infos(self) -> list[TensorInfo] | None:
+        """The weights file's tensors (names, dtypes, shapes), its values scanned for NaN/Inf; None, with the
+        problem recorded, when there is no weights file, it cannot be read, or it holds no tensors."""
+        if self.a.weights is None:
+            self.problem(self.a.folder.name or ".", "no adapter_model.safetensors or adapter_model.bin")
+            return None
+        try:
+            weights = WeightsFile.open(self.a.weights)
+            infos = weights.infos()
+        except FormatError as exc:
+            self.problem(self.a.weights.name, str(exc))
+            return None
+        self._check_values(weights)
+        if not infos:
+            self.problem(self.a.weights.name, "holds no tensors: an adapter without weights changes nothing (was the "
+                         "state dict empty when it was saved?)")
+            return None
+        return infos
+
+    def _check_peft_native(self) -> None:
+        """Any other type the installed peft defines: checked by peft itself (converters/peft_native.py)."""
+        from . import peft_native
+
+        refusal = peft_native.unknown_type(self.a.type_name)
+        if refusal is not None:
+            self.problem("adapter_config.json", refusal)
+            return
+        tuner = peft_native.tuner_for(self.a.type_name)
+        for where, message, severity in peft_native.check_config(self.c):
+            self.problem(where, message, "error" if severity == "error" else "warning")
+        infos = self._tensor_infos()
+        if infos is None:
+            return
+        errors_before = len(self.report.errors)
+        mts = self.c.get("modules_to_save")
+        issues, _ = peft_native.check_keys(tuner, [i.name for i in infos],
+                                           [m for m in mts if isinstance(m, str)] if isinstance(mts, list) else [])
+        for where, message, severity in issues:
+            self.problem(where, message, "error" if severity == "error" else "warning")
+        if len(self.report.errors) > errors_before:
+            return
+        if self.base is None:
+            self.problem("adapter_config.json", f"{tuner.name}: the shape check needs the base model (a registered "
+                         "base, or --base-model DIR); names and pairing were checked from the file alone", "warning")
+            return
+        try:
+            expected = peft_native.expected_state(self.c, self.base.path)
+        except peft_native.DoesNotFitError as exc:
+            self.problem("adapter_config.json", str(exc))
+            return
+        except RuntimeError as exc:
+            self.problem("adapter_config.json", f"shape check skipped: {exc}", "warning")
+            return
+        found = {i.name: (tuple(i.shape), i.dtype) for i in infos}
+        for where, message, severity in peft_native.compare_state(expected, found):
+            self.problem(where, message, "error" if severity == "error" else "warning")
 
     def _check_values(self, weights: WeightsFile) -> None:
         """NaN or Inf in the tensors: an error, or a warning when they were allowed."""
@@ -335,8 +385,15 @@ class _AdapterCheck:
                 continue
             if indices.shape[1] != weight.shape[0]:
                 self.problem(indices.name, f"holds {indices.shape[1]} positions for {weight.shape[0]} values")
-            if self.base is not None and self.base.weight_of(module) is None:
+            base_weight = self.base.weight_of(module) if self.base is not None else None
+            if self.base is not None and base_weight is None:
                 self.problem(module, f"no weight {module}.weight in the base model {self.base.path}")
+            r = self.c.get("r")
+            if base_weight is not None and len(base_weight.shape) == 2 and isinstance(r, int):
+                count = r * (base_weight.shape[0] + base_weight.shape[1])
+                if weight.shape[0] != count:
+                    self.problem(weight.name, f"shape {list(weight.shape)}, but peft's SHiRA layer with r={r} on "
+                                 f"{base_weight.name} {list(base_weight.shape)} holds r * (out + in) = {count} values")
         self._check_plain(plain, set())
 
 

@@ -74,8 +74,36 @@ def resolve(repo_id: str, format: str | None = None) -> Path:
     else:
         env = tuple(_environ.get(name) for name in _VARIABLES)
     if _last[1] is None or _last[0] != env:
+        cached = _cached_on_disk(env, repo_id, format)
+        if cached is not None:
+            return cached
         _last[:] = [env, default_registry()]
     return _last[1].resolve(repo_id, format)
+
+
+def _cached_on_disk(env: tuple[Any, ...], repo_id: str, format: str | None) -> Path | None:
+    """A fresh process's `resolve` of an immutable `ns/name@<number>` (stored format) that the embedded registry's
+    snapshot cache already holds: answered from the disk, without importing SQLAlchemy or opening the database
+    (the registry opens on the first call this cannot answer). Tags, branches and conversions always ask."""
+    database = env[1].decode() if isinstance(env[1], bytes) else env[1]  # os.environ's raw values are bytes
+    if format is not None or env[2] or database and not database.startswith("sqlite"):
+        return None  # a server, or a shared database whose other machines may delete revisions: ask it
+    from .ids import parse_id
+
+    try:
+        rid = parse_id(repo_id)
+    except InvalidIdError:
+        return None  # the registry gives the error
+    if rid.ref.kind != "number":
+        return None
+    from . import constants
+    from .snapshots import mark_used, stored_snapshot
+
+    folder = stored_snapshot(str(constants.home() / "snapshots"), rid.namespace, rid.name, rid.ref.number)
+    if folder is None:
+        return None
+    mark_used(Path(folder))
+    return Path(folder)
 
 
 def import_from(source: str, repo_id: str, **options: Any) -> Any:

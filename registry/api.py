@@ -113,6 +113,11 @@ class RepoInfo:
     base_model: str | None
     source: dict[str, Any] | None = None  # provenance of the main revision, when it was imported
 
+    @property
+    def cursor(self) -> str:
+        """Where the next page of a listing that ends here starts: `list(..., after=info.cursor)`."""
+        return self.repo if self.kind == "adapter" else f"base:{self.repo}"
+
     def to_dict(self) -> dict[str, Any]:
         d = dict(self.__dict__)
         d["updated_at"] = self.updated_at.isoformat() if self.updated_at else None
@@ -206,6 +211,85 @@ class RetentionReport:
             raise ValueError(f"malformed retention report ({type(exc).__name__}: {exc})") from None
 
 
+@dataclass(frozen=True)
+class WebhookInfo:
+    """A receiver of one namespace's events (registry/webhooks/). `secret` is set only in the answer of
+    `add_webhook` when the registry generated it: it is stored encrypted and never shown again."""
+
+    id: int
+    namespace: str
+    url: str
+    events: list[str] | None          # the kinds it gets; None: every kind
+    description: str | None
+    created_at: datetime
+    created_by: str | None = None
+    pending: int = 0                  # deliveries not finished yet
+    last_status: str | None = None    # the newest finished delivery's status
+    secret: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dict(self.__dict__)
+        d["created_at"] = self.created_at.isoformat()
+        return d
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "WebhookInfo":
+        """The inverse of to_dict; ValueError when malformed."""
+        try:
+            events = data.get("events")
+            return cls(int(data["id"]), str(data["namespace"]), str(data["url"]),
+                       None if events is None else [str(e) for e in events], data.get("description"),
+                       _when(data.get("created_at")), data.get("created_by"), int(data.get("pending") or 0),
+                       data.get("last_status"), data.get("secret"))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"malformed webhook ({type(exc).__name__}: {exc})") from None
+
+
+@dataclass(frozen=True)
+class DeliveryInfo:
+    """One event sent (or to be sent) to one webhook, with the receiver's last answer and its attempts."""
+
+    id: int
+    uuid: str                         # the X-Swiftreg-Delivery header: the same on every retry
+    webhook_id: int
+    event_id: int
+    event: str                        # the event's kind
+    stream: str                       # events of one stream (a repository) are delivered in order
+    sequence: int
+    status: str                       # pending, sending, succeeded, failed
+    attempts: int
+    created_at: datetime
+    next_attempt_at: datetime | None = None
+    finished_at: datetime | None = None
+    response_status: int | None = None
+    response_body: str | None = None
+    error: str | None = None
+    duration_ms: int | None = None
+    redelivery_of: int | None = None
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dict(self.__dict__)
+        for key in ("created_at", "next_attempt_at", "finished_at"):
+            d[key] = d[key].isoformat() if d[key] is not None else None
+        return d
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "DeliveryInfo":
+        """The inverse of to_dict; ValueError when malformed."""
+        try:
+            d: dict[str, Any] = {k: data.get(k) for k in cls.__dataclass_fields__}
+            for key in ("created_at", "next_attempt_at", "finished_at"):
+                d[key] = _when(d[key]) if d[key] else None
+            d["created_at"] = d["created_at"] or _when(None)
+            d["history"] = list(d["history"] or [])
+            for key in ("id", "webhook_id", "event_id", "sequence", "attempts"):
+                d[key] = int(d[key])
+            return cls(**d)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"malformed delivery ({type(exc).__name__}: {exc})") from None
+
+
 @runtime_checkable
 class RegistryAPI(Protocol):
     """What every registry offers, embedded or remote. Ids are `namespace/name[@ref]` (registry/ids.py).
@@ -246,8 +330,9 @@ class RegistryAPI(Protocol):
         """The revision an id names (`main` when it names no ref)."""
         ...
 
-    def log(self, repo_id: str) -> list[RevisionInfo]:
-        """Every revision of a repository, newest first.
+    def log(self, repo_id: str, *, limit: int | None = None, after: int | None = None) -> list[RevisionInfo]:
+        """Every revision of a repository, newest first; with `limit`, at most that many, and with `after`, only
+        those numbered below it (keyset pagination: the next page starts after the last number shown).
 
         A remote log carries no file lists (each `manifest` is `{}`, to keep long logs small):
         `show` a revision for its files.
@@ -333,11 +418,39 @@ class RegistryAPI(Protocol):
         """Run the revision checks over every adapter revision (only where the database is)."""
         ...
 
+    def add_webhook(self, url: str, namespace: str, *, events: list[str] | None = None, secret: str | None = None,
+                    description: str | None = None) -> WebhookInfo:
+        """Send `namespace`'s events (`events`: these kinds only) to `url`, signed with `secret` (generated, and
+        returned once, when not given). The URL is checked (registry/webhooks/urls.py)."""
+        ...
+
+    def webhooks(self, namespace: str | None = None) -> list[WebhookInfo]:
+        """The webhooks (of one namespace), oldest first; never their secrets."""
+        ...
+
+    def remove_webhook(self, webhook_id: int) -> None:
+        """Remove a webhook and its deliveries."""
+        ...
+
+    def test_webhook(self, webhook_id: int) -> DeliveryInfo:
+        """Send the webhook a `webhook.test` event now and wait for the answer; the delivery."""
+        ...
+
+    def webhook_deliveries(self, webhook_id: int, *, limit: int = 50) -> list[DeliveryInfo]:
+        """A webhook's deliveries, newest first, with the receivers' answers."""
+        ...
+
+    def redeliver(self, delivery_id: int) -> DeliveryInfo:
+        """Queue the event of delivery `delivery_id` again for its webhook (a new delivery id)."""
+        ...
+
     def close(self) -> None:
         """Release connections; the registry is not used afterwards."""
         ...
 
     # last: below this line `list` names the method, not the builtin
-    def list(self, namespace: str | None = None) -> list[RepoInfo]:
-        """Every repository (of one namespace)."""
+    def list(self, namespace: str | None = None, *, limit: int | None = None,
+             after: str | None = None) -> list[RepoInfo]:
+        """Every repository (of one namespace): adapters, then base models, each by name; with `limit`, at most
+        that many, and with `after` (the last one's `RepoInfo.cursor`), only those that follow it."""
         ...

@@ -31,6 +31,8 @@
     │   ├── MergeError                  400 merge_error          a merge or unmerge that cannot be done
     │   │   └── MergeOutputError        400 merge_output         the merge's destination cannot be written
     │   └── CombineError                400 combine_error        a combination that cannot be done as asked
+    ├── WebhookError                    400 webhook_error        a webhook refused: its URL, events or key
+    │   └── WebhookNotFoundError        404 webhook_not_found    no webhook or delivery with that id
     ├── JobError                        400 job_error            a job operation refused (registry/jobs/)
     │   ├── JobNotFoundError            404 job_not_found        no job with that id (also a NotFoundError)
     │   ├── InvalidJobError             400 invalid_job          unknown kind, or parameters it does not take
@@ -185,6 +187,15 @@ class HubNotFoundError(HubError, NotFoundError, code="hub_not_found", status=404
 
 class HubNoAdapterError(HubError, code="hub_no_adapter"):
     """The hub repository holds no adapter checkpoint where it was looked for (or only pickle files)."""
+
+
+class WebhookError(RegistryError, code="webhook_error"):
+    """A webhook refused (registry/webhooks/): a URL it may not target, an unknown event kind, a key that
+    cannot decrypt its secret."""
+
+
+class WebhookNotFoundError(WebhookError, NotFoundError, code="webhook_not_found", status=404):
+    """No webhook (or delivery) with that id in the namespaces the caller may manage."""
 
 
 class JobError(RegistryError, code="job_error"):

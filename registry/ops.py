@@ -22,6 +22,7 @@ from .atomic import new_folder
 from .errors import RegistryError
 from .tensors import equivalence as eq
 from .tensors.adapter_tensors import AdapterTensors, load_adapter
+from .tensors.errors import NotInvertibleError
 from .versions import library_versions
 
 
@@ -113,7 +114,8 @@ def merge(reg: RegistryAPI, adapter_ref: str, base_ref: str, *, push: str | None
         adapter = source(reg, adapter_ref, "adapter", "peft", scratch)
         merged = scratch / "merged"
         _say(stage, "merging, one shard of the base at a time")
-        report = merge_checkpoint(base.folder, load_adapter(adapter.folder), merged, dtype=dtype, device=device,
+        report = merge_checkpoint(base.folder, load_adapter(adapter.folder, base_dir=base.folder), merged, dtype=dtype,
+                                  device=device,
                                   precision=precision, safe=safe, progress=progress)
         if check:
             _say(stage, "checking equivalence: the merged model against base + adapter on a probe batch")
@@ -144,26 +146,37 @@ def unmerge(reg: RegistryAPI, merged_ref: str, adapter_ref: str, *, push: str | 
         merged = source(reg, merged_ref, "merged", None, scratch)
         adapter = source(reg, adapter_ref, "adapter", "peft", scratch)
         numeric = scratch / "unmerged"
-        _say(stage, "unmerging, one shard at a time")
-        unmerge_checkpoint(merged.folder, load_adapter(adapter.folder), numeric, device=device, precision=precision)
         original = _original_base(reg, merged.record, adapter.record)
+        _say(stage, "unmerging, one shard at a time")
+        tensors = load_adapter(adapter.folder, base_dir=merged.folder)
+        try:
+            unmerge_checkpoint(merged.folder, tensors, numeric, device=device, precision=precision)
+        except NotInvertibleError as exc:
+            if original is None:
+                raise
+            numeric_refusal: str | None = str(exc)  # lineage still knows the original: that is the answer
+        else:
+            numeric_refusal = None
         _say(stage, "checking the result on the model")
         result = OpResult("unmerge", [], figures={"params": {"device": device, "precision": precision}})
         if original is not None:
             result.notes.append(f"lineage: {merged_ref} is the merge of this adapter into {original[1]}; "
                                 "returning that base revision bit for bit")
-            drift = _tensor_drift(numeric, original[0])
-            result.figures["numerical_unmerge_drift"] = drift
-            result.comparisons.append(eq.check_same_model("numerical unmerge vs original base", numeric, original[0],
-                                                          device=pick_device(device)))
-            result.comparisons[-1] = _as_info(result.comparisons[-1])
+            if numeric_refusal is not None:
+                result.notes.append(f"no numerical unmerge to compare with: {numeric_refusal}")
+            else:
+                drift = _tensor_drift(numeric, original[0])
+                result.figures["numerical_unmerge_drift"] = drift
+                result.comparisons.append(eq.check_same_model("numerical unmerge vs original base", numeric,
+                                                              original[0], device=pick_device(device)))
+                result.comparisons[-1] = _as_info(result.comparisons[-1])
             built = original[0]
         else:
             result.notes.append("no lineage for this merge: the result is the numerical unmerge")
             remerged = scratch / "remerged"
             from .tensors.merge import merge_checkpoint
 
-            merge_checkpoint(numeric, load_adapter(adapter.folder), remerged, device=device, precision=precision)
+            merge_checkpoint(numeric, tensors, remerged, device=device, precision=precision)
             result.comparisons.append(eq.check_same_model("merge(unmerge(M)) vs M", remerged, merged.folder,
                                                           device=pick_device(device)))
             built = numeric
@@ -193,21 +206,25 @@ def combine(reg: RegistryAPI, refs: list[str], weights: list[float], method: str
         scratch = Path(tmp)
         _say(stage, f"fetching {len(refs)} adapter{'s' if len(refs) > 1 else ''}")
         sources = [source(reg, ref, f"source{i}", "peft", scratch) for i, ref in enumerate(refs)]
+        base = source(reg, base_ref, "base", None, scratch) if base_ref is not None else None
+        if _refuse_uncombinable(sources, refs) == "IA3":
+            return _combine_ia3(reg, refs, sources, weights, method, base, scratch, push=push, output=output, tag=tag,
+                                device=device, before_push=before_push, stage=stage)
         tensors = [load_adapter(s.folder) for s in sources]
         _say(stage, f"combining ({method})")
         params = {"weights": weights, "method": method, "semantics": semantics, "rank": rank, "svd_clamp": svd_clamp,
                   "density": density, "majority_sign_method": majority_sign_method, "seed": seed}
+        shapes = _weight_shapes(base.folder, tensors) if base is not None else None
         combined = combine_tensors(tensors, weights, method, semantics=semantics, rank=rank, svd_clamp=svd_clamp,
                                    density=density, majority_sign_method=majority_sign_method, seed=seed,
-                                   device=device)
+                                   device=device, shapes=shapes)
         built = scratch / "combined"
         save_adapter(combined.adapter, built)
         result = OpResult("combine", [], notes=list(combined.notes), figures={"params": params})
         lineage = [s.record for s in sources]
         base_model = None
-        if base_ref is not None:
+        if base is not None:
             _say(stage, f"checking the result on the base model {base_ref}")
-            base = source(reg, base_ref, "base", None, scratch)
             result.comparisons.extend(_combine_checks(base.folder, built, [s.folder for s in sources], tensors,
                                                       weights, params, pick_device(device)))
             lineage.append(base.record)
@@ -220,20 +237,107 @@ def combine(reg: RegistryAPI, refs: list[str], weights: list[float], method: str
                        base_model=base_model, before_push=before_push, stage=stage)
 
 
+def _refuse_uncombinable(sources: list[Source], refs: list[str]) -> str | None:
+    """Combination is for the LoRA family, SHiRA (fusion) and IA3 (peft's own weighted sum, all sources IA3):
+    any other type is refused, naming it. Returns "IA3" when every source is IA3."""
+    from converters.config import CONFIG_NAME, read_json
+
+    from .tensors.errors import CombineError
+
+    types = []
+    for ref, src in zip(refs, sources):
+        config_path = src.folder / CONFIG_NAME
+        peft_type = read_json(config_path).get("peft_type") if config_path.is_file() else None
+        types.append(peft_type)
+        if peft_type not in (None, "LORA", "SHIRA", "IA3"):
+            raise CombineError(f"{ref} is a {peft_type} adapter: swiftreg combines LoRA-family adapters (every PEFT "
+                               "combination type), SHiRA adapters (fusion over the union of their masks) and IA3 "
+                               f"adapters (peft's weighted sum); a weighted sum of {peft_type} adapters is not one "
+                               f"{peft_type} adapter in general")
+    if "IA3" in types and set(types) != {"IA3"}:
+        raise CombineError("IA3 adapters combine only with IA3 adapters (peft's weighted sum of their scaling vectors)")
+    return "IA3" if types and set(types) == {"IA3"} else None
+
+
+def _combine_ia3(reg: RegistryAPI, refs: list[str], sources: list[Source], weights: list[float], method: str,
+                 base: Source | None, scratch: Path, *, push: str | None, output: Path | None, tag: str | None,
+                 device: str, before_push: Callable[[], None] | None, stage: Stage | None) -> OpResult:
+    """IA3: peft's own add_weighted_adapter (ia3_l = sum_i w_i l_i per module), saved, reloaded and checked."""
+    import shutil as _shutil
+
+    from peft import PeftModel
+
+    from .tensors.device import pick_device
+    from .tensors.errors import CombineError
+
+    if method != "linear":
+        raise CombineError(f"IA3 adapters combine by linear only (peft's weighted sum of the ia3_l vectors), not "
+                           f"{method!r}")
+    if base is None:
+        raise CombineError("combining IA3 adapters runs peft's add_weighted_adapter on the base model: pass "
+                           "--base-model")
+    dev = pick_device(device)
+    _say(stage, "combining (peft's IA3 add_weighted_adapter)")
+    model = PeftModel.from_pretrained(eq.load_model(base.folder, torch.float32, dev), sources[0].folder,
+                                      adapter_name="src0")
+    for i, src in enumerate(sources[1:], start=1):
+        model.load_adapter(src.folder, adapter_name=f"src{i}")
+    model.add_weighted_adapter([f"src{i}" for i in range(len(sources))], list(weights), "combined")
+    model.set_adapter("combined")
+    inputs = eq.probe_inputs(base.folder)
+    expected = eq.outputs(model.eval(), inputs)
+    saved = scratch / "ia3-saved"
+    model.save_pretrained(saved, selected_adapters=["combined"])
+    built = scratch / "combined"
+    _shutil.move(str(saved / "combined"), built)
+    del model
+    ours = eq.peft_outputs(base.folder, built, inputs, device=dev)
+    comparison = eq.compare("combined (reloaded) vs peft add_weighted_adapter", ours, expected, "float32",
+                            logits=eq.is_causal_lm(base.folder))
+    params = {"weights": weights, "method": method, "semantics": "peft"}
+    result = OpResult("combine", [comparison], figures={"params": params},
+                      notes=["IA3: peft's weighted sum of the scaling vectors (ia3_l = sum_i w_i l_i); this is peft's "
+                             "definition, not the sum of the adapters' effects"])
+    base_model = f"{base.record['repo']}@{base.record['number']}" if "repo" in base.record else None
+    return _finish(reg, result, built, kind="adapter", push=push, output=output,
+                   lineage=[s.record for s in sources] + [base.record], tag=tag,
+                   message=f"{method} (peft) of {', '.join(refs)} with weights {weights}", base_model=base_model,
+                   before_push=before_push, stage=stage)
+
+
+def _weight_shapes(base_dir: Path, tensors: list[AdapterTensors]) -> dict[str, tuple[int, int]]:
+    """(out, in) of each base weight a source's SHiRA module names, read from the base's headers."""
+    from converters.base_model import BaseModel
+
+    base = BaseModel.open(base_dir)
+    shapes: dict[str, tuple[int, int]] = {}
+    for adapter in tensors:
+        for module, entry in adapter.modules.items():
+            weight = base.weight_of(module) if entry.kind == "shira" else None
+            if weight is not None and len(weight.shape) == 2:
+                shapes[module] = (int(weight.shape[0]), int(weight.shape[1]))
+    return shapes
+
+
 def _combine_checks(base_dir: Path, combined_dir: Path, source_dirs: list[Path], tensors: list[AdapterTensors],
                     weights: list[float], params: dict[str, Any], device: torch.device) -> list[eq.Comparison]:
-    from .tensors.lora_math import lora_delta
+    from .tensors.lora_math import lora_delta, shira_dense
 
     inputs = eq.probe_inputs(base_dir)
     ours = eq.peft_outputs(base_dir, combined_dir, inputs, device=device)
     intended: dict[str, torch.Tensor] = {}
+    shapes = _weight_shapes(base_dir, tensors)
     for weight, adapter in zip(weights, tensors):
         for module, entry in adapter.modules.items():
-            if entry.kind != "linear":
+            if entry.kind == "shira":
+                delta = weight * shira_dense(entry, shapes[module], dtype=torch.float64)
+            elif entry.kind != "linear":
                 continue
-            delta = weight * lora_delta(entry, dtype=torch.float64)
+            else:
+                delta = weight * lora_delta(entry, dtype=torch.float64)
             intended[module] = intended[module] + delta if module in intended else delta
-    lossless = params["method"] == "cat" or (
+    shira = any(t.peft_type == "SHIRA" for t in tensors)
+    lossless = shira or params["method"] == "cat" or (
         params["method"] == "svd" and params["semantics"] == "exact" and params["rank"] is not None
         and params["rank"] >= sum(max((m.r for m in t.modules.values()), default=0) for t in tensors))
     reference = eq.outputs_with_deltas(base_dir, intended, inputs, device=device)
@@ -286,7 +390,7 @@ def check(reg: RegistryAPI, adapter_ref: str, base_ref: str, merged_ref: str | N
         if merged_ref is None:
             _say(stage, "merging")
             merged = scratch / "merged"
-            merge_checkpoint(base.folder, load_adapter(adapter.folder), merged, device=device)
+            merge_checkpoint(base.folder, load_adapter(adapter.folder, base_dir=base.folder), merged, device=device)
         else:
             merged = source(reg, merged_ref, "merged", None, scratch).folder
         _say(stage, "running base + adapter, the merged model and PEFT's merge on a probe batch")

@@ -28,6 +28,8 @@ from .errors import InvalidIdError, RegistryError, UnsafePathError
 INT32_MAX = 2**31 - 1
 #: The largest value of a BIGINT (byte counts, offsets).
 INT64_MAX = 2**63 - 1
+#: The longest page a listing hands out at once; a longer `limit` is refused rather than silently cut.
+MAX_PAGE = 10_000
 #: The longest name of one path component, in bytes (UTF-8), on the file systems the registry writes to.
 NAME_MAX = 255
 

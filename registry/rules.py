@@ -20,7 +20,7 @@ import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Protocol
+from typing import Any, Callable, Protocol, TypeVar
 
 import converters
 from converters.base_model import BaseModel
@@ -29,10 +29,13 @@ from converters.safetensors_io import read_header
 from converters.validation import Report, validate_checkpoint
 
 from .api import Kind, RevisionInfo
-from .errors import InvalidCheckpointError, NotFoundError, RefExistsError, RegistryError
+from .errors import InvalidCheckpointError, InvalidIdError, NotFoundError, RefExistsError, RegistryError
 from .ids import DEFAULT_REF, RepoId, check_tag, parse_id
 from .manifest import Manifest, build_manifest, collect_files
+from .params import MAX_PAGE
 from .snapshots import copy_snapshot
+
+_T = TypeVar("_T")
 
 #: How many validation errors a refusal spells out before it counts the rest.
 SHOWN_ERRORS = 5
@@ -78,6 +81,30 @@ def log_target(repo_id: str) -> RepoId:
     repo = repo_id.partition("@")[0]
     return parse_id(repo_id, allow_ref=False, ref_hint=f"log lists every revision of {repo}, newest first; "
                     f"`swiftreg show {repo_id}` shows that one revision")
+
+
+def page(limit: int | None, after: _T) -> tuple[int | None, _T]:
+    """A listing's page request, checked: `limit` from 1 to MAX_PAGE (None: everything), `after` as given."""
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_PAGE):
+        raise RegistryError(f"limit must be an integer from 1 to {MAX_PAGE}, not {limit!r}")
+    return limit, after
+
+
+def after_number(after: int | None) -> int | None:
+    """A revision listing's cursor: the number of the last revision shown (the next page lists those below)."""
+    if after is not None and (isinstance(after, bool) or not isinstance(after, int) or after < 1):
+        raise RegistryError(f"after must be a revision number (a positive integer), not {after!r}")
+    return after
+
+
+def parse_cursor(text: str) -> tuple[str, str, str]:
+    """A repository listing's cursor (`ns/name`: an adapter; `base:ns/name`: a base model; what
+    `RepoInfo.cursor` gives) as (kind, namespace, name); the ids' own grammar, so a bad one names itself."""
+    kind, _, repo = text.rpartition(":")
+    if kind not in ("", "adapter", "base"):
+        raise InvalidIdError(f"cursor {text[:200]!r}: the part before ':' must be 'base' or 'adapter'")
+    rid = parse_id(repo, allow_ref=False)
+    return (kind or "adapter", rid.namespace, rid.name)
 
 
 def checked(report: Report, label: str) -> list[str]:

@@ -17,15 +17,15 @@ import stat
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
-from filelock import FileLock
-
-from converters.source_files import copy_folder
-
-from .atomic import new_folder
 from .errors import RegistryError
-from .manifest import Manifest, check_relpath
+
+if TYPE_CHECKING:
+    from .manifest import Manifest
+
+# filelock, .atomic, .manifest and converters are imported where a folder is built: `stored_snapshot`, the first
+# resolve of a fresh process, needs none of them (registry/__init__.py: _cached_on_disk)
 
 
 class SnapshotCache:
@@ -35,9 +35,34 @@ class SnapshotCache:
     def folder(self, namespace: str, name: str, number: int, fmt: str, digest: str) -> Path:
         return self.root / namespace / name / f"r{number}-{fmt}-{digest.removeprefix('sha256:')[:16]}"
 
+    def remember_stored(self, folder: Path, number: int) -> None:
+        """Note that `folder` holds revision `number` in its stored format (a link `.r<number>-stored` beside it),
+        so a fresh process resolves `ns/name@<number>` from this cache without opening the database
+        (`stored_snapshot`). Best effort: without the link the next process asks the database, as before."""
+        link = folder.parent / f".r{number}-stored"
+        try:
+            if os.readlink(link) == folder.name:
+                return
+        except OSError:
+            pass
+        tmp = folder.parent / f".r{number}-stored.{os.getpid()}.tmp"
+        try:
+            os.symlink(folder.name, tmp)
+            os.replace(tmp, link)
+        except OSError:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+
     def materialise(self, folder: Path, manifest: Callable[[], Manifest],
                     copy_blob: Callable[[str, Path, str], None]) -> Path:
         """Build `folder` from `manifest()` unless another process already has; return it."""
+        from filelock import FileLock
+
+        from .atomic import new_folder
+        from .manifest import check_relpath
+
         folder.parent.mkdir(parents=True, exist_ok=True)
         with FileLock(str(folder.parent / f".{folder.name}.lock")):
             if folder.is_dir():
@@ -62,6 +87,10 @@ def copy_snapshot(snapshot: Path, output: Path, *, overwrite: bool = False) -> P
     if dst.exists() and not overwrite:
         raise RegistryError(f"{dst} already exists; choose a new path or pass --overwrite")
     dst.parent.mkdir(parents=True, exist_ok=True)
+    from converters.source_files import copy_folder
+
+    from .atomic import new_folder
+
     with new_folder(dst) as tmp:
         copy_folder(snapshot, tmp)  # writable files and folders with the umask's modes, not the snapshot's
     return dst
@@ -129,6 +158,22 @@ def remove_entry(entry: CacheEntry) -> None:
     """Delete a snapshot folder. A process reading it keeps its open files; a resolve() memo re-checks that
     its folder exists, so it builds the snapshot again."""
     shutil.rmtree(entry.path, ignore_errors=True)
+
+
+def stored_snapshot(root: str, namespace: str, name: str, number: int) -> str | None:
+    """The snapshot folder of `namespace/name@number` in its stored format, if this cache holds it complete, from
+    the link `remember_stored` left; None otherwise. Plain `os` calls only (no database, no imports), for the
+    first `registry.resolve` of a fresh process. Safe because a revision number never names other bytes: a
+    deleted revision's folders are removed with it (its link then dangles, and this answers None)."""
+    parent = os.path.join(root, namespace, name)
+    try:
+        target = os.readlink(os.path.join(parent, f".r{number}-stored"))
+    except OSError:
+        return None
+    if os.sep in target or not target.startswith(f"r{number}-"):
+        return None
+    folder = os.path.join(parent, target)
+    return folder if os.path.isdir(folder) else None
 
 
 def mark_used(folder: Path) -> None:

@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import logging
 import secrets
+import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from .db.models import TokenRecord
 from .errors import NotFoundError, RegistryError
@@ -19,6 +21,7 @@ from .service import Registry
 
 SCOPES = ("read", "write", "admin")
 PREFIX = "srg_"
+log = logging.getLogger("swiftreg.tokens")
 
 
 @dataclass(frozen=True)
@@ -68,6 +71,34 @@ def revoke(reg: Registry, token_id: int) -> None:
 def list_tokens(reg: Registry) -> list[TokenInfo]:
     with reg.db.read() as session:
         return [_info(r) for r in session.scalars(select(TokenRecord).order_by(TokenRecord.id))]
+
+
+#: When each token's use was last written (monotonic seconds), so a busy token costs one write a minute.
+_touched: dict[tuple[str, int], float] = {}
+TOUCH_INTERVAL = 60.0
+
+
+def touch(reg: Registry, token_id: int) -> None:
+    """Record that a token was used now (`last_used_at`), at most once a minute per token and process.
+    Best effort: a database that refuses the write costs the request nothing (its own queries will say)."""
+    key = (reg.database_url, token_id)
+    now = time.monotonic()
+    if now - _touched.get(key, -TOUCH_INTERVAL) < TOUCH_INTERVAL:
+        return
+    _touched[key] = now
+    try:
+        with reg.db.write() as session:
+            session.execute(update(TokenRecord).where(TokenRecord.id == token_id)
+                            .values(last_used_at=datetime.now(timezone.utc)))
+    except Exception:  # noqa: BLE001 - advisory bookkeeping; the request goes on
+        log.debug("could not record the use of token %s", token_id, exc_info=True)
+
+
+def last_used(reg: Registry) -> dict[int, datetime | None]:
+    """Each token's last recorded use (None: never), by token id."""
+    with reg.db.read() as session:
+        return {i: (w if w is None or w.tzinfo else w.replace(tzinfo=timezone.utc))
+                for i, w in session.execute(select(TokenRecord.id, TokenRecord.last_used_at))}
 
 
 def verify(reg: Registry, secret: str) -> TokenInfo | None:

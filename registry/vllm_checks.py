@@ -111,11 +111,18 @@ WHERE = "adapter_config.json"
 
 
 def check_tuner(config: Config) -> list[Reason]:
+    """vLLM serves LoRA only: every other type is refused, naming it, with what to do instead."""
+    from converters.methods import tuners
+
     peft_type = config.get("peft_type")
     if peft_type == "LORA":
         return []
-    return [Reason("tuner", f"{WHERE}: peft_type", f"is {peft_type!r}; vLLM serves LoRA adapters only",
-                   MERGE_ADVICE)]
+    name = peft_type if isinstance(peft_type, str) else config.get("swift_type")
+    refusal = tuners.merge_refusal(str(name)) if isinstance(name, str) and name in tuners.BY_NAME else "unknown"
+    advice = MERGE_ADVICE if refusal is None else (
+        f"{name} cannot be merged either ({refusal.split(': ', 1)[-1]}); serve it with peft and transformers "
+        "(PeftModel.from_pretrained), not vLLM")
+    return [Reason("tuner", f"{WHERE}: peft_type", f"is {name!r}; vLLM serves LoRA adapters only", advice)]
 
 
 def check_dora(config: Config) -> list[Reason]:
@@ -297,6 +304,8 @@ def check_vllm(path: str | Path, *, max_lora_rank: int = DEFAULT_MAX_LORA_RANK,
             "layout", str(root), "has no adapter at its root (adapter_config.json); vLLM loads only that one",
             "serve one of its subfolders' adapters on its own"),))
     config = adapter.config
+    if config.get("peft_type") != "LORA":  # nothing else of vLLM's applies to a type it does not serve
+        return Verdict(str(root), max_lora_rank, tuple(check_tuner(config)))
     reasons: list[Reason] = []
     for check in CONFIG_CHECKS:
         reasons += check(config)

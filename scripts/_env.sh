@@ -197,6 +197,15 @@ ensure_postgres() {
   export SWIFTREG_TEST_DATABASE_URL="$url"
 }
 
+# Debian's chromium and chromium-driver for the web tier (tests/test_web.py drives them with Selenium through
+# /usr/bin/chromedriver, so selenium-manager downloads nothing). Installed when missing; never skipped.
+ensure_chromium() {
+  if [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ]; then return; fi
+  say "installing chromium and chromium-driver from Debian's packages (about a minute)"
+  apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null
+  [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ] || { echo "chromium or chromedriver is missing" >&2; return 1; }
+}
+
 # The classic ModelScope client (1.37.x) next to ms-swift, without a second ms-swift install: a small
 # venv with modelscope==1.37.1 (--no-deps) whose .pth appends the oracle environment's site-packages.
 # Keyed by requirements/modelscope-classic.txt and the oracle's requirements; needs ensure_oracle_env first.

@@ -35,12 +35,15 @@ ROOT = Path(__file__).resolve().parent.parent
 FEATURE_EXTRAS: dict[str, tuple[str, ...]] = {
     "converters.legacy_bin": ("ml",),
     "converters.finite": ("ml",),  # numpy speeds the NaN/Inf scan where installed; without it, pure Python
+    "converters.peft_native": ("ml",),  # other PEFT tuner types, checked by peft itself (imported lazily)
     "registry.tensors": ("ml",),
+    "registry.service.compare": ("ml",),  # delta norms need numpy; without it the compare page says so
     "registry.ops": ("ml",),
     "registry.jobs.revision_checks": ("ml",),
     "registry.demo": ("ml", "test"),
     "registry.hubs": ("hubs",),
     "registry.jobs.ray_backend": ("ray",),
+    "registry.store.s3": ("s3",),
     "registry.integrations.vllm": ("vllm",),
 }
 #: modules that never run in an environment swiftreg's distribution builds (their imports are in requirements/).

@@ -12,6 +12,8 @@ import json
 import os
 import subprocess
 import tempfile
+import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -169,6 +171,42 @@ def test_a_moved_tag_serves_the_new_revision_and_old_ids_keep_theirs(world: Worl
     digest = reg.show("team/x@2").digest
     assert server.greedy(f"team/x@{digest[:19]}") == world.tokens["v2"]
     assert "swiftreg resolved LoRA 'team/x@prod' to team/x@2" in server.log_text()
+
+
+@pytest.mark.events
+def test_the_fleet_recipe_refreshes_vllm_when_a_tag_moves(world: World, local, monkeypatch) -> None:
+    """Issue 22's vLLM recipe (registry/integrations/vllm_fleet.py): a webhook receiver unloads `team/x@prod`
+    when `prod` moves, so the next request serves the new revision's tokens; vLLM is never restarted."""
+    from registry.integrations.vllm_fleet import FleetRefresher, serve
+
+    reg, server = local
+    monkeypatch.setenv("SWIFTREG_WEBHOOK_ALLOW_PRIVATE", "1")
+    reg.push(world.swift["v2"], "team/x", tag="v2", base_model="meta/tiny-llama@1")  # already there: no-op
+    now = "v2" if reg.show("team/x@prod").number == reg.show("team/x@v2").number else "v1"
+    new = "v1" if now == "v2" else "v2"
+    assert server.greedy("team/x@prod", PROMPTS[:1]) == world.tokens[now][:1]  # loaded under its name
+    refresher = FleetRefresher([server.url], secret="fleet-secret")
+    receiver = serve(refresher, "127.0.0.1", 0)
+    threading.Thread(target=receiver.serve_forever, daemon=True).start()
+    hook = reg.add_webhook(f"http://127.0.0.1:{receiver.server_address[1]}/", "team", secret="fleet-secret",
+                           events=["tag.moved", "tag.deleted", "revision.created"])
+    pid = server.process.pid
+    try:
+        reg.tag(f"team/x@{new}", "prod", force=True)
+        dispatcher = reg.dispatcher()
+        deadline = time.monotonic() + 120
+        while dispatcher.pending() and time.monotonic() < deadline:
+            if not dispatcher.run_once():
+                time.sleep(0.1)
+        dispatcher.close()
+        assert refresher.unloaded == [(server.url, "team/x@prod")]
+        assert [d.status for d in reg.webhook_deliveries(hook.id)] == ["succeeded"]
+        assert server.greedy("team/x@prod") == world.tokens[new]
+        assert server.process.pid == pid and server.process.poll() is None
+    finally:
+        receiver.shutdown()
+        receiver.server_close()
+        reg.remove_webhook(hook.id)
 
 
 def test_the_same_through_a_swiftreg_server(world: World, local) -> None:

@@ -109,6 +109,9 @@ def validate(path: str, base_model: str | None, as_json: bool, target: str | Non
 
     base = None if base_model is None else (base_model_folder(base_model) or open_registry().resolve(base_model))
     report = converters.validate(folder, base, allow_nonfinite=allow_nonfinite)
+    from ..interop import swift_checks  # ms-swift's own tuners: checked by ms-swift, in its environment
+
+    report.problems.extend(swift_checks.check(folder, base))
     if as_json:
         click.echo(json.dumps({"path": str(report.path), "format": report.format, "ok": report.ok,
                                "adapters": report.adapters,

@@ -82,9 +82,15 @@ def _params(pairs: tuple[str, ...], params_json: str | None) -> dict[str, Any]:
               help="Seconds between looks at an empty queue.")
 @click.option("--max-jobs", type=click.IntRange(min=1), help="Exit after running this many jobs.")
 @click.option("--exit-when-idle", is_flag=True, help="Exit when no job is queued or running (batch use).")
+@click.option("--webhooks/--no-webhooks", default=True, show_default=True,
+              help="Also deliver webhook events (a dispatcher thread beside the jobs; `swiftreg webhook dispatch` "
+                   "runs it alone).")
 def worker(backend: str, ray_address: str | None, kinds: tuple[str, ...], worker_id: str | None, heartbeat: float,
-           stale_after: float, max_attempts: int, poll: float, max_jobs: int | None, exit_when_idle: bool) -> None:
+           stale_after: float, max_attempts: int, poll: float, max_jobs: int | None, exit_when_idle: bool,
+           webhooks: bool = True) -> None:
     """Claim jobs from the registry's database and run them until stopped (SIGTERM: finish the job, exit)."""
+    import threading
+
     from ..jobs.api import queue_of
     from ..jobs.worker import Worker
 
@@ -93,6 +99,11 @@ def worker(backend: str, ray_address: str | None, kinds: tuple[str, ...], worker
 
     def event(line: str) -> None:
         click.echo(line, err=True)
+
+    dispatcher = reg.dispatcher(on_event=event) if webhooks else None
+    if dispatcher is not None:
+        threading.Thread(target=dispatcher.run, kwargs={"poll": min(poll, 1.0)}, name="webhooks",
+                         daemon=True).start()
 
     if backend == "ray":
         from ..jobs.ray_backend import RayDriver, connect
@@ -110,6 +121,8 @@ def worker(backend: str, ray_address: str | None, kinds: tuple[str, ...], worker
         runner.install_signal_handlers()
         event(f"worker {runner.worker_id} ready (pid {os.getpid()})")
         stats = runner.run(max_jobs=max_jobs, exit_when_idle=exit_when_idle)
+    if dispatcher is not None:
+        dispatcher.stop()
     event(f"stopped: {stats.ran} jobs run ({stats.succeeded} succeeded, {stats.failed} failed), "
           f"{stats.requeued} stalled jobs given back")
 

@@ -4,11 +4,13 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 import click
 
+from ..params import MAX_PAGE
 from .common import (
+    F,
     base_model_option,
     doing,
     echo_json,
@@ -145,12 +147,32 @@ def _print_repos(repos: list[RepoInfo]) -> None:
                    + (f"  base={r.base_model}" if r.base_model else ""))
 
 
+def _limit_option(what: str) -> Callable[[F], F]:
+    return click.option("--limit", type=click.IntRange(1, MAX_PAGE), default=None,
+                        help=f"Show at most this many {what} (one page; the next page's command is printed to "
+                             "stderr).")
+
+
+def _next_page(shown: int, limit: int | None, command: str) -> None:
+    """On a full page, the command that shows the next one, on stderr (stdout stays the listing itself)."""
+    if limit is not None and shown == limit:
+        click.echo(f"more: {command}", err=True)
+
+
 @click.command(name="ls")
 @click.argument("namespace", required=False)
+@_limit_option("repositories")
+@click.option("--after", metavar="CURSOR", default=None,
+              help="Start after this repository (`ns/name`, or `base:ns/name` for a base model): the cursor the "
+                   "previous page printed.")
 @shows(lambda repos: [r.to_dict() for r in repos], _print_repos)
-def list_repos(namespace: str | None) -> list[RepoInfo]:
-    """List adapters and base models (optionally of one NAMESPACE)."""
-    return open_registry().list(namespace)
+def list_repos(namespace: str | None, limit: int | None, after: str | None) -> list[RepoInfo]:
+    """List adapters and base models (optionally of one NAMESPACE), adapters first, by name."""
+    repos = open_registry().list(namespace, limit=limit, after=after)
+    if repos:
+        _next_page(len(repos), limit, f"swiftreg ls {namespace + ' ' if namespace else ''}--limit {limit} "
+                   f"--after {repos[-1].cursor}")
+    return repos
 
 
 def _print_log(revisions: list[RevisionInfo]) -> None:
@@ -160,10 +182,16 @@ def _print_log(revisions: list[RevisionInfo]) -> None:
 
 @click.command()
 @click.argument("repo_id", metavar="NAMESPACE/NAME")
+@_limit_option("revisions")
+@click.option("--after", type=click.IntRange(1), metavar="NUMBER", default=None,
+              help="Only revisions numbered below NUMBER (the last one the previous page showed).")
 @shows(lambda revisions: [{k: v for k, v in r.to_dict().items() if k != "manifest"} for r in revisions], _print_log)
-def log(repo_id: str) -> list[RevisionInfo]:
+def log(repo_id: str, limit: int | None, after: int | None) -> list[RevisionInfo]:
     """Revisions of NAMESPACE/NAME, newest first: number, digest, format, date, refs, message."""
-    return open_registry().log(repo_id)
+    revisions = open_registry().log(repo_id, limit=limit, after=after)
+    if revisions:
+        _next_page(len(revisions), limit, f"swiftreg log {repo_id} --limit {limit} --after {revisions[-1].number}")
+    return revisions
 
 
 @click.command()

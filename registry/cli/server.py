@@ -23,7 +23,10 @@ WAIT_LOG_EVERY = 5.0
 @click.option("--port", default=8000, show_default=True, type=int, help="TCP port to listen on.")
 @click.option("--home", type=click.Path(path_type=Path), help="Registry home (default: SWIFTREG_HOME).")
 @click.option("--database-url", help="Any SQLAlchemy URL (default: SWIFTREG_DATABASE_URL, else SQLite in the home).")
-@click.option("--store", type=click.Path(path_type=Path), help="Blob store folder (default: HOME/blobs).")
+@click.option("--store", metavar="FOLDER|URL", help="Blob store: a folder, file:///PATH or s3://BUCKET/PREFIX "
+              "(default: SWIFTREG_STORE_URL, else HOME/blobs).")
+@click.option("--no-redirect", is_flag=True, help="With object storage: stream downloads and uploads through the "
+              "server instead of redirecting clients to presigned URLs (for storage clients cannot reach).")
 @click.option("--anonymous-read", is_flag=True, help="Allow reads without a token.")
 @click.option("--max-partial-bytes", type=click.IntRange(min=0), default=64 << 30, show_default=True,
               help="Bytes of unfinished uploads one namespace (or unlimited tokens together) may hold; 413 past it.")
@@ -56,12 +59,12 @@ WAIT_LOG_EVERY = 5.0
               default=None, metavar="[SECONDS]",
               help=f"When the database does not answer at start, wait for it up to SECONDS (default {WAIT_FOR_DB:.0f}) "
                    "instead of exiting at once.")
-def serve(host: str, port: int, home: Path | None, database_url: str | None, store: Path | None,
+def serve(host: str, port: int, home: Path | None, database_url: str | None, store: str | None,
           anonymous_read: bool, max_partial_bytes: int, upload_ttl: float, scrub_interval: float,
           scrub_max_age: float, log_level: str, log_format: str,
           ssl_certfile: Path | None, ssl_keyfile: Path | None, wait_for_db: float | None,
           public_url: str | None = None, header_timeout: float = 10.0, body_timeout: float = 60.0,
-          keep_alive_timeout: int = 5) -> None:
+          keep_alive_timeout: int = 5, no_redirect: bool = False) -> None:
     """Serve the registry over HTTP: swiftreg's API v1 and the Hugging Face download protocol.
 
     The database must answer at start: if it does not, one line says so and the command exits 1, or
@@ -77,13 +80,15 @@ def serve(host: str, port: int, home: Path | None, database_url: str | None, sto
     from ..server.app import ServerSettings, create_app
     from ..server.hygiene import protocol
     from ..service import Registry
-    from ..store import LocalBlobStore
+    from .. import constants
+    from ..store.factory import open_store
 
     handler = logging.StreamHandler()
     handler.setFormatter(JsonLogFormatter() if log_format == "json"
                          else logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
     logging.basicConfig(level=log_level.upper(), handlers=[handler], force=True)
-    registry = Registry(home=home, database_url=database_url, store=LocalBlobStore(store) if store else None)
+    registry = Registry(home=home, database_url=database_url,
+                        store=open_store(store, home or constants.home()) if store else None)
     _database_answers(registry.db.url, wait_for_db, logging.getLogger("swiftreg.server"))
     try:
         registry.db.migrate()  # before the first request, not during it
@@ -94,7 +99,8 @@ def serve(host: str, port: int, home: Path | None, database_url: str | None, sto
     app = create_app(registry, ServerSettings(anonymous_read=anonymous_read, max_partial_bytes=max_partial_bytes,
                                                    upload_ttl=upload_ttl, scrub_interval=scrub_interval,
                                                    scrub_max_age=scrub_max_age,
-                                                   public_url=public_url, body_timeout=body_timeout))
+                                                   public_url=public_url, body_timeout=body_timeout,
+                                                   redirect=not no_redirect))
     # log_config=None: uvicorn's own loggers go through the handler above; its text access log is
     # replaced by the JSON one of server/access_log.py (logged when a response ends, with its bytes).
     # http=: the h11 protocol with a deadline for request heads, whatever else is installed (hygiene.py)

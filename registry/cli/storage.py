@@ -1,6 +1,6 @@
 """Commands that give disk back: `cache ls|prune` (snapshot folders, derived forms) and `retention set|show|
 clear|apply` (which revisions a repository keeps). `rm --revision` (repos.py) deletes one revision; `gc`
-then reclaims the blobs nothing names any more.
+then reclaims the blobs nothing names any more. `store copy` moves the blobs to another store (object storage).
 """
 from __future__ import annotations
 
@@ -159,4 +159,41 @@ def retention_apply(repo_id: str | None, dry_run: bool, as_json: bool) -> None:
                "because something needs them" + ("" if dry_run else "; run gc to reclaim their blobs"), err=True)
 
 
-COMMANDS = (cache, retention)
+@click.group()
+def store() -> None:
+    """The blob store: move it (a local store to object storage)."""
+
+
+@store.command(name="copy")
+@click.option("--to", "target", required=True, metavar="URL",
+              help="The store to copy into: s3://BUCKET/PREFIX (AWS_* variables reach it), file:///PATH or a folder.")
+@click.option("--from", "source", metavar="URL", help="The store to copy from (default: this registry's own).")
+@click.option("--verify-existing", is_flag=True, help="Rehash the blobs the target holds already instead of "
+              "trusting an earlier copy.")
+@json_option()
+def store_copy(target: str, source: str | None, verify_existing: bool, as_json: bool) -> None:
+    """Copy every blob into another store, each one hashed on the way (resumable: blobs the target holds are
+    skipped, so run it again after an interruption). Then point SWIFTREG_STORE_URL (or serve --store) at it."""
+    from .. import constants
+    from ..errors import RegistryError
+    from ..store.factory import open_store
+    from ..store.migrate import copy_store
+
+    home = constants.home()
+    src = open_store(source, home)
+    dst = open_store(target, home)
+    if repr(src) == repr(dst):
+        raise RegistryError(f"--to names the store the blobs come from ({target}): nothing to copy")
+    report = copy_store(src, dst, verify_existing=verify_existing,
+                        on_blob=None if as_json else lambda d, how: click.echo(f"{d} {how}", err=True))
+    if as_json:
+        echo_json(report.to_dict())
+    else:
+        click.echo(f"{report.copied} blobs copied ({_mb(report.copied_bytes)}), {report.present} already there"
+                   + (f", {len(report.corrupt)} corrupt in the source and not copied" if report.corrupt else "")
+                   + f"; now set SWIFTREG_STORE_URL={target}", err=True)
+    if report.corrupt:
+        raise SystemExit(1)
+
+
+COMMANDS = (cache, retention, store)

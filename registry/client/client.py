@@ -73,6 +73,7 @@ from ..ids import RepoId, check_tag, parse_id
 from ..manifest import Manifest
 from ..snapshots import SnapshotCache
 from ..store.digests import format_digest, new_hasher, validate_digest
+from .direct import DirectUploader
 from .downloads import READ_CHUNK, BlobDownloader
 from .transport import COMMIT_TIMEOUT, DEFAULT_TIMEOUT, Http, error_from, retry_after, retryable
 
@@ -170,6 +171,7 @@ class RemoteRegistry:
         retry_seconds = constants.retry_seconds() if retry_seconds is None else max(0.0, float(retry_seconds))
         self._http = Http(self.url, token, timeout, retries, backoff, transport, retry_seconds)
         self._downloads = BlobDownloader(self._http, self.url, self.cache / "downloads")
+        self._direct = DirectUploader(self._http)  # presigned uploads to the server's object store
         # resolve() memo for immutable refs (numbers, digests): (id, format) -> folder.
         self._memo: dict[tuple[str, str | None], Path] = {}
 
@@ -214,15 +216,20 @@ class RemoteRegistry:
         rid = parse_id(repo_id)
         return _revision(self._ref_answer(rid, rid.ref.value))
 
-    def log(self, repo_id: str) -> list[RevisionInfo]:
+    def log(self, repo_id: str, *, limit: int | None = None, after: int | None = None) -> list[RevisionInfo]:
         """Revisions, newest first (without manifests: `show` one for its files)."""
         rid = rules.log_target(repo_id)
-        data = self._http.json("GET", f"{self._repo_path(rid)}/revisions")
+        limit, after = rules.page(limit, rules.after_number(after))
+        params = {k: str(v) for k, v in (("limit", limit), ("after", after)) if v is not None}
+        data = self._http.json("GET", f"{self._repo_path(rid)}/revisions", params=params or None)
         items = data.get("revisions", []) if isinstance(data, Mapping) else data
         return sorted((_revision(d) for d in items), key=lambda r: r.number, reverse=True)
 
-    def list(self, namespace: str | None = None) -> list[RepoInfo]:
-        data = self._http.json("GET", "/api/v1/repos", params={"namespace": namespace} if namespace else None)
+    def list(self, namespace: str | None = None, *, limit: int | None = None,
+             after: str | None = None) -> list[RepoInfo]:
+        limit, _ = rules.page(limit, after and rules.parse_cursor(after))
+        params = {k: str(v) for k, v in (("namespace", namespace), ("limit", limit), ("after", after)) if v}
+        data = self._http.json("GET", "/api/v1/repos", params=params or None)
         items = data.get("repos", []) if isinstance(data, Mapping) else data
         return [_parsed(RepoInfo.from_dict, d, "repository") for d in items]
 
@@ -419,6 +426,8 @@ class RemoteRegistry:
 
     def _missing(self, digests: builtins.list[str]) -> builtins.list[str]:
         data = self._http.json("POST", "/api/v1/blobs/missing", json={"digests": digests}, idempotent=True)
+        if isinstance(data, Mapping):  # whether the server hands out presigned uploads (client/direct.py)
+            self._direct.available = bool(data.get("direct_uploads"))
         missing = data.get("missing") if isinstance(data, Mapping) else None
         if not isinstance(missing, list):
             raise RemoteError("the server's blobs/missing answer has no 'missing' list")
@@ -453,7 +462,11 @@ class RemoteRegistry:
         return offset, response.headers.get("Upload-Complete", "false").lower() == "true"
 
     def _upload(self, digest: str, path: Path, size: int, rel: str, progress: Progress | None) -> int:
-        """Send the bytes of one blob from where the server stands; returns the bytes sent by this call."""
+        """Send the bytes of one blob from where the server stands; returns the bytes sent by this call.
+        Straight to the server's object store when it offers presigned URLs (client/direct.py)."""
+        direct = self._direct.upload(digest, path, size, rel, progress)
+        if direct is not None:
+            return direct
         url = f"/api/v1/uploads/{self._q(digest)}"
         offset, complete = self._upload_offset(digest)
         if complete:
@@ -721,3 +734,39 @@ class RemoteRegistry:
     def validate_all(self, **options: Any) -> Any:
         raise RegistryError("validate-all runs where the registry's database is (a cron job or a Kubernetes CronJob "
                             "beside the server): not over HTTP")
+
+    # ----- webhooks (issue 22; admin tokens: the server's dispatcher delivers) --------------------------------
+
+    def add_webhook(self, url: str, namespace: str, *, events: builtins.list[str] | None = None,
+                    secret: str | None = None, description: str | None = None) -> Any:
+        from ..api import WebhookInfo
+
+        body = {"url": url, "namespace": namespace, "events": events, "secret": secret, "description": description}
+        return _parsed(WebhookInfo.from_dict, self._http.json("POST", "/api/v1/webhooks", json=body), "webhook")
+
+    def webhooks(self, namespace: str | None = None) -> builtins.list[Any]:
+        from ..api import WebhookInfo
+
+        data = self._http.json("GET", "/api/v1/webhooks", params={"namespace": namespace} if namespace else None)
+        return [_parsed(WebhookInfo.from_dict, d, "webhook") for d in data]
+
+    def remove_webhook(self, webhook_id: int) -> None:
+        self._http.send("DELETE", f"/api/v1/webhooks/{int(webhook_id)}")
+
+    def test_webhook(self, webhook_id: int) -> Any:
+        from ..api import DeliveryInfo
+
+        data = self._http.json("POST", f"/api/v1/webhooks/{int(webhook_id)}/test", idempotent=False)
+        return _parsed(DeliveryInfo.from_dict, data, "delivery")
+
+    def webhook_deliveries(self, webhook_id: int, *, limit: int = 50) -> builtins.list[Any]:
+        from ..api import DeliveryInfo
+
+        data = self._http.json("GET", f"/api/v1/webhooks/{int(webhook_id)}/deliveries", params={"limit": limit})
+        return [_parsed(DeliveryInfo.from_dict, d, "delivery") for d in data]
+
+    def redeliver(self, delivery_id: int) -> Any:
+        from ..api import DeliveryInfo
+
+        data = self._http.json("POST", f"/api/v1/webhooks/deliveries/{int(delivery_id)}/redeliver", idempotent=False)
+        return _parsed(DeliveryInfo.from_dict, data, "delivery")

@@ -10,7 +10,8 @@ from datetime import datetime, timezone
 from typing import Any, Optional
 
 from sqlalchemy import (
-    JSON, Boolean, CheckConstraint, DateTime, ForeignKey, Index, Integer, MetaData, String, Text, UniqueConstraint,
+    JSON, BigInteger, Boolean, CheckConstraint, DateTime, ForeignKey, Index, Integer, MetaData, String, Text,
+    UniqueConstraint,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, declared_attr, mapped_column, relationship
 
@@ -113,6 +114,7 @@ class RefRecord(_OfRepository, Base):
     __table_args__ = (
         *_unique_per_repository("name"),
         CheckConstraint("kind IN ('branch', 'tag')", name="kind"),
+        Index("ix_refs_revision_id", "revision_id"),  # a revision's tags and branches, for every row `log` shows
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -122,6 +124,16 @@ class RefRecord(_OfRepository, Base):
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
 
     revision: Mapped[RevisionRecord] = relationship()
+
+
+class RefClockRecord(Base):
+    """One row whose `version` moves in the transaction of every change to `refs` (a trigger, migration 0007):
+    a process's cached tag and branch answers stay valid while the version it last read is unchanged."""
+
+    __tablename__ = "ref_clock"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    version: Mapped[int] = mapped_column(BigInteger)
 
 
 class DerivedRecord(Base):
@@ -252,3 +264,73 @@ class RetentionPolicyRecord(_OfRepository, Base):
     keep_last: Mapped[int] = mapped_column(Integer)
     keep_tagged: Mapped[bool] = mapped_column(Boolean, default=True)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class EventStreamRecord(Base):
+    """The last sequence number of one event stream (a repository's `ns/name`, or `jobs:<ns>`). Bumped under
+    this row's lock in the transaction that writes the event, so a stream's numbers are gap-free and in
+    commit order: a dispatcher never sees event N+1 of a stream before event N (registry/webhooks/outbox.py)."""
+
+    __tablename__ = "event_streams"
+
+    stream: Mapped[str] = mapped_column(String(200), primary_key=True)
+    last_seq: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class EventRecord(Base):
+    """One event of the outbox, written in the same transaction as the change it describes."""
+
+    __tablename__ = "events"
+    __table_args__ = (UniqueConstraint("stream", "seq"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    kind: Mapped[str] = mapped_column(String(32))                 # revision.created, tag.moved, ...
+    namespace: Mapped[str] = mapped_column(NAME, index=True)      # whose webhooks may see it
+    stream: Mapped[str] = mapped_column(String(200))              # delivered in order within a stream
+    seq: Mapped[int] = mapped_column(Integer)
+    data: Mapped[dict[str, Any]]                                  # swiftreg's fields (webhooks/payloads.py)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class WebhookRecord(Base):
+    """A receiver of one namespace's events; its secret is stored encrypted (webhooks/secrets.py), never plain."""
+
+    __tablename__ = "webhooks"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    namespace: Mapped[str] = mapped_column(NAME, index=True)
+    url: Mapped[str] = mapped_column(String(2000))
+    events: Mapped[Optional[list[Any]]]                           # kinds it wants; None: every kind
+    secret: Mapped[str] = mapped_column(Text)                     # Fernet token of the shared secret
+    description: Mapped[Optional[str]] = mapped_column(String(200))
+    created_by: Mapped[Optional[str]] = mapped_column(String(200))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class DeliveryRecord(Base):
+    """One event to one webhook: pending -> sending -> succeeded | failed (retried with backoff until the
+    retry window closes). `uuid` is the X-Swiftreg-Delivery id, the same on every attempt of this delivery."""
+
+    __tablename__ = "deliveries"
+    __table_args__ = (Index("ix_deliveries_order", "webhook_id", "stream", "seq"),
+                      Index("ix_deliveries_due", "status", "next_attempt_at"))
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    uuid: Mapped[str] = mapped_column(String(36), unique=True)
+    webhook_id: Mapped[int] = mapped_column(ForeignKey("webhooks.id", ondelete="CASCADE"))
+    event_id: Mapped[int] = mapped_column(ForeignKey("events.id"), index=True)
+    stream: Mapped[str] = mapped_column(String(200))
+    seq: Mapped[int] = mapped_column(Integer)
+    status: Mapped[str] = mapped_column(String(16), default="pending")
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime] = mapped_column(default=utcnow)
+    lease_until: Mapped[Optional[datetime]]                       # a claim expires: a killed sender's delivery
+    worker: Mapped[Optional[str]] = mapped_column(String(200))
+    response_status: Mapped[Optional[int]] = mapped_column(Integer)
+    response_body: Mapped[Optional[str]] = mapped_column(Text)    # the first bytes of the last answer
+    error: Mapped[Optional[str]] = mapped_column(Text)
+    duration_ms: Mapped[Optional[int]] = mapped_column(Integer)
+    history: Mapped[list[Any]] = mapped_column(JSON, default=list)  # the last attempts: when, status, error
+    redelivery_of: Mapped[Optional[int]] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    finished_at: Mapped[Optional[datetime]]

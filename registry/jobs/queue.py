@@ -36,6 +36,7 @@ from sqlalchemy.orm import Session
 from ..db import engine as db
 from ..db.models import JobRecord
 from ..errors import InvalidJobError, JobConflictError, JobNotFoundError, JobStateError
+from ..webhooks import outbox
 from .kinds import KINDS
 
 Status = Literal["queued", "running", "succeeded", "failed", "cancelled"]
@@ -127,6 +128,28 @@ def _info(row: JobRecord) -> JobInfo:
 
 def _tail(text: str | None) -> str | None:
     return text[-LOG_TAIL:] if text else text
+
+
+def _announce(session: Session, job_id: int) -> None:
+    """job.succeeded / job.failed, in the transaction that finished the job (registry/webhooks/outbox.py).
+
+    A job of one namespace is told to that namespace's webhooks, in the stream of the repository it writes
+    (so after the revision.created it caused), else in `jobs:<namespace>`; a job spanning several namespaces
+    (namespace None) is told to none."""
+    row = session.get_one(JobRecord, job_id)
+    if row.namespace is None or row.status not in ("succeeded", "failed"):
+        return
+    from ..ids import parse_id
+
+    target = (row.params or {}).get("push") or (row.params or {}).get("id")
+    try:
+        repo = parse_id(str(target), allow_ref=False).repo if target else None
+    except Exception:  # noqa: BLE001 - parameters checked at submission; an odd one only loses the stream
+        repo = None
+    info = _info(row).to_dict()
+    info.pop("log", None)
+    outbox.record(session, f"job.{row.status}", namespace=row.namespace, stream=repo or f"jobs:{row.namespace}",
+                  data={"repo": repo or row.namespace, "job": info})
 
 
 class JobQueue:
@@ -235,11 +258,15 @@ class JobQueue:
         with db.write_session(self.engine) as session:
             row = session.get(JobRecord, job_id)
             previous = (row.log + "\n") if row is not None and row.log else ""
-            return _updated(session, update(JobRecord).where(JobRecord.id == job_id, JobRecord.status == "running",
+            done = _updated(session, update(JobRecord).where(JobRecord.id == job_id, JobRecord.status == "running",
                                                              JobRecord.worker == worker)
                             .values(status="succeeded" if succeeded else "failed", result=result,
                                     log=_tail(previous + (log or "")), finished_at=utcnow(),
                                     heartbeat_at=utcnow())) == 1
+            if done:
+                session.expire_all()
+                _announce(session, job_id)
+            return done
 
     def release(self, job_id: int, worker: str, reason: str) -> JobInfo | None:
         """Give a job back now (its runner died under us): queued again, or failed when out of attempts."""
@@ -258,6 +285,7 @@ class JobQueue:
                                                     JobRecord.worker == worker).values(**values))
             session.flush()
             session.refresh(row)
+            _announce(session, job_id)
             return _info(row)
 
     def requeue_stale(self, *, stale_after: float | None = None) -> builtins.list[JobInfo]:
@@ -284,7 +312,9 @@ class JobQueue:
                 session.execute(update(JobRecord).where(JobRecord.id == row.id, JobRecord.status == "running",
                                                         JobRecord.worker == row.worker).values(**values))
                 session.flush()
-                changed.append(_info(session.get_one(JobRecord, row.id)))
+                session.refresh(row)
+                _announce(session, row.id)
+                changed.append(_info(row))
         return changed
 
     def cancel(self, job_id: int) -> JobInfo:

@@ -308,6 +308,8 @@ def _reference(reg: "Registry", rev: _Revision) -> dict[str, Any] | None:
 def _check_outputs(reg: "Registry", rev: _Revision) -> None:
     import torch
 
+    from converters.methods import tuners
+
     from ..tensors import equivalence as eq
     from ..tensors.adapter_tensors import load_adapter
     from ..tensors.merge import merge_checkpoint
@@ -318,11 +320,13 @@ def _check_outputs(reg: "Registry", rev: _Revision) -> None:
     for name, folder in _peft_adapters(rev.peft):
         merged = rev.scratch / f"merged-{name}"
         try:
-            merge_checkpoint(rev.base, load_adapter(folder), merged, device="cpu")
-            for c in eq.check_merge(rev.base, folder, merged, device="cpu"):
-                comparisons.append({"adapter": name, **c.to_dict()})
-                if not c.passed:
-                    problems.append(f"adapter {name}: {c.name}: {c.reason}")
+            refusal = tuners.merge_refusal(str(converters.detect(folder).adapters[0].config.get("peft_type")))
+            if refusal is None:  # merge vs base + adapter where the type merges; its outputs below either way
+                merge_checkpoint(rev.base, load_adapter(folder, base_dir=rev.base), merged, device="cpu")
+                for c in eq.check_merge(rev.base, folder, merged, device="cpu"):
+                    comparisons.append({"adapter": name, **c.to_dict()})
+                    if not c.passed:
+                        problems.append(f"adapter {name}: {c.name}: {c.reason}")
         except Exception as exc:  # noqa: BLE001 - a merge or model load that fails is the finding
             problems.append(f"adapter {name}: {type(exc).__name__}: {exc}")
             continue
@@ -361,34 +365,61 @@ def _swift_loads(revs: list[_Revision], python: str) -> None:
     from ..interop.swift_env import run_jobs
     from ..tensors import equivalence as eq
 
-    jobs, todo = [], []
+    from ..interop import swift_checks
+
+    jobs: list[dict[str, Any]] = []
+    todo: list[tuple[_Revision, int]] = []
+    expects: dict[str, int] = {}
     for rev in revs:
         assert rev.swift is not None and rev.base is not None
-        names = [a.name for a in converters.detect(rev.swift).adapters]
+        checkpoint = converters.detect(rev.swift)
+        names = [a.name for a in checkpoint.adapters]
+        own = swift_checks.swift_only_adapters(rev.swift)
+        if own:  # ms-swift's own tuners: ms-swift builds each stored config on the base; names and shapes must match
+            expects[rev.ref] = len(jobs)
+            jobs.append(swift_checks.expect_job(rev.ref, rev.swift, rev.base, own))
         jobs.append({"id": rev.ref, "op": "load", "base": str(rev.base), "checkpoint": str(rev.swift),
                      "adapters": names, "probe": eq.probe_inputs(rev.base).tolist(),
                      "outputs": str(rev.scratch / "swift-outputs.safetensors"),
+                     "attention_mask": any(a.type_name == "PROMPT" for a in checkpoint.adapters),
+                     "forward_errors_ok": bool(own),
                      "model_class": "AutoModelForCausalLM" if eq.is_causal_lm(rev.base) else "AutoModel"})
-        todo.append(rev)
+        todo.append((rev, len(jobs) - 1))
     if not jobs:
         return
     versions = swift_versions(python)
     try:
         results = run_jobs(jobs, python=python)
     except (SwiftEnvironmentError, OSError) as exc:
-        for rev in todo:
+        for rev, _ in todo:
             rev.add("swift_load", False, f"the ms-swift batch did not run: {str(exc)[-600:]}", versions=versions)
         return
-    for rev, result in zip(todo, results):
+    for rev, index in todo:
+        result = results[index]
+        problems, figures, notes = [], {}, []
+        if rev.ref in expects:
+            assert rev.swift is not None
+            built = results[expects[rev.ref]]
+            if not built.get("ok"):
+                problems.append(f"ms-swift cannot build the stored tuner config on the base: {built.get('error')}")
+            else:
+                problems += [f"adapter {a}: {where}: {message}"
+                             for a, where, message in swift_checks.compare(rev.swift, built["expected"])]
+                notes.append(f"ms-swift's own tuners checked by ms-swift: {', '.join(built['adapters'])}")
         if not result.get("ok"):
-            rev.add("swift_load", False, f"ms-swift could not load the Swift form: {result.get('error')}",
-                    versions=versions)
+            problems.append(f"ms-swift could not load the Swift form: {result.get('error')}")
+            rev.add("swift_load", False, "; ".join(problems), versions=versions, notes=notes)
             continue
         theirs = load_file(str(rev.scratch / "swift-outputs.safetensors"))
-        problems, figures, notes = [], {}, []
+        for name, error in (result.get("forward_errors") or {}).items():
+            notes.append(f"adapter {name}: ms-swift loads it, but its own forward fails on this base ({error[:300]}); "
+                         "no reference outputs recorded")
         for name in result["adapters"]:
+            if name in (result.get("forward_errors") or {}):
+                continue
             ours = rev.peft_outputs.get(name)
             if ours is None:  # no PEFT form (a Swift-only tuner), or peft_load failed and says so itself
+                figures[name] = {"reference": _figures(theirs[name])}  # ms-swift's outputs, recorded
                 notes.append(f"adapter {name}: loaded by ms-swift; no peft outputs to compare with")
                 continue
             assert rev.base is not None  # only revisions with a base model get here
@@ -475,6 +506,43 @@ def _record(reg: "Registry", revs: list[_Revision], *, run_id: str | None, job_i
                                                 passed=o.passed, library_versions={**versions, **extra},
                                                 started_at=now, finished_at=datetime.now(timezone.utc),
                                                 run_id=run_id, job_id=job_id))
+            _announce_failures(session, rev, versions, run_id=run_id, job_id=job_id)
+
+
+def _announce_failures(session: Any, rev: _Revision, versions: dict[str, Any], *, run_id: str | None,
+                       job_id: int | None) -> None:
+    """validation.regressed (a check that passed last time fails now) or validation.failed, one event per
+    revision and run, in the transaction that records the results (registry/webhooks/outbox.py)."""
+    from sqlalchemy import select
+
+    from ..db.models import ValidationRunRecord
+    from ..webhooks import outbox
+
+    failed = [o for o in rev.outcomes if not o.passed]
+    if not failed:
+        return
+    checks = []
+    session.flush()  # this run's rows are written: the previous result is the one before them
+    for o in failed:
+        query = select(ValidationRunRecord).where(ValidationRunRecord.revision_id == rev.row_id,
+                                                  ValidationRunRecord.check_kind == o.check)
+        if run_id:
+            query = query.where((ValidationRunRecord.run_id != run_id) | ValidationRunRecord.run_id.is_(None))
+        before = session.scalars(query.order_by(ValidationRunRecord.id.desc())
+                                 .offset(0 if run_id else 1).limit(1)).first()
+        previous = None if before is None else {"passed": before.passed, "run_id": before.run_id,
+                                                "library_versions": before.library_versions}
+        checks.append({"check": o.check, "reason": o.reason, "metrics": _jsonable(o.metrics),
+                       "regression": bool(previous and previous["passed"]), "previous": previous})
+    info = rev.info
+    namespace, _, _ = info.repo.partition("/")
+    kind = "validation.regressed" if any(c["regression"] for c in checks) else "validation.failed"
+    outbox.record(session, kind, namespace=namespace, stream=info.repo, data={
+        "repo": info.repo, "head": info.digest, "validation": {
+            "run_id": run_id, "job_id": job_id, "checks": checks, "library_versions": _jsonable(versions),
+            "failed": [c["check"] for c in checks], "regressed": [c["check"] for c in checks if c["regression"]]},
+        "revision": {"number": info.number, "digest": info.digest, "format": info.format,
+                     "tuner_type": (info.meta or {}).get("tuner_type")}})
 
 
 def _jsonable(value: Any) -> Any:

@@ -269,7 +269,7 @@ def run_job(reg: "Registry", job: "JobInfo", still_ours: Callable[[], bool] | No
     with _captured() as buffer:
         try:
             check_params(job.kind, job.params)
-            ok, result, lines = RUNNERS[job.kind](reg, job.params, job, guard)
+            ok, result, lines = _retrying(lambda: RUNNERS[job.kind](reg, job.params, job, guard), job)
         except (RegistryError, FormatError) as exc:  # a refusal: its message already says what and what to do
             ok, result, lines = False, _refusal(exc), [f"error: {exc}"]
         except Exception as exc:  # noqa: BLE001 - a crash of the job, kept with its traceback
@@ -278,6 +278,27 @@ def run_job(reg: "Registry", job: "JobInfo", still_ours: Callable[[], bool] | No
     result["seconds"] = round(time.monotonic() - started, 3)
     log = buffer.getvalue() + "\n".join(lines)
     return ok, result, log
+
+
+def _retrying(body: Callable[[], tuple[bool, dict[str, Any], list[str]]], job: "JobInfo"
+              ) -> tuple[bool, dict[str, Any], list[str]]:
+    """Run the job's body; a dependency that is down (UnavailableError: the object store unreachable or
+    throttling, ...) is retried with exponential backoff within SWIFTREG_RETRIES / SWIFTREG_RETRY_SECONDS
+    (a job is content-addressed work: running it again changes nothing twice). The last failure is raised."""
+    from .. import constants
+    from ..errors import UnavailableError
+
+    started, attempt = time.monotonic(), 0
+    while True:
+        try:
+            return body()
+        except UnavailableError as exc:
+            attempt += 1
+            wait = min(max(float(exc.retry_after), 0.5 * 2 ** (attempt - 1)), 30.0)
+            if attempt > constants.retries() or time.monotonic() + wait - started > constants.retry_seconds():
+                raise
+            print(f"job {job.id}: {exc}; trying again in {wait:.1f} s ({attempt}/{constants.retries()})")
+            time.sleep(wait)
 
 
 def _refusal(exc: RegistryError | FormatError) -> dict[str, Any]:

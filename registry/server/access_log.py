@@ -54,6 +54,9 @@ class AccessLogMiddleware:
         try:
             await self.app(scope, receive, send_logged)
         finally:
+            stats = getattr(getattr(scope.get("app"), "state", None), "stats", None)
+            if isinstance(stats, dict) and "bytes_sent" in stats:  # response bodies: what the server sent
+                stats["bytes_sent"] += record["bytes"]
             if access_log.isEnabledFor(logging.INFO):
                 access_log.info(_line(scope, record, request_id, started))
 

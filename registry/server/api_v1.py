@@ -17,6 +17,7 @@ without a namespace limit may run it; stats answer a namespace admin with its na
 from __future__ import annotations
 
 from pathlib import Path
+from urllib.parse import urlencode
 from typing import Annotated, Any, Literal
 
 import anyio
@@ -27,7 +28,7 @@ from starlette.requests import ClientDisconnect
 
 from .. import errors as E
 from ..ids import check_name, check_tag, parse_id
-from ..params import natural
+from ..params import INT32_MAX, MAX_PAGE, natural
 from ..service import Registry
 from ..store import BlobDigestMismatch, BlobNotFound, validate_digest
 from ..store.uploads import UploadArea
@@ -51,7 +52,7 @@ from .auth import (
     write_ns,
 )
 from .lookup import registry_of
-from .responses import blob_response
+from .responses import blob_response, redirecting, remote_blob
 from .schemas import (
     DIGEST,
     NAME,
@@ -167,23 +168,58 @@ def _check_manifest_shape(manifest: ManifestModel) -> None:
 
 # ----- reading ------------------------------------------------------------------------------------------
 
-@router.get("/repos", summary="List repositories (adapters and base models)", response_model=list[RepoOut],
+@router.get("/repos", summary="List repositories (adapters and base models); with `limit`, one page, and a "
+            "`Link: <...>; rel=\"next\"` header while more follow", response_model=list[RepoOut],
             responses=error_docs(400, 401, 403))
 def list_repos(request: Request, caller: Annotated[Caller, Depends(read_listing)],
-               namespace: Annotated[str | None, Query(max_length=96)] = None) -> Response:
+               namespace: Annotated[str | None, Query(max_length=96)] = None,
+               limit: Annotated[str | None, Query(max_length=12)] = None,
+               after: Annotated[str | None, Query(max_length=200)] = None) -> Response:
     if namespace:
         check_name(namespace, "namespace")
-    repos = registry_of(request).list(namespace or None)
-    limit = read_limit(request, caller)
-    if limit is not None:
-        repos = [r for r in repos if r.repo.split("/", 1)[0] in limit]
-    return JSONResponse([r.to_dict() for r in repos])
+    page = _page_size(limit)
+    shown = read_limit(request, caller)
+    namespaces = [namespace] if namespace else shown
+    if namespace and shown is not None and namespace not in shown:
+        namespaces = []
+    repos = registry_of(request).list_visible(namespaces, limit=page and page + 1, after=after or None)
+    more = page is not None and len(repos) > page
+    repos = repos[:page] if page is not None else repos
+    return _paged([r.to_dict() for r in repos], request, repos[-1].cursor if more else None)
 
 
-@router.get("/repos/{ns}/{name}/revisions", summary="Revisions of a repository, newest first (no manifests)",
-            response_model=list[RevisionSummary], responses=error_docs(400, 401, 403, 404))
-def list_revisions(request: Request, ns: NS, name: NAME, _: Annotated[Caller, Depends(read_ns)]) -> Response:
-    return JSONResponse([_without_manifest(r.to_dict()) for r in registry_of(request).log(repo_id(ns, name))])
+@router.get("/repos/{ns}/{name}/revisions", summary="Revisions of a repository, newest first (no manifests); "
+            "with `limit`, one page (`after`: the last number shown), and a `Link: rel=\"next\"` header while more "
+            "follow", response_model=list[RevisionSummary], responses=error_docs(400, 401, 403, 404))
+def list_revisions(request: Request, ns: NS, name: NAME, _: Annotated[Caller, Depends(read_ns)],
+                   limit: Annotated[str | None, Query(max_length=12)] = None,
+                   after: Annotated[str | None, Query(max_length=12)] = None) -> Response:
+    page = _page_size(limit)
+    last = natural(after, "after", maximum=INT32_MAX) if after is not None else None
+    revs = registry_of(request).log(repo_id(ns, name), limit=page and page + 1, after=last or None)
+    more = page is not None and len(revs) > page
+    revs = revs[:page] if page is not None else revs
+    return _paged([_without_manifest(r.to_dict()) for r in revs], request, str(revs[-1].number) if more else None)
+
+
+def _page_size(limit: str | None) -> int | None:
+    """A listing's `limit` query parameter: 1 to MAX_PAGE, or None (everything)."""
+    if limit is None:
+        return None
+    value = natural(limit, "limit", maximum=MAX_PAGE)
+    if value < 1:
+        raise E.RegistryError("limit must be at least 1")
+    return value
+
+
+def _paged(items: list[dict[str, Any]], request: Request, after: str | None) -> JSONResponse:
+    """A page of a listing, with the next page's address in a `Link` header (RFC 8288) while one follows:
+    the body stays the plain list every client already reads."""
+    response = JSONResponse(items)
+    if after is not None:
+        query = urlencode({**request.query_params, "after": after})
+        response.headers["Link"] = f'<{request.url.path}?{query}>; rel="next"'
+    return response
 
 
 @router.get("/repos/{ns}/{name}/refs/{ref}", summary="One revision by tag, branch, number or sha256:<hex>, "
@@ -209,6 +245,8 @@ def get_blob(request: Request, digest: DIGEST, caller: Annotated[Caller, Depends
     validate_digest(digest)
     if not visible(request, caller, digest):  # the same answer as absent: existence is not leaked
         raise BlobNotFound(digest)
+    if getattr(reg.store, "remote", False):  # object storage: a redirect to a presigned URL, or streamed
+        return remote_blob(request, reg, digest, None, {"ETag": f'"{digest}"'}, None, referenced=False)
     blob = reg.servable_blob(digest, whole="range" in request.headers, head=request.method == "HEAD",
                              referenced=False)
     return blob_response(reg, blob, {"ETag": f'"{digest}"'}, None)
@@ -232,7 +270,9 @@ def blobs_missing(request: Request, body: MissingIn, caller: Annotated[Caller, D
             store.touch(digest)  # a commit is about to rely on it: refresh it for gc's grace period
         except BlobNotFound:
             absent.append(digest)
-    return JSONResponse({"missing": absent})
+    # direct_uploads: the client may PUT the missing blobs straight to the object store (direct_uploads.py)
+    direct = {"direct_uploads": True} if redirecting(request, registry_of(request)) else {}
+    return JSONResponse({"missing": absent, **direct})
 
 
 @router.head("/uploads/{digest}", summary="How many bytes of an upload the server holds",

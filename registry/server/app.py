@@ -24,7 +24,7 @@ import converters
 from .. import errors as E
 from ..service import Registry
 from ..store.uploads import UploadArea
-from . import api_v1, hf, jobs, modelscope
+from . import api_v1, direct_uploads, hf, jobs, modelscope, web, webhooks
 from .access_log import AccessLogMiddleware
 from .errors import answer, routing_error, scrub_for
 from .health import Dependencies, Failures, crash_response
@@ -49,6 +49,7 @@ class ServerSettings:
     body_timeout: float = 60.0            # seconds a request body may pause between two chunks (hygiene.py)
     scrub_interval: float = 0.0           # seconds between scrub passes (upkeep.py); 0: only POST /api/v1/scrub
     scrub_max_age: float = 7 * 86400.0    # a pass rehashes the blobs not verified for this long
+    redirect: bool = True                 # object storage: redirect downloads and uploads to presigned URLs
 
 
 def create_app(registry: Registry, settings: ServerSettings | None = None) -> FastAPI:
@@ -58,7 +59,7 @@ def create_app(registry: Registry, settings: ServerSettings | None = None) -> Fa
                   redoc_url=None)
     app.state.registry = registry
     app.state.settings = settings
-    app.state.stats = {"bytes_received": 0, "blobs_stored": 0, "requests": 0}
+    app.state.stats = {"bytes_received": 0, "bytes_sent": 0, "blobs_stored": 0, "requests": 0, "redirects": 0}
     app.state.proven = {}  # token id -> digests its uploads proved it holds (namespace-scoped tokens)
     app.state.stats_by_namespaces = {}  # a namespace limit -> the counters of its tokens (auth.counters)
     app.state.uploads = UploadArea.beside(registry.store, registry.home)
@@ -113,9 +114,12 @@ def create_app(registry: Registry, settings: ServerSettings | None = None) -> Fa
         return {"ok": True}
 
     app.include_router(api_v1.router)
+    app.include_router(direct_uploads.router)  # presigned uploads straight to object storage
     app.include_router(hf.router)
     app.include_router(modelscope.router)  # the ModelScope read API (MODELSCOPE.md)
     app.include_router(jobs.router)  # jobs and validation history (registry/jobs/)
+    web.mount(app)  # the web pages under /ui (registry/server/web/)
+    app.include_router(webhooks.router)  # webhooks of a namespace's events (registry/webhooks/)
     app.add_middleware(AbortGuard)  # outside the others: a cut file response stays unfinished (responses.py)
     # Host, framing, a token before any body is read, body timeouts, Connection: close (hygiene.py)
     app.add_middleware(HygieneMiddleware, public_url=settings.public_url, body_timeout=settings.body_timeout)

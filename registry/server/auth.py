@@ -48,6 +48,7 @@ def require(request: Request, scope: str, namespace: str | None = None, *,
         raise UnauthorizedError("the token is unknown or revoked", headers={"WWW-Authenticate": "Bearer"})
     if getattr(request.state, "token_id", None) is None:  # once per request, however many checks it makes
         request.state.token_id, request.state.token_owner = token.id, token.owner  # for the access log
+        tokens.touch(request.app.state.registry, token.id)  # `last_used_at`, at most once a minute
         if token.namespaces is not None:
             counters(request, token)["requests"] += 1
     if scope == "read" and reads_open(request):

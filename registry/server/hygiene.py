@@ -48,6 +48,7 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 from .. import errors as E
 from .. import tokens
 from .errors import answer
+from .web import session as web_session
 
 log = logging.getLogger("swiftreg.server.hygiene")
 
@@ -196,8 +197,10 @@ class HygieneMiddleware:
     async def _unauthenticated(self, scope: Scope) -> Any:
         """A 401 response for a write without a token the server knows; None when the token is known (or
         cannot be checked now: the route then answers as it would, 503 when the database is down)."""
-        secret = _bearer(scope)
+        secret = _bearer(scope) or web_session.session_secret(scope)  # web forms: the session cookie's token
         if secret is None:
+            if scope["path"] in web_session.OPEN_WRITES:  # the login form carries its token in its small body
+                return None
             return answer(E.UnauthorizedError("this route needs a bearer token (swiftreg token create)",
                                               headers={"WWW-Authenticate": "Bearer"}))
         registry = scope["app"].state.registry

@@ -34,7 +34,7 @@ from ..manifest import FileEntry, Manifest
 from ..service import Registry
 from .auth import bearer, require
 from .errors import HubRefusal
-from .responses import blob_response
+from .responses import blob_response, remote_blob
 
 COMMIT = re.compile(r"^[0-9a-f]{40}$")
 #: The Hub's words for a bad token; the client raises a plain 401 HfHubHTTPError on them, not RepoNotFound.
@@ -248,6 +248,8 @@ def file_response(request: Request, served: Served, entry: FileEntry, headers: d
     (`nosniff`, a sandboxing CSP, and `application/octet-stream` + attachment but for JSON, Markdown and
     plain text). Nothing to assemble before answering a HEAD (the Hub's client gives a HEAD 10 s)."""
     registry = registry_of(request)
+    if getattr(registry.store, "remote", False):  # object storage: a redirect, or streamed (responses.py)
+        return remote_blob(request, registry, entry.sha256, entry.size, headers, entry.path)
     blob = registry.servable_blob(entry.sha256, entry.size, whole="range" in request.headers,
                                   head=request.method == "HEAD")
     return blob_response(registry, blob, headers, entry.path)

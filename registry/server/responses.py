@@ -227,3 +227,150 @@ def _read(fd: int, position: int, length: int, hasher: "hashlib._Hash | None") -
     if hasher is not None:
         hasher.update(chunk)
     return chunk
+
+
+# ----- object storage: redirects to presigned URLs, or the bytes streamed through --------------------------
+
+def redirecting(request: Any, registry: "Registry") -> bool:
+    """Whether this server answers blob downloads with a redirect: an object store and no --no-redirect."""
+    return bool(getattr(registry.store, "remote", False)) and request.app.state.settings.redirect
+
+
+def remote_blob(request: Any, registry: "Registry", digest: str, size: int | None, headers: Mapping[str, str],
+                filename: str | None, *, referenced: bool = True) -> Response:
+    """The answer for a blob of an object store: 302 to a short-lived presigned URL (the metadata headers on
+    this answer, as the Hub does with its CDN; the blob verified at its current fingerprint before it is
+    redirected to, service/integrity.py `blob_location`), or with --no-redirect its bytes streamed through
+    this server, verified (`RemoteBlobResponse`)."""
+    media_type, extra = media_headers(filename)
+    if redirecting(request, registry):
+        disposition = extra.get("Content-Disposition")
+        url = registry.blob_location(digest, size, referenced=referenced, filename=disposition,
+                                     content_type=media_type)
+        request.app.state.stats["redirects"] += 1
+        return Response(status_code=302, headers={**headers, "Location": url, "Cache-Control": "no-store"})
+    return RemoteBlobResponse.make(request, registry, digest, size, {**headers, **extra}, media_type, referenced)
+
+
+class RemoteBlobResponse(Response):
+    """A blob of an object store streamed through the server (--no-redirect), verified like BlobResponse:
+    a blob not verified at its object's current fingerprint is hashed as it streams and its last chunk held
+    back until the hash matched (a mismatch quarantines it and cuts the response). A Range is answered only
+    for a verified blob (verified whole first)."""
+
+    chunk_size = 4 << 20
+
+    @classmethod
+    def make(cls, request: Any, registry: "Registry", digest: str, size: int | None, headers: Mapping[str, str],
+             media_type: str, referenced: bool) -> Response:
+        from ..store.errors import BlobNotFound
+
+        store: Any = registry.store
+        try:
+            actual, fingerprint = store.stat(digest)
+        except BlobNotFound:
+            raise registry._absent(digest, referenced) from None
+        if size is not None and actual != size:
+            if registry.check_blob(digest) != "verified":
+                raise registry._absent(digest, referenced)
+        verified = registry._verified_at(digest) == fingerprint
+        span = _range(request.headers.get("range"), actual)
+        if span is not None and not verified and request.method != "HEAD":
+            if registry.check_blob(digest) != "verified":
+                raise registry._absent(digest, referenced)
+            actual, fingerprint = store.stat(digest)
+            verified = registry._verified_at(digest) == fingerprint
+        all_headers = {**headers, "Accept-Ranges": "bytes"}
+        status = 200
+        start, end = 0, actual
+        if span is not None:
+            start, end = span
+            status = 206
+            all_headers["Content-Range"] = f"bytes {start}-{end - 1}/{actual}"
+        all_headers["Content-Length"] = str(end - start)
+        response = cls(status_code=status, headers=all_headers, media_type=media_type)
+        response.registry, response.digest, response.fingerprint = registry, digest, fingerprint
+        response.verified, response.start, response.end, response.total = verified, start, end, actual
+        response.head = request.method == "HEAD"
+        return response
+
+    registry: "Registry"
+    digest: str
+    fingerprint: str
+    verified: bool
+    start: int
+    end: int
+    total: int
+    head: bool
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
+        if self.head or self.start == self.end:
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+            return
+        try:
+            await self._stream(send)
+        except ResponseAborted as exc:
+            scope.setdefault("state", {})[ABORTED] = str(exc)
+            if not exc.reported:
+                log.warning("response cut short: %s", exc)
+
+    async def _stream(self, send: Send) -> None:
+        store: Any = self.registry.store
+        whole = self.start == 0 and self.end == self.total
+        hasher = new_hasher() if not self.verified else None
+        if not whole and hasher is not None:  # unreachable: make() verified a blob before a range of it
+            raise ResponseAborted(f"blob {self.digest} is not verified; a range of it is not served")
+        source = await anyio.to_thread.run_sync(store.open_range, self.digest, self.start, self.end)
+        try:
+            position, pending = self.start, b""
+            while position < self.end:
+                chunk = await anyio.to_thread.run_sync(_read_hashing, source, min(self.chunk_size,
+                                                                                   self.end - position), hasher)
+                if not chunk:
+                    break
+                position += len(chunk)
+                if pending:
+                    await send({"type": "http.response.body", "body": pending, "more_body": True})
+                pending = chunk
+        finally:
+            await anyio.to_thread.run_sync(source.close)
+        if position != self.end:
+            raise ResponseAborted(f"blob {self.digest} was cut short while it was served")
+        if hasher is not None:
+            actual = format_digest(hasher.hexdigest())
+            if actual != self.digest:
+                await anyio.to_thread.run_sync(self.registry.blob_corrupt, self.digest, actual, self.fingerprint,
+                                               self.total, "while serving it")
+                raise ResponseAborted(f"blob {self.digest} is corrupt: the response was cut before its last byte",
+                                      reported=True)
+            try:
+                await anyio.to_thread.run_sync(self.registry.blob_verified, self.digest, self.fingerprint, self.total)
+            except Exception as exc:  # the record only spares a later rehash
+                if database_fault(exc) is None:
+                    raise
+        await send({"type": "http.response.body", "body": pending, "more_body": False})
+
+
+def _read_hashing(source: Any, length: int, hasher: "hashlib._Hash | None") -> bytes:
+    chunk: bytes = source.read(length)
+    if hasher is not None and chunk:
+        hasher.update(chunk)
+    return chunk
+
+
+def _range(value: str | None, size: int) -> tuple[int, int] | None:
+    """One `bytes=a-b`, `bytes=a-` or `bytes=-n` range within a blob of `size` bytes, as [start, end); None
+    for no Range or one this does not serve (the whole blob is answered then)."""
+    if not value or not value.startswith("bytes=") or "," in value:
+        return None
+    first, _, last = value[len("bytes="):].strip().partition("-")
+    try:
+        if not first:
+            n = int(last)
+            return (max(size - n, 0), size) if n > 0 else None
+        start = int(first)
+        end = min(int(last) + 1, size) if last else size
+    except ValueError:
+        return None
+    return (start, end) if 0 <= start < end else None

@@ -243,6 +243,7 @@ class MissingIn(BaseModel):
 
 class MissingOut(BaseModel):
     missing: list[str]
+    direct_uploads: bool = False  # object storage: upload them with POST /api/v1/uploads/{digest}/direct
 
 
 class UploadDone(BaseModel):

@@ -13,19 +13,21 @@ The CLI calls it directly; the server calls it behind HTTP; `RemoteRegistry` off
     access.py    blob_in_namespaces: what a namespace-scoped token may reach by digest
     imports.py   import_from (registry/hubs/ does the work), find_import
     jobs.py      jobs and revision checks, delegated to registry/jobs/ and registry/vllm_checks.py
+    events.py    the events the service records (the outbox) and webhooks: add, ls, rm, test, deliveries
 
 Rules shared with RemoteRegistry (push preparation, ref refusals, messages) are in registry/rules.py.
 """
 from __future__ import annotations
 
 from .access import AccessMixin
+from .events import EventsMixin
 from .gc import GcMixin
 from .imports import ImportsMixin
 from .jobs import JobsMixin
 from .push import PushMixin
 
 
-class Registry(PushMixin, GcMixin, AccessMixin, ImportsMixin, JobsMixin):
+class Registry(PushMixin, GcMixin, AccessMixin, ImportsMixin, JobsMixin, EventsMixin):
     """A registry on this machine: a database (SQLite by default) and a local blob store.
 
     `Registry(home, database_url, store)`; `.db` is its public database handle (registry/db/).

@@ -33,6 +33,8 @@ class BlobsMixin(IntegrityMixin):
                     if progress is not None:
                         progress(n)
                 self.store.put_file(full, expected=entry.sha256, progress=on_chunk)
+                if getattr(self.store, "remote", False):  # hashed as it was uploaded: no rehash before a redirect
+                    self.blob_verified(entry.sha256, self.store.fingerprint(entry.sha256) or "", entry.size)
                 missing.discard(entry.sha256)
                 written += 1
                 written_bytes += entry.size

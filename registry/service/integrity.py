@@ -158,6 +158,35 @@ class IntegrityMixin(RegistryCore):
             return ServableBlob(digest, path, st, verified=self._verified_at(digest))
         return ServableBlob(digest, path, st)
 
+    def blob_location(self, digest: str, size: int | None = None, *, referenced: bool = True,
+                      filename: str | None = None, content_type: str | None = None,
+                      expires: int | None = None) -> str:
+        """A short-lived presigned URL of blob `digest` in an object store (store/s3.py), handed out only
+        while the object is the one verified: its fingerprint (ETag, size, LastModified) is the one recorded
+        when its bytes last hashed to its name, else it is rehashed now (a corrupt one is quarantined and
+        `BlobNotFound` names it). `size`: what the manifest says (another size cannot match)."""
+        from .. import constants
+
+        digest = validate_digest(digest)
+        store: Any = self.store
+        for _ in range(2):
+            try:
+                actual, fingerprint = store.stat(digest)
+            except BlobNotFound:
+                raise self._absent(digest, referenced) from None
+            if self._verified_at(digest) == fingerprint and (size is None or actual == size):
+                break
+            with self._verifying(digest):
+                if self._verified_at(digest) != fingerprint and self.check_blob(digest) != VERIFIED:
+                    raise self._absent(digest, referenced)
+            if size is not None and actual != size:
+                raise self._absent(digest, referenced)
+        else:
+            raise self._absent(digest, referenced)
+        url: str = store.presign_get(digest, expires if expires is not None else constants.presign_seconds(),
+                                     filename=filename, content_type=content_type)
+        return url
+
     def _read_small(self, digest: str, path: Path, referenced: bool) -> ServableBlob:
         try:
             with open(path, "rb") as f:

@@ -27,6 +27,7 @@ from ..db.models import ProvenanceRecord, RevisionRecord
 from ..errors import BlobsMissingError, IntegrityError, InvalidCheckpointError, NotFoundError
 from ..ids import DEFAULT_REF, RepoId, parse_id, parse_ref
 from ..manifest import Manifest
+from .events import ref_fields, repo_event, revision_fields
 from .reading import ReadingMixin
 from .refs import RefsMixin
 
@@ -192,6 +193,9 @@ class PushMixin(RefsMixin, ReadingMixin):
             rev = session.scalars(select(RevisionRecord).where(
                 self._repo_filter(kind, repo.id), RevisionRecord.digest == manifest.digest)).one_or_none()
             created = rev is None
+            new_repo = created and repo.revision_count == 0  # numbers are never reused: no revision ever
+            main_change = tag_change = None
+            imported = False
             if rev is None:
                 absent = self.store.missing(f.sha256 for f in manifest.files)
                 if absent:
@@ -206,23 +210,52 @@ class PushMixin(RefsMixin, ReadingMixin):
                     author=author or os.environ.get("USER"))
                 session.add(rev)
                 session.flush()
-                self._set_ref(session, kind, repo, DEFAULT_REF, "branch", rev, force=True)
+                main_change = self._set_ref(session, kind, repo, DEFAULT_REF, "branch", rev, force=True)
                 if kind == "adapter":
                     for key, value in repo_values.items():
                         setattr(repo, key, value)
                     if base_rev_id is not None:
                         repo.base_model_id = session.get(RevisionRecord, base_rev_id).base_model_id  # type: ignore[union-attr]
             if tag is not None:
-                self._set_ref(session, kind, repo, tag, "tag", rev, force=force)
+                tag_change = self._set_ref(session, kind, repo, tag, "tag", rev, force=force)
             if provenance is not None:
-                self._record_provenance(session, rev.id, provenance)
+                imported = self._record_provenance(session, rev.id, provenance)
+            session.flush()
+            info = self._info(session, kind, repo, rev)
+            self._announce(session, kind, repo, rev, info, new_repo=new_repo, created=created,
+                           main_change=main_change, tag=tag, tag_change=tag_change,
+                           provenance=provenance if imported else None)
             failpoints.hit("push:before-commit")
             session.flush()
-            return self._info(session, kind, repo, rev), created
+            return info, created
 
-    def _record_provenance(self, session: Session, revision_id: int, p: dict[str, Any]) -> None:
-        """One provenance row (none if this revision already records the same hub commit)."""
-        self.db.insert_ignore(
+    def _announce(self, session: Session, kind: Kind, repo: Any, rev: RevisionRecord, info: RevisionInfo, *,
+                  new_repo: bool, created: bool, main_change: Any, tag: str | None, tag_change: Any,
+                  provenance: dict[str, Any] | None) -> None:
+        """The events of a commit, in the commit's transaction (service/events.py): repo.created,
+        revision.created (with the refs it moved), tag.created / tag.moved, import.completed."""
+        fields = revision_fields(info)
+        if new_repo:
+            repo_event(session, "repo.created", kind, repo,
+                       {**fields, "tuner_type": (info.meta or {}).get("tuner_type")})
+        if created:
+            refs = []
+            if main_change is not None:
+                refs += ref_fields(DEFAULT_REF, "branch", main_change[1], rev)["updated_refs"]
+            if tag_change is not None and tag is not None:
+                refs += ref_fields(tag, "tag", tag_change[1], rev)["updated_refs"]
+            repo_event(session, "revision.created", kind, repo, {**fields, "updated_refs": refs})
+        if tag_change is not None and tag is not None:
+            repo_event(session, f"tag.{tag_change[0]}", kind, repo, {**ref_fields(tag, "tag", tag_change[1], rev),
+                                                                     **fields})
+        if provenance is not None:
+            repo_event(session, "import.completed", kind, repo, {**fields, "source": {
+                k: provenance.get(k) for k in ("hub", "endpoint", "repo", "requested_revision", "commit",
+                                               "subfolder")}, "new_revision": created})
+
+    def _record_provenance(self, session: Session, revision_id: int, p: dict[str, Any]) -> bool:
+        """One provenance row (none if this revision already records the same hub commit); whether it was new."""
+        return self.db.insert_ignore(
             session, ProvenanceRecord, revision_id=revision_id, hub=p["hub"], endpoint=p["endpoint"],
             source_repo=p["repo"], requested_revision=p.get("requested_revision"), source_commit=p["commit"],
             subfolder=p.get("subfolder") or "", imported_at=datetime.now().astimezone())

@@ -10,9 +10,10 @@ import os
 import tempfile
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, tuple_
+from sqlalchemy.orm import Session
 
 import converters
 
@@ -24,7 +25,7 @@ from ..ids import DEFAULT_REF, parse_id
 from ..manifest import Manifest, build_manifest, collect_files
 from ..snapshots import mark_used
 from .blobs import BlobsMixin
-from .core import aware, provenance
+from .core import aware, provenances
 
 #: Bumped whenever the converters could write different bytes for the same input, so derived
 #: conversions recorded by an older swiftreg are redone rather than reused.
@@ -42,42 +43,86 @@ class ReadingMixin(BlobsMixin):
             repo = self._repo_or_fail(session, kind, rid)
             return self._info(session, kind, repo, self._revision(session, kind, repo, rid))
 
-    def log(self, repo_id: str) -> builtins.list[RevisionInfo]:
-        """Every revision of a repository, newest first."""
+    def log(self, repo_id: str, *, limit: int | None = None, after: int | None = None) -> builtins.list[RevisionInfo]:
+        """The revisions of a repository, newest first: all of them, or the `limit` numbered below `after`
+        (keyset pagination: a page costs the same few queries at any depth of history)."""
         rid = rules.log_target(repo_id)
+        limit, after = rules.page(limit, rules.after_number(after))
         kind = self._kind_of(rid)
         with self.db.read() as session:
             repo = self._repo_or_fail(session, kind, rid)
-            revs = session.scalars(select(RevisionRecord).where(self._repo_filter(kind, repo.id))
-                                   .order_by(RevisionRecord.number.desc())).all()
-            return [self._info(session, kind, repo, rev) for rev in revs]
+            query = select(RevisionRecord).where(self._repo_filter(kind, repo.id)) \
+                .order_by(RevisionRecord.number.desc())
+            if after is not None:
+                query = query.where(RevisionRecord.number < after)
+            if limit is not None:
+                query = query.limit(limit)
+            return self._infos(session, kind, repo, session.scalars(query).all())
 
-    def list(self, namespace: str | None = None) -> builtins.list[RepoInfo]:
-        """Every repository (of one namespace): adapters first, then base models, by name."""
-        out: builtins.list[RepoInfo] = []
+    def list(self, namespace: str | None = None, *, limit: int | None = None,
+             after: str | None = None) -> builtins.list[RepoInfo]:
+        """Repositories (of one namespace): adapters first, then base models, each by namespace and name; all of
+        them, or the `limit` that follow the cursor `after` (`ns/name` for an adapter, `base:ns/name` for a base
+        model: what `RepoInfo.cursor` gives). Five queries per kind on the page, whatever its length."""
+        return self.list_visible([namespace] if namespace else None, limit=limit, after=after)
+
+    def list_visible(self, namespaces: Sequence[str] | None, *, limit: int | None = None,
+                     after: str | None = None) -> builtins.list[RepoInfo]:
+        """`list` restricted to `namespaces` (None: every one): the server's listing for a token that may read
+        only some, filtered in the query so that its pages are full."""
+        limit, cursor = rules.page(limit, after and rules.parse_cursor(after))
         kinds: tuple[Kind, ...] = ("adapter", "base")
-        repo: Any
+        out: builtins.list[RepoInfo] = []
         with self.db.read() as session:
             for kind in kinds:
+                if cursor is not None and kinds.index(kind) < kinds.index(cursor[0]):
+                    continue
+                if limit is not None and len(out) >= limit:
+                    break
                 model = self._model(kind)
                 query = select(model).order_by(model.namespace, model.name)
-                if namespace:
-                    query = query.where(model.namespace == namespace)
-                for repo in session.scalars(query):
-                    main = session.scalars(
-                        select(RevisionRecord).join(RefRecord, RefRecord.revision_id == RevisionRecord.id)
-                        .where(self._ref_filter(kind, repo.id), RefRecord.name == DEFAULT_REF)).one_or_none()
-                    updated = session.scalar(select(func.max(RevisionRecord.created_at)).where(
-                        self._repo_filter(kind, repo.id)))
-                    base = None
-                    if kind == "adapter" and repo.base_model_id is not None:
-                        b = session.get(BaseModelRecord, repo.base_model_id)
-                        base = f"{b.namespace}/{b.name}"  # type: ignore[union-attr]
-                    sources = provenance(session, main.id) if main is not None else []
-                    source = sources[0] if sources else None
-                    out.append(RepoInfo(f"{repo.namespace}/{repo.name}", kind, getattr(repo, "tuner_type", None),
-                                        repo.revision_count, main.number if main else None,
-                                        aware(updated) if updated else None, base, source))
+                if namespaces is not None:
+                    query = query.where(model.namespace.in_(builtins.list(namespaces)))
+                if cursor is not None and cursor[0] == kind:
+                    query = query.where(tuple_(model.namespace, model.name) > tuple_(*cursor[1:]))
+                if limit is not None:
+                    query = query.limit(limit - len(out))
+                out.extend(self._repo_infos(session, kind, session.scalars(query).all()))
+        return out
+
+    def _repo_infos(self, session: Session, kind: Kind, repos: Sequence[Any]) -> builtins.list[RepoInfo]:
+        """Repositories of one kind as `RepoInfo`s in four queries whatever their number."""
+        if not repos:
+            return []
+        ids = [repo.id for repo in repos]
+        rev_repo = RevisionRecord.adapter_id if kind == "adapter" else RevisionRecord.base_model_id
+        ref_repo = RefRecord.adapter_id if kind == "adapter" else RefRecord.base_model_id
+        mains = {row.repo: (row.id, row.number) for row in session.execute(
+            select(ref_repo.label("repo"), RevisionRecord.id, RevisionRecord.number)
+            .join(RevisionRecord, RevisionRecord.id == RefRecord.revision_id)
+            .where(ref_repo.in_(ids), RefRecord.name == DEFAULT_REF))}
+        # the newest revision is the highest-numbered one: found through the (repository, number) index, so
+        # the revisions' rows (manifests and all) are read only for the one per repository that is shown
+        newest = select(rev_repo.label("repo"), func.max(RevisionRecord.number).label("number")) \
+            .where(rev_repo.in_(ids)).group_by(rev_repo).subquery()
+        updated = {row.repo: row.created_at for row in session.execute(
+            select(newest.c.repo, RevisionRecord.created_at)
+            .join(RevisionRecord, (rev_repo == newest.c.repo) & (RevisionRecord.number == newest.c.number)))}
+        bases: dict[int, str] = {}
+        base_ids = {repo.base_model_id for repo in repos if getattr(repo, "base_model_id", None) is not None}
+        if base_ids:
+            bases = {b.id: f"{b.namespace}/{b.name}"
+                     for b in session.scalars(select(BaseModelRecord).where(BaseModelRecord.id.in_(base_ids)))}
+        sources = provenances(session, [main[0] for main in mains.values()])
+        out = []
+        for repo in repos:
+            main = mains.get(repo.id)
+            found = sources.get(main[0], []) if main else []
+            base_id = getattr(repo, "base_model_id", None)
+            out.append(RepoInfo(f"{repo.namespace}/{repo.name}", kind, getattr(repo, "tuner_type", None),
+                                repo.revision_count, main[1] if main else None,
+                                aware(updated[repo.id]) if repo.id in updated else None,
+                                bases.get(base_id) if base_id is not None else None, found[0] if found else None))
         return out
 
     # ----- materialising --------------------------------------------------------------------------------
@@ -117,9 +162,12 @@ class ReadingMixin(BlobsMixin):
         immutable = rid.ref.kind in ("number", "digest")
         if folder.is_dir():
             mark_used(folder)
-            return folder, immutable
-        return self.snapshots.materialise(folder, lambda: self._manifest_for(rev_id, manifest, stored_format, target),
-                                          self._link_blob), immutable
+        else:
+            folder = self.snapshots.materialise(
+                folder, lambda: self._manifest_for(rev_id, manifest, stored_format, target), self._link_blob)
+        if target == stored_format:
+            self.snapshots.remember_stored(folder, number)
+        return folder, immutable
 
     def pull(self, repo_id: str, output: Path | str | None = None, format: str | None = None, *,
              overwrite: bool = False) -> Path:

@@ -17,6 +17,7 @@ from ..db.models import RefRecord, RevisionRecord
 from ..errors import NotFoundError, RefExistsError, RegistryError
 from ..ids import check_tag, parse_id
 from .core import RegistryCore
+from .events import ref_fields, repo_event, revision_fields
 
 
 class RefsMixin(RegistryCore):
@@ -43,9 +44,12 @@ class RefsMixin(RegistryCore):
         with self.db.write() as session:
             repo = self._find_repo(session, kind, rid, lock=True) or self._repo_or_fail(session, kind, rid)
             rev = self._revision(session, kind, repo, rid)
-            self._set_ref(session, kind, repo, name, kind_of_ref, rev, force=force)
+            change = self._set_ref(session, kind, repo, name, kind_of_ref, rev, force=force)
             session.flush()
             info = self._info(session, kind, repo, rev)
+            if change is not None:  # tag.created / tag.moved (branches too: `ref.kind` says which)
+                repo_event(session, f"tag.{change[0]}", kind, repo, {
+                    **ref_fields(name, kind_of_ref, change[1], rev), **revision_fields(info)})
         self._refs_changed()
         return info
 
@@ -62,34 +66,42 @@ class RefsMixin(RegistryCore):
         rid = parse_id(repo_id)
         kind = self._kind_of(rid)
         with self.db.write() as session:
-            repo = self._repo_or_fail(session, kind, rid)
+            repo = self._find_repo(session, kind, rid, lock=True) or self._repo_or_fail(session, kind, rid)
             ref = session.scalars(select(RefRecord).where(
                 self._ref_filter(kind, repo.id), RefRecord.name == name)).one_or_none()
             if ref is None:
                 raise NotFoundError(f"{rid.repo} has no tag or branch {name!r}")
             if only_tags and ref.kind != "tag":
                 raise RegistryError(f"{rid.repo}@{name} is a {ref.kind}, not a tag")
+            old = session.get(RevisionRecord, ref.revision_id)
             session.delete(ref)
+            repo_event(session, "tag.deleted", kind, repo, {**ref_fields(name, ref.kind, old, None),
+                                                            "head": old.digest if old else None})
         self._refs_changed()
 
     def _set_ref(self, session: Session, kind: Kind, repo: Any, name: str, ref_kind: str,
-                 rev: RevisionRecord, *, force: bool) -> None:
-        """Create or move ref `name` inside the caller's transaction, refusing what the ref rules refuse."""
+                 rev: RevisionRecord, *, force: bool) -> tuple[str, RevisionRecord | None] | None:
+        """Create or move ref `name` inside the caller's transaction, refusing what the ref rules refuse.
+
+        What changed, for the events: ("created", None), ("moved", the revision it left), or None (it was there).
+        """
         ref = session.scalars(select(RefRecord).where(
             self._ref_filter(kind, repo.id), RefRecord.name == name)).one_or_none()
         if ref is None:
             session.add(RefRecord(adapter_id=repo.id if kind == "adapter" else None,
                                   base_model_id=repo.id if kind == "base" else None,
                                   name=name, kind=ref_kind, revision_id=rev.id))
-            return
+            return ("created", None)
         if ref.kind != ref_kind:
             hint = (f"; move a branch with `swiftreg branch {repo.namespace}/{repo.name}@REVISION {name}`"
                     if ref.kind == "branch" else "")
             raise RefExistsError(f"{repo.namespace}/{repo.name}@{name} is a {ref.kind}, not a {ref_kind}{hint}")
         if ref.revision_id == rev.id:
-            return
+            return None
         if ref_kind == "tag" and not force:
             current = session.get(RevisionRecord, ref.revision_id)
             raise rules.tag_taken(name, f"{repo.namespace}/{repo.name}", current.number)  # type: ignore[union-attr]
+        old = session.get(RevisionRecord, ref.revision_id)
         ref.revision_id = rev.id
         ref.updated_at = datetime.now().astimezone()
+        return ("moved", old)

@@ -22,7 +22,7 @@ from converters.validation import pattern_value
 
 from .errors import AdapterError
 
-Kind = Literal["linear", "embedding", "shira"]
+Kind = Literal["linear", "embedding", "shira", "peft"]
 
 
 @dataclass
@@ -41,6 +41,8 @@ class ModuleAdapter:
     lora_bias: torch.Tensor | None = None   # lora_B.bias (lora_bias=True)
     shira_weight: torch.Tensor | None = None
     shira_indices: torch.Tensor | None = None
+    layer: Any = None               # kind "peft": peft's own tuner layer (peft_layers.py), meta base weight
+    peft_type: str = ""
 
     @property
     def weight_key(self) -> str:
@@ -55,6 +57,8 @@ class AdapterTensors:
     #: Tensors that replace base tensors outright: modules_to_save copies, biases with bias="all",
     #: embedding base weights (save_embedding_layers). Keys as in the base model.
     replacements: dict[str, torch.Tensor] = field(default_factory=dict)
+    #: Other PEFT types: peft's model skeleton whose tuner layers merge module by module (peft_layers.py).
+    peft_layers: Any = None
 
     @property
     def peft_type(self) -> str:
@@ -72,8 +76,39 @@ def module_scaling(config: dict[str, Any], module: str) -> tuple[int, float, flo
     return int(r), float(alpha), float(scaling)
 
 
-def load_adapter(folder: str | Path, device: str | torch.device = "cpu") -> AdapterTensors:
-    """Every tensor of the PEFT adapter in `folder`, grouped by module."""
+def _load_peft_native(folder: Path, config: dict[str, Any], base_dir: str | Path | None) -> AdapterTensors:
+    """Another PEFT type: peft's own layers, built on the meta device over the base's config (peft_layers.py)."""
+    from converters import peft_native
+    from converters.keys import PEFT_PREFIX
+    from converters.methods import tuners
+
+    from .peft_layers import load_layers
+
+    peft_type = str(config.get("peft_type"))
+    refusal = tuners.merge_refusal(peft_type)
+    if refusal is not None:
+        raise AdapterError(refusal)
+    if base_dir is None:
+        raise AdapterError(f"{folder}: a {peft_type} adapter is merged through peft's own layers, which are built on "
+                           "the base model's config: pass the base model folder (base_dir)")
+    built = load_layers(folder, base_dir)
+    result = AdapterTensors(config, peft_layers=built)
+    for module, layer in built.layers.items():
+        result.modules[module] = ModuleAdapter(module, "peft", 0, 0.0, 1.0, layer=layer, peft_type=peft_type)
+    tuner = peft_native.tuner_for(peft_type)
+    for key, tensor in built.tensors.items():
+        if not key.startswith(PEFT_PREFIX) or peft_native.module_of(tuner, key) is not None:
+            continue  # a tuner layer's own tensor, or a shared one at the root of peft's model
+        result.replacements[key[len(PEFT_PREFIX):]] = tensor  # modules_to_save copies, bias="all" biases
+    return result
+
+
+def load_adapter(folder: str | Path, device: str | torch.device = "cpu", *,
+                 base_dir: str | Path | None = None) -> AdapterTensors:
+    """Every tensor of the PEFT adapter in `folder`, grouped by module.
+
+    LoRA and SHiRA are read by hand (zero-copy maths in lora_math.py); every other type peft can merge
+    is built by peft on the meta device over the base model at `base_dir` (required for those)."""
     folder = Path(folder)
     config_path = folder / CONFIG_NAME
     if not config_path.is_file():
@@ -82,7 +117,7 @@ def load_adapter(folder: str | Path, device: str | torch.device = "cpu") -> Adap
     if "swift_type" in config:
         raise AdapterError(f"{config_path}: a Swift config; convert the checkpoint to PEFT first")
     if config.get("peft_type") not in ("LORA", "SHIRA"):
-        raise AdapterError(f"{config_path}: peft_type {config.get('peft_type')!r} is not LORA or SHIRA")
+        return _load_peft_native(folder, config, base_dir)
     weights = folder / SAFETENSORS_NAME
     if not weights.is_file():
         raise AdapterError(f"{folder}: no {SAFETENSORS_NAME}")

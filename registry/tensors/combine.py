@@ -429,7 +429,8 @@ def _fmt(x: float | None) -> str:
 def combine(adapters: list[AdapterTensors], weights: list[float], method: str, *, semantics: str = "exact",
             rank: int | None = None, svd_clamp: float | None = None, density: float | None = None,
             majority_sign_method: str = "total", seed: int | None = None, device: str | torch.device = "auto",
-            precision: str = "float32", peft_version: str | None = None) -> CombineResult:
+            precision: str = "float32", peft_version: str | None = None,
+            shapes: dict[str, tuple[int, int]] | None = None) -> CombineResult:
     """Combine LoRA adapters with `weights` by `method` (PEFT's combination types); see the module doc.
 
     rank: result rank for the SVD family and, in exact semantics, linear and the pruning methods
@@ -438,7 +439,22 @@ def combine(adapters: list[AdapterTensors], weights: list[float], method: str, *
     device: "auto" (CUDA when available), "cpu", "cuda:0"...; precision: compute dtype, float32 or
     float64 (results are stored in the sources' dtype, float32 under peft semantics).
     peft_version: the peft whose add_weighted_adapter semantics="peft" reproduces (default: installed).
+    SHiRA sources are fused exactly over the union of their masks (shira_fusion.py; `shapes`: the base's
+    (out, in) per module, to fill spare slots at free positions).
     """
+    if adapters and any(a.peft_type == "SHIRA" for a in adapters):
+        from .shira_fusion import fuse
+
+        if semantics != "exact":
+            raise CombineError("PEFT has no weighted combination for SHiRA (add_weighted_adapter refuses it), so there "
+                               "are no peft semantics to reproduce: use semantics exact")
+        if len(weights) != len(adapters):
+            raise CombineError(f"{len(adapters)} adapters but {len(weights)} weights")
+        for w in weights:
+            if not math.isfinite(float(w)):
+                raise CombineError(f"weight {w} is not finite")
+        fused, fusion_notes = fuse(adapters, weights, method, shapes=shapes)
+        return CombineResult(fused, fusion_notes, method, semantics, int(fused.config["r"]), 0.0, 0.0)
     _check_arguments(adapters, weights, method, semantics, rank, svd_clamp, density, majority_sign_method,
                      precision)
     terms = _terms(adapters, weights)

@@ -124,10 +124,28 @@ def probe_inputs(model_dir: Path, *, batch: int = 2, length: int = 16, seed: int
     return torch.randint(0, vocab, (batch, length), generator=generator)
 
 
+#: peft types whose forward needs `task_ids` (the probe uses task 0).
+TASK_ID_TYPES = frozenset({"POLY", "MULTITASK_PROMPT_TUNING"})
+
+
+def _forward_kwargs(model, inputs: torch.Tensor) -> dict[str, Any]:  # type: ignore[no-untyped-def]
+    """The probe as a model takes it: prompt-learning PeftModels need the attention mask (their virtual tokens
+    are prepended to it), Poly and multitask prompt tuning a task id."""
+    kwargs: dict[str, Any] = {"input_ids": inputs}
+    configs = getattr(model, "peft_config", None)
+    config = configs.get(getattr(model, "active_adapter", "default")) if isinstance(configs, dict) else None
+    if config is not None and getattr(config, "is_prompt_learning", False):
+        kwargs["attention_mask"] = torch.ones_like(inputs)
+    peft_type = getattr(config, "peft_type", None)
+    if getattr(peft_type, "value", peft_type) in TASK_ID_TYPES:
+        kwargs["task_ids"] = torch.zeros(inputs.shape[0], dtype=torch.long)
+    return kwargs
+
+
 def outputs(model, inputs: torch.Tensor) -> torch.Tensor:  # type: ignore[no-untyped-def]
     device = next(model.parameters()).device
     with torch.no_grad():
-        out = model(input_ids=inputs.to(device))
+        out = model(**{k: v.to(device) for k, v in _forward_kwargs(model, inputs).items()})
     tensor = out.logits if hasattr(out, "logits") else out.last_hidden_state
     return tensor.detach().to("cpu", torch.float64)
 

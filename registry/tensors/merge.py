@@ -226,6 +226,11 @@ def _check_module(m: ModuleAdapter, entry: TensorEntry) -> None:
     if entry.dtype not in CONVERTIBLE:
         raise MergeError(f"module {m.module}: base tensor {entry.name} is {entry.dtype}; only float weights "
                          "can be merged into (dequantize the base first)")
+    if m.kind == "peft":
+        from .peft_layers import check_layer
+
+        check_layer(m.peft_type, m.module, m.layer, tuple(entry.shape))
+        return
     if m.kind == "shira":
         assert m.shira_indices is not None and m.shira_weight is not None
         idx = m.shira_indices
@@ -319,6 +324,11 @@ def _check_adapter_finite(adapter: AdapterTensors) -> None:
             if t is not None and t.is_floating_point() and not bool(torch.isfinite(t).all()):
                 raise NonFiniteError(f"module {m.module}: the adapter's {what} holds NaN or Inf; nothing was "
                                      "written")
+    if adapter.peft_layers is not None:
+        for key, t in adapter.peft_layers.tensors.items():
+            if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+                raise NonFiniteError(f"tensor {key}: the adapter's {adapter.peft_type} tensor holds NaN or Inf; "
+                                     "nothing was written")
     for key, t in adapter.replacements.items():
         if t.is_floating_point() and not bool(torch.isfinite(t).all()):
             raise NonFiniteError(f"replaced tensor {key}: the adapter's copy holds NaN or Inf; nothing was "
@@ -517,6 +527,12 @@ def _apply(op: _Op, W: Tensor | None, base_dtype: torch.dtype, out_dtype: torch.
         assert W is not None
         return _merge_plain_lora(W.to(calc.device), m, out_dtype, calc, buffers)
     assert W is not None
+    if m is not None and m.kind == "peft":  # peft's own layer merges it (peft_layers.py), on the CPU
+        from .peft_layers import merged
+
+        value = merged(m.layer, W.to("cpu", calc.compute).contiguous(), sign=calc.sign, module=m.module,
+                       peft_type=m.peft_type)
+        return value.to(out_dtype)
     W = W.to(calc.device)
     add = add_delta if calc.sign > 0 else sub_delta
     if m is not None:
@@ -731,8 +747,15 @@ def _peak_rss() -> int | None:
 
 
 def _refuse_uninvertible(plan: MergePlan) -> None:
+    from converters.methods import tuners
+
     for op in plan.ops.values():
         m = op.module
+        if m is not None and m.kind == "peft":
+            tuner = tuners.peft_tuner(m.peft_type)
+            if tuner is not None and tuner.unmerge is not None:
+                raise NotInvertibleError(f"module {m.module}: {m.peft_type} cannot be unmerged from merged weights "
+                                         f"alone: {tuner.unmerge}")
         if m is not None and m.magnitude is not None:
             raise NotInvertibleError(
                 f"module {m.module}: DoRA cannot be unmerged from merged weights alone: the merge scaled "

@@ -17,8 +17,11 @@ def cli_on(home: Path, database_url: str, monkeypatch: pytest.MonkeyPatch) -> Ca
     monkeypatch.setenv("SWIFTREG_DATABASE_URL", database_url)
     monkeypatch.delenv("SWIFTREG_URL", raising=False)
 
-    def run(*args: Any, ok: bool = True) -> Result:
+    def run(*args: Any, ok: bool | None = True) -> Result:
+        """`ok=None`: any outcome, for a test that checks the exit code itself (a usage error's 2)."""
         result = CliRunner().invoke(main, [str(a) for a in args])
+        if ok is None:
+            return result
         if ok:
             assert result.exit_code == 0, (args, result.output, result.stderr)
         else:

@@ -77,7 +77,7 @@ def stop(process: subprocess.Popen, grace: float = 30) -> None:
 
 @contextmanager
 def running_server(home: Path, database_url: str, *, anonymous_read: bool = False,
-                   extra_args: tuple[str, ...] = ()) -> Iterator[Server]:
+                   extra_args: tuple[str, ...] = (), env: dict[str, str] | None = None) -> Iterator[Server]:
     port = free_port()
     args = [sys.executable, "-m", "registry.cli", "serve", "--host", "127.0.0.1", "--port", str(port),
             "--log-level", "warning", *extra_args]
@@ -86,7 +86,8 @@ def running_server(home: Path, database_url: str, *, anonymous_read: bool = Fals
     # the server writes its log for as long as it runs: closed in the finally below, not by a with block
     log = open(home.parent / f"server-{port}.log", "w") if home.parent.exists() else subprocess.DEVNULL  # noqa: SIM115
     home.mkdir(parents=True, exist_ok=True)
-    process = subprocess.Popen(args, env=registry_env(home, database_url), stdout=log, stderr=subprocess.STDOUT)
+    process = subprocess.Popen(args, env={**registry_env(home, database_url), **(env or {})}, stdout=log,
+                               stderr=subprocess.STDOUT)
     url = f"{'https' if '--ssl-certfile' in extra_args else 'http'}://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 60

@@ -1,0 +1,228 @@
+"""Benchmark: the registry at team scale, 10 to 10,000 revisions, on SQLite and PostgreSQL (issue 18).
+
+What it measures
+    For each database, each shape (wide: N repositories of one revision; deep: one repository of N revisions)
+    and each size N, on a registry grown to that size:
+      push            `swiftreg push` of a new adapter into that registry, the whole command as a process
+                      (median of --runs), and the library call Registry.push beside it
+      resolve cold    a fresh `python -c "import registry; registry.resolve(ID)"` process, the whole process,
+                      for a revision number already cached on disk (@N) and for a tag (@prod)
+      resolve warm    registry.resolve in one process, per call: an immutable number, and a tag
+      log page 1      GET /api/v1/repos/NS/NAME/revisions?limit=50 on a real `swiftreg serve` (the deep repository;
+                      wide: a one-revision repository), median of --requests requests, client-side time
+      ls page 1       GET /api/v1/repos?limit=50 (the same server)
+      gc              Registry.gc(dry_run=True): every blob against every reference
+      validate-all    `swiftreg validate-all --check integrity` as a process, divided by the revisions it checked
+                      (sizes up to --validate-max only: it visits every revision)
+    The machine's load average is printed before each database; every figure is a median with its spread
+    (min-max) where it is repeated.
+
+How the registries are grown
+    Each registry starts with real pushes (a PEFT LoRA made by tests/helpers/checkpoints.py), then its history is
+    grown to N by copying that revision's database rows (new numbers and digests; every 10th copy tagged, every
+    7th given a provenance record) rather than by N pushes: what is measured depends on rows, not on how they
+    came. A push measured afterwards is a real push of new bytes.
+
+Targets (README "Performance")
+    log and ls first page under 20 ms through the API at every size; warm tag resolve under 10 us on both
+    databases; validate-all per revision on PostgreSQL within 1.3x of SQLite; push (the command) flat within
+    1.5x from the smallest to the largest size. Exit code 0 either way: a benchmark, not a test.
+
+Run (from the repository root, after scripts/test has built .venv)
+    .venv/bin/python bench/scale.py                          # 10, 100, 1000, 10000; SQLite and PostgreSQL
+    .venv/bin/python bench/scale.py --sizes 10,1000 --no-postgres
+PostgreSQL: SWIFTREG_TEST_DATABASE_URL or postgresql+psycopg://postgres@127.0.0.1:5432/postgres (a database is
+created per registry and dropped after).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import timeit
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import httpx  # noqa: E402
+
+from registry import Registry  # noqa: E402
+from tests.helpers.checkpoints import write_peft_lora  # noqa: E402
+from tests.helpers.history import grow_deep, grow_wide  # noqa: E402
+from tests.helpers.databases import create_postgres_database, drop_postgres_database  # noqa: E402
+from tests.helpers.server import registry_env, running_server  # noqa: E402
+
+PAGE = 50
+
+
+def median_spread(values: list[float]) -> tuple[float, float, float]:
+    return statistics.median(values), min(values), max(values)
+
+
+def fmt(values: list[float], unit: str, scale: float) -> str:
+    med, lo, hi = median_spread(values)
+    return f"{med * scale:8.2f} {unit} ({lo * scale:.2f}-{hi * scale:.2f})"
+
+
+def timed(fn: Callable[[], Any], runs: int) -> list[float]:
+    out = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        fn()
+        out.append(time.perf_counter() - start)
+    return out
+
+
+# ----- one registry at one size ------------------------------------------------------------------------------
+
+def measure(work: Path, database_url: str, shape: str, size: int, args: argparse.Namespace,
+            seeds: Iterator[int]) -> dict[str, list[float]]:
+    home = work / "home"
+    reg = Registry(home=home, database_url=database_url)
+    env = registry_env(home, database_url)
+    out: dict[str, list[float]] = {}
+    target = "deep/x" if shape == "deep" else "wide/a00000"
+    if not reg.list("deep") and not reg.list("wide"):
+        reg.push(write_peft_lora(work / "first", seed=0), target)
+        reg.tag(target, "prod")
+    if shape == "deep":
+        grow_deep(reg, target, size)
+    else:
+        grow_wide(reg, "wide", target, size)
+    grown = sum(r.revisions for r in reg.list())
+
+    def cli_push() -> None:
+        folder = write_peft_lora(work / f"push-{next(seeds)}", seed=next(seeds))
+        repo = "deep/x" if shape == "deep" else f"wide/new{next(seeds)}"
+        subprocess.run([sys.executable, "-m", "registry.cli", "push", str(folder), repo], env=env, check=True,
+                       capture_output=True)
+
+    def lib_push() -> None:
+        folder = write_peft_lora(work / f"push-{next(seeds)}", seed=next(seeds))
+        reg.push(folder, "deep/x" if shape == "deep" else f"wide/new{next(seeds)}")
+
+    cli, lib = [], []
+    for _ in range(args.runs):  # interleaved: the command, then the library call
+        cli += timed(cli_push, 1)
+        lib += timed(lib_push, 1)
+    out["push (command)"], out["push (library)"] = cli, lib
+
+    number = reg.show(target).number
+    reg.resolve(f"{target}@{number}")
+    reg.resolve(f"{target}@prod")
+    for label, ref in (("resolve cold @N", f"{target}@{number}"), ("resolve cold @prod", f"{target}@prod")):
+        out[label] = timed(lambda ref=ref: subprocess.run(
+            [sys.executable, "-c", f"import registry; registry.resolve({ref!r})"], env=env, check=True), args.runs)
+    for label, ref in (("resolve warm @N", f"{target}@{number}"), ("resolve warm @prod", f"{target}@prod")):
+        calls = 2000
+        out[label] = [t / calls for t in timeit.repeat(lambda ref=ref: reg.resolve(ref), number=calls,
+                                                       repeat=args.runs)]
+
+    with running_server(work / "server", database_url, anonymous_read=True) as srv, \
+            httpx.Client(base_url=srv.url) as http:
+        ns, name = target.split("/")
+        for label, url in (("log page 1 (API)", f"/api/v1/repos/{ns}/{name}/revisions?limit={PAGE}"),
+                           ("ls page 1 (API)", f"/api/v1/repos?limit={PAGE}")):
+            assert http.get(url).status_code == 200
+            out[label] = timed(lambda url=url: http.get(url).raise_for_status(), args.requests)
+
+    out["gc dry run"] = timed(lambda: reg.gc(dry_run=True), max(1, args.runs // 2))
+    if size <= args.validate_max:
+        checked = sum(r.revisions for r in reg.list())
+        start = time.perf_counter()
+        subprocess.run([sys.executable, "-m", "registry.cli", "validate-all", "--check", "integrity",
+                        "--fail-on", "regression"], env=env, check=False, capture_output=True)
+        out["validate-all / revision"] = [(time.perf_counter() - start) / checked]
+    reg.close()
+    print(f"    ({shape} registry grown to {grown} revisions)")
+    return out
+
+
+UNITS = {"resolve warm": ("us", 1e6), "validate-all": ("ms", 1e3)}
+
+
+def show(results: dict[str, list[float]]) -> None:
+    for label, values in results.items():
+        unit, scale = next((u for prefix, u in UNITS.items() if label.startswith(prefix)), ("ms", 1e3))
+        print(f"    {label:<26} {fmt(values, unit, scale)}")
+
+
+@contextmanager
+def database(kind: str, work: Path) -> Iterator[str]:
+    if kind == "sqlite":
+        yield f"sqlite:///{work / 'registry.db'}"
+        return
+    url = create_postgres_database()
+    try:
+        yield url
+    finally:
+        drop_postgres_database(url)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sizes", default="10,100,1000,10000")
+    parser.add_argument("--shapes", default="deep,wide")
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--requests", type=int, default=30)
+    parser.add_argument("--validate-max", type=int, default=1000)
+    parser.add_argument("--no-postgres", action="store_true")
+    args = parser.parse_args()
+    os.environ.setdefault("SWIFTREG_TEST_DATABASE_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
+    sizes = [int(s) for s in args.sizes.split(",")]
+    databases = ["sqlite"] + ([] if args.no_postgres else ["postgresql"])
+    table: dict[tuple[str, str, int], dict[str, list[float]]] = {}
+    seeds = iter(range(1000, 10**9))
+    for db in databases:
+        print(f"== {db}   load average {os.getloadavg()[0]:.2f} {os.getloadavg()[1]:.2f} {os.getloadavg()[2]:.2f}")
+        for shape in args.shapes.split(","):
+            work = Path(tempfile.mkdtemp(prefix=f"swiftreg-scale-{db}-{shape}-"))
+            try:
+                with database(db, work) as url:
+                    for size in sizes:  # one registry per shape, grown from size to size
+                        print(f"  {shape}, {size} revisions")
+                        table[(db, shape, size)] = result = measure(work, url, shape, size, args, seeds)
+                        show(result)
+            finally:
+                shutil.rmtree(work, ignore_errors=True)
+    verdicts(table, databases, args.shapes.split(","), sizes)
+
+
+def verdicts(table: dict[tuple[str, str, int], dict[str, list[float]]], databases: list[str], shapes: list[str],
+             sizes: list[int]) -> None:
+    def med(key: tuple[str, str, int], label: str) -> float:
+        return statistics.median(table[key][label])
+
+    print("\n== targets")
+    keys = list(table)
+    worst_page = max(max(med(k, "log page 1 (API)"), med(k, "ls page 1 (API)")) for k in keys)
+    print(f"  log/ls first page through the API, slowest median: {worst_page * 1e3:.2f} ms (target < 20 ms): "
+          f"{'MET' if worst_page < 0.020 else 'MISSED'}")
+    worst_tag = max(med(k, "resolve warm @prod") for k in keys)
+    print(f"  warm tag resolve, slowest median: {worst_tag * 1e6:.2f} us (target < 10 us): "
+          f"{'MET' if worst_tag < 10e-6 else 'MISSED'}")
+    for db in databases:
+        for shape in shapes:
+            first, last = med((db, shape, sizes[0]), "push (command)"), med((db, shape, sizes[-1]), "push (command)")
+            print(f"  push command {db} {shape}: {first * 1e3:.0f} ms at {sizes[0]} -> {last * 1e3:.0f} ms at "
+                  f"{sizes[-1]} = {last / first:.2f}x (target <= 1.5x): {'MET' if last / first <= 1.5 else 'MISSED'}")
+    if "postgresql" in databases:
+        for shape in shapes:
+            for size in sizes:
+                if "validate-all / revision" in table.get(("sqlite", shape, size), {}):
+                    ratio = med(("postgresql", shape, size), "validate-all / revision") / \
+                        med(("sqlite", shape, size), "validate-all / revision")
+                    print(f"  validate-all per revision PostgreSQL/SQLite {shape} {size}: {ratio:.2f}x "
+                          f"(target <= 1.3x): {'MET' if ratio <= 1.3 else 'MISSED'}")
+
+
+if __name__ == "__main__":
+    main()
