@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from .kinds import CHECKS
 
@@ -132,29 +132,34 @@ def _versions(v: dict[str, Any]) -> str:
 
 
 def build(reg: "Registry", run_id: str, revisions: list[str]) -> ValidationReport:
-    """Read back every row this run recorded, each with the result before it."""
+    """Read back every row this run recorded, each with the result before it: one query for the whole run (the
+    previous result found by a correlated subquery on the (revision, check) index, not one query per row)."""
+    from sqlalchemy.orm import aliased
+
     from ..db.models import AdapterRecord, RevisionRecord, ValidationRunRecord
 
+    run = ValidationRunRecord
+    earlier, before = aliased(ValidationRunRecord), aliased(ValidationRunRecord)
+    previous_id = (select(func.max(earlier.id))
+                   .where(earlier.revision_id == run.revision_id, earlier.check_kind == run.check_kind,
+                          earlier.id < run.id, (earlier.run_id != run_id) | earlier.run_id.is_(None))
+                   .correlate(run).scalar_subquery())
     with reg.db.read() as session:
         rows = session.execute(
-            select(ValidationRunRecord, AdapterRecord.namespace, AdapterRecord.name, RevisionRecord.number)
-            .join(RevisionRecord, ValidationRunRecord.revision_id == RevisionRecord.id)
+            select(run, AdapterRecord.namespace, AdapterRecord.name, RevisionRecord.number, before)
+            .join(RevisionRecord, run.revision_id == RevisionRecord.id)
             .join(AdapterRecord, RevisionRecord.adapter_id == AdapterRecord.id)
-            .where(ValidationRunRecord.run_id == run_id).order_by(ValidationRunRecord.id)).all()
+            .outerjoin(before, before.id == previous_id)
+            .where(run.run_id == run_id).order_by(run.id)).all()
         results = []
-        for run, ns, name, number in rows:
-            before = session.scalars(select(ValidationRunRecord).where(
-                ValidationRunRecord.revision_id == run.revision_id, ValidationRunRecord.check_kind == run.check_kind,
-                ValidationRunRecord.id < run.id,
-                (ValidationRunRecord.run_id != run_id) | ValidationRunRecord.run_id.is_(None))
-                .order_by(ValidationRunRecord.id.desc()).limit(1)).one_or_none()
-            metrics = dict(run.metrics or {})
+        for row, ns, name, number, prior in rows:
+            metrics = dict(row.metrics or {})
             reason = str(metrics.pop("reason", ""))
-            previous = None if before is None else {"passed": before.passed, "run_id": before.run_id,
-                                                    "library_versions": before.library_versions,
-                                                    "finished_at": str(before.finished_at)}
-            results.append(CheckResult(f"{ns}/{name}@{number}", run.check_kind, run.passed, reason, metrics,
-                                       run.library_versions or {}, previous))
+            previous = None if prior is None else {"passed": prior.passed, "run_id": prior.run_id,
+                                                   "library_versions": prior.library_versions,
+                                                   "finished_at": str(prior.finished_at)}
+            results.append(CheckResult(f"{ns}/{name}@{number}", row.check_kind, row.passed, reason, metrics,
+                                       row.library_versions or {}, previous))
     order = {rev: i for i, rev in enumerate(revisions)}
     results.sort(key=lambda r: (order.get(r.revision, len(order)), CHECKS.index(r.check) if r.check in CHECKS else 99))
     return ValidationReport(run_id, revisions, results)

@@ -32,6 +32,7 @@ import json
 import math
 import shutil
 import tempfile
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -40,7 +41,6 @@ from typing import TYPE_CHECKING, Any, Iterable
 import converters
 
 from ..errors import RegistryError
-from ..ids import parse_id
 from ..versions import library_versions
 from .kinds import CHECKS
 from .queue import _aware
@@ -132,34 +132,37 @@ def select_revisions(reg: "Registry", *, since: datetime | None = None, namespac
     return [f"{r.namespace}/{r.name}@{r.number}" for r in rows]
 
 
-def _row_id(reg: "Registry", ref: str) -> int:
+def _row_id(reg: "Registry", info: "RevisionInfo") -> int:
+    """The database id of the revision `info` describes (read by `show` already: no second `show`)."""
     from sqlalchemy import select
 
     from ..db.models import AdapterRecord, RevisionRecord
 
-    rid = parse_id(ref)
-    info = reg.show(ref)
+    namespace, name = info.repo.split("/", 1)
     with reg.db.read() as session:
         return session.execute(select(RevisionRecord.id)
                                .join(AdapterRecord, RevisionRecord.adapter_id == AdapterRecord.id)
-                               .where(AdapterRecord.namespace == rid.namespace, AdapterRecord.name == rid.name,
+                               .where(AdapterRecord.namespace == namespace, AdapterRecord.name == name,
                                       RevisionRecord.number == info.number)).scalar_one()
 
 
 # ----- the checks -----------------------------------------------------------------------------------------
 
-def _materialise_unverified(reg: "Registry", rev: _Revision) -> None:
-    """Copy the stored bytes (as they are) into `rev.stored`; hash them on the way: `integrity`."""
+def _materialise_unverified(reg: "Registry", rev: _Revision, *, copy: bool = True) -> None:
+    """Copy the stored bytes (as they are) into `rev.stored`, hashing them on the way: `integrity`. Without
+    `copy` (a run of the integrity check alone) the blobs are hashed where they are and nothing is written."""
     bad, missing = [], []
     for f in rev.info.manifest["files"]:
         target = rev.stored / f["path"]
-        target.parent.mkdir(parents=True, exist_ok=True)
         digest = hashlib.sha256()
         try:
-            with reg.store.open(f["sha256"]) as src, open(target, "wb") as dst:
+            if copy:
+                target.parent.mkdir(parents=True, exist_ok=True)
+            with reg.store.open(f["sha256"]) as src, (open(target, "wb") if copy else nullcontext()) as dst:
                 while chunk := src.read(1 << 20):
                     digest.update(chunk)
-                    dst.write(chunk)
+                    if dst is not None:
+                        dst.write(chunk)
         except (OSError, RegistryError) as exc:
             missing.append(f"{f['path']}: blob {f['sha256'][:19]} cannot be read ({exc})")
             continue
@@ -462,10 +465,12 @@ def validate_revisions(reg: "Registry", refs: Iterable[str], *, run_id: str | No
             ref = f"{info.repo}@{info.number}"
             scratch = Path(tmp) / f"r{i}"
             base = reg.resolve(info.base_model) if info.base_model else None
-            rev = _Revision(ref, info, _row_id(reg, ref), scratch, scratch / "stored", base)
+            rev = _Revision(ref, info, _row_id(reg, info), scratch, scratch / "stored", base)
             rev.stored.mkdir(parents=True)
             revs.append(rev)
-            _materialise_unverified(reg, rev)  # always: every other check reads these bytes
+            _materialise_unverified(reg, rev, copy=wanted != {"integrity"})  # every other check reads these bytes
+            if wanted == {"integrity"}:
+                continue
             readable = rev.outcomes[-1].metrics["unreadable"] == 0
             config_ok = _check_config(rev) if readable and "config" in wanted else readable
             if not (readable and config_ok):
