@@ -14,6 +14,9 @@ What it measures
       gc              Registry.gc(dry_run=True): every blob against every reference
       validate-all    `swiftreg validate-all --check integrity` as a process, divided by the revisions it checked
                       (sizes up to --validate-max only: it visits every revision)
+      push flatness   at the end, per database: `swiftreg push` into a deep repository of the smallest and of the
+                      largest size, interleaved in alternating order: the push target's verdict that load drift
+                      between the sizes (measured one after another above) cannot decide
     The machine's load average is printed before each database; every figure is a median with its spread
     (min-max) where it is repeated.
 
@@ -53,6 +56,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import httpx  # noqa: E402
+
+sys.path.insert(0, str(ROOT / "bench"))
+import timing  # noqa: E402  (bench/timing.py)
 
 from registry import Registry  # noqa: E402
 from tests.helpers.checkpoints import write_peft_lora  # noqa: E402
@@ -102,8 +108,10 @@ def measure(work: Path, database_url: str, shape: str, size: int, args: argparse
     def cli_push() -> None:
         folder = write_peft_lora(work / f"push-{next(seeds)}", seed=next(seeds))
         repo = "deep/x" if shape == "deep" else f"wide/new{next(seeds)}"
-        subprocess.run([sys.executable, "-m", "registry.cli", "push", str(folder), repo], env=env, check=True,
-                       capture_output=True)
+        done = subprocess.run([sys.executable, "-m", "registry.cli", "push", str(folder), repo], env=env,
+                              capture_output=True, text=True)
+        if done.returncode != 0:
+            raise SystemExit(f"error: swiftreg push {repo} failed:\n{done.stdout}{done.stderr}")
 
     def lib_push() -> None:
         folder = write_peft_lora(work / f"push-{next(seeds)}", seed=next(seeds))
@@ -173,7 +181,7 @@ def main() -> None:
     parser.add_argument("--shapes", default="deep,wide")
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--requests", type=int, default=30)
-    parser.add_argument("--validate-max", type=int, default=1000)
+    parser.add_argument("--validate-max", type=int, default=10_000)
     parser.add_argument("--no-postgres", action="store_true")
     args = parser.parse_args()
     os.environ.setdefault("SWIFTREG_TEST_DATABASE_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
@@ -182,18 +190,55 @@ def main() -> None:
     table: dict[tuple[str, str, int], dict[str, list[float]]] = {}
     seeds = iter(range(1000, 10**9))
     for db in databases:
-        print(f"== {db}   load average {os.getloadavg()[0]:.2f} {os.getloadavg()[1]:.2f} {os.getloadavg()[2]:.2f}")
+        print(f"== {db}   {timing.load_average()}", flush=True)
         for shape in args.shapes.split(","):
             work = Path(tempfile.mkdtemp(prefix=f"swiftreg-scale-{db}-{shape}-"))
             try:
                 with database(db, work) as url:
                     for size in sizes:  # one registry per shape, grown from size to size
-                        print(f"  {shape}, {size} revisions")
+                        print(f"  {shape}, {size} revisions ({timing.load_average()})", flush=True)
                         table[(db, shape, size)] = result = measure(work, url, shape, size, args, seeds)
                         show(result)
             finally:
                 shutil.rmtree(work, ignore_errors=True)
     verdicts(table, databases, args.shapes.split(","), sizes)
+    for db in databases:
+        push_flatness(db, sizes[0], sizes[-1], max(args.runs, timing.MIN_RUNS), seeds)
+
+
+def push_flatness(db: str, small: int, large: int, runs: int, seeds: Iterator[int]) -> None:
+    """The push target judged fairly: `swiftreg push` into a deep repository of `small` and of `large` revisions,
+    interleaved in alternating order (bench/timing.py), so load drift between the sizes above cannot decide it."""
+    work = Path(tempfile.mkdtemp(prefix=f"swiftreg-scale-flat-{db}-"))
+    try:
+        envs: dict[int, dict[str, str]] = {}
+        urls: list[str] = []
+        for size in (small, large):
+            home = work / f"home-{size}"
+            url = f"sqlite:///{home / 'registry.db'}" if db == "sqlite" else create_postgres_database()
+            if db != "sqlite":
+                urls.append(url)
+            reg = Registry(home=home, database_url=url)
+            reg.push(write_peft_lora(work / f"first-{size}", seed=0), "deep/x")
+            grow_deep(reg, "deep/x", size)
+            reg.close()
+            envs[size] = registry_env(home, url)
+
+        def push(size: int) -> None:
+            folder = write_peft_lora(work / f"push-{next(seeds)}", seed=next(seeds))
+            timing.run_process([sys.executable, "-m", "registry.cli", "push", str(folder), "deep/x"], envs[size])
+
+        cases = [timing.Case(f"push into {n}", lambda n=n: push(n)) for n in (small, large)]
+        results = timing.interleaved(cases, runs)
+        print(f"\n== push flatness, {db}, interleaved ({timing.load_average()})")
+        for case in cases:
+            print(f"  {case.name:<20} {results.spread(case.name)}")
+        print("  " + timing.verdict(f"push command {db} deep, {large} / {small} revisions",
+                                    results.median(cases[1].name) / results.median(cases[0].name), 1.5))
+    finally:
+        for url in urls:
+            drop_postgres_database(url)
+        shutil.rmtree(work, ignore_errors=True)
 
 
 def verdicts(table: dict[tuple[str, str, int], dict[str, list[float]]], databases: list[str], shapes: list[str],

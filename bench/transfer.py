@@ -74,9 +74,14 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "bench"))
+
+import timing  # noqa: E402  (bench/timing.py: the interleaving every bench shares)
 REPO = "team/sql-lora-7b"
 TAG = "v1"
 PULL_VS_CP_TARGET = 0.5      # pull throughput / cp throughput, at least
+RESOLVE_VS_FLOOR = 1.3       # cold resolve / the slower of sha256 alone and curl to a file, at most (issue 18)
+VS_HUB_CLIENTS = 2.0         # huggingface_hub's and modelscope's time / cold resolve's, at least (issue 18)
 REPUSH_TARGET_S = 1.0        # re-push of unchanged content, at most
 S3_TARGET = 1.3              # s3 push / raw put and s3 pull / raw get, at most
 BUCKET = "swiftreg-bench"
@@ -109,8 +114,63 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def drop_caches_of(path: Path) -> None:
-    """Nothing: every side reads a source that is in the page cache (cp's too); kept for symmetry."""
+def swiftreg_command() -> str:
+    """The `swiftreg` console script of this interpreter's environment: what a user runs."""
+    script = Path(sys.executable).with_name("swiftreg")
+    if not script.exists():
+        raise SystemExit(f"error: no swiftreg script beside {sys.executable}: pip install -e . first")
+    return str(script)
+
+
+def download_cases(server: Server, base: Path, src: Path, weights: str, expected: dict[str, tuple[int, str]],
+                   check: Callable[[Path, str], None], curl: str | None, hf_snapshot: Any, ms_snapshot: Any
+                   ) -> list[timing.Case]:
+    """The download sides, each into an empty cache or folder (made before, removed after, untimed)."""
+    from registry.client import RemoteRegistry
+
+    def fresh(*paths: Path) -> Callable[[], None]:
+        def clear() -> None:
+            for path in paths:
+                shutil.rmtree(path, ignore_errors=True)
+                path.unlink(missing_ok=True) if path.is_file() else None
+        return clear
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SWIFTREG_")}
+    env.update(SWIFTREG_URL=server.url, SWIFTREG_TOKEN=server.read)
+    ref = f"{REPO}@{TAG}"
+    cases = [timing.Case("sha256", lambda: folder_digests(src), writes=False)]
+    if curl:  # the server's own speed at serving the big blob, written to a file like every other side
+        out = base / "curl.out"
+        cases.append(timing.Case(
+            "curl", timing.process([curl, "-sf", "-o", str(out), "-H", f"Authorization: Bearer {server.read}",
+                                    f"{server.url}/api/v1/blobs/{expected[weights][1]}"]),
+            before=fresh(out), after=fresh(out)))
+    resolver, puller, pulled = base / "resolver", base / "puller", base / "pulled"
+    cases.append(timing.Case("resolve", lambda: RemoteRegistry(server.url, server.read, home=resolver).resolve(ref),
+                             before=fresh(resolver), after=fresh(resolver), check=lambda f: check(f, "resolve")))
+    cases.append(timing.Case("pull", lambda: RemoteRegistry(server.url, server.read, home=puller).pull(ref, pulled),
+                             before=fresh(puller, pulled), after=fresh(puller, pulled),
+                             check=lambda f: check(f, "pull -o")))
+    cli_home, cli_out = base / "cli-pull", base / "pulled-cli"
+    cli_env = {**env, "SWIFTREG_HOME": str(cli_home)}
+    cases.append(timing.Case("resolve_cli", timing.process([swiftreg_command(), "pull", ref], cli_env),
+                             before=fresh(cli_home), after=fresh(cli_home)))
+    cases.append(timing.Case("pull_cli", timing.process([swiftreg_command(), "pull", ref, "-o", str(cli_out)], cli_env),
+                             before=fresh(cli_home, cli_out), after=fresh(cli_home, cli_out),
+                             check=lambda _: check(cli_out, "swiftreg pull -o")))
+    if hf_snapshot is not None:
+        hf_cache = base / "hf-cache"
+        cases.append(timing.Case("hf", lambda: hf_snapshot(REPO, revision=TAG, endpoint=server.url, token=server.read,
+                                                           cache_dir=str(hf_cache)),
+                                 before=fresh(hf_cache), after=fresh(hf_cache),
+                                 check=lambda got: check(Path(got), "huggingface_hub.snapshot_download")))
+    if ms_snapshot is not None:
+        ms_cache = base / "ms-cache"
+        cases.append(timing.Case("ms", lambda: ms_snapshot(REPO, revision=TAG, endpoint=server.url, token=server.read,
+                                                           cache_dir=str(ms_cache)),
+                                 before=fresh(ms_cache), after=fresh(ms_cache),
+                                 check=lambda got: check(Path(got), "modelscope.snapshot_download")))
+    return cases
 
 
 @dataclass
@@ -127,7 +187,7 @@ def serve(home: Path, args: tuple[str, ...] = (), extra_env: dict[str, str] | No
     env.update(SWIFTREG_HOME=str(home), SWIFTREG_DATABASE_URL=f"sqlite:///{home / 'registry.db'}", **(extra_env or {}))
     home.mkdir(parents=True)
     port = free_port()
-    log = open(home.parent / f"server-{port}.log", "w")
+    log = open(home.parent / f"server-{port}.log", "w")  # noqa: SIM115 - open for the server's lifetime
     proc = subprocess.Popen([sys.executable, "-m", "registry.cli", "serve", "--host", "127.0.0.1", "--port", str(port),
                              "--log-level", "warning", *args], env=env, stdout=log, stderr=subprocess.STDOUT)
     import httpx
@@ -182,7 +242,7 @@ def moto(work: Path) -> Iterator[dict[str, str]]:
     import boto3
 
     port = free_port()
-    log = open(work / f"moto-{port}.log", "w")
+    log = open(work / f"moto-{port}.log", "w")  # noqa: SIM115 - open for the server's lifetime
     proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
                             stdout=log, stderr=subprocess.STDOUT)
     env = {"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench-secret", "AWS_DEFAULT_REGION": "us-east-1",
@@ -250,10 +310,12 @@ def hf_routes_answer(server: Server) -> str | None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--repeats", type=int, default=3, help="fresh-server repeats of every case (default 3)")
+    parser.add_argument("--repeats", type=int, default=timing.MIN_RUNS,
+                        help=f"fresh-server repeats of every case (default {timing.MIN_RUNS})")
     parser.add_argument("--layers", type=int, default=32,
                         help="decoder layers of the 7B-scale adapter (default 32: about 306 MiB; 2 for a smoke run)")
     parser.add_argument("--keep", action="store_true", help="keep the temp dir (its path is printed)")
+    parser.add_argument("--no-s3", action="store_true", help="leave out the object-storage rows")
     args = parser.parse_args()
     if args.repeats < 1 or args.layers < 1:
         parser.error("--repeats and --layers must be at least 1")
@@ -263,6 +325,9 @@ def main() -> int:
     os.environ["HF_HOME"] = str(work / "hf-home")
     os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
     os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
+    os.environ["TQDM_DISABLE"] = "1"  # modelscope's download bars
+    os.environ["MODELSCOPE_CACHE"] = str(work / "ms-home")
+    os.environ["MODELSCOPE_LOG_LEVEL"] = "30"
     os.environ.pop("HF_HUB_ENABLE_HF_TRANSFER", None)
     for name in [k for k in os.environ if k.startswith("SWIFTREG_")]:
         os.environ.pop(name)
@@ -293,132 +358,118 @@ def run(args: argparse.Namespace, work: Path) -> int:
     from registry.client import RemoteRegistry
 
     def check(folder: Path, what: str) -> None:
-        got = folder_digests(folder)
+        got = {rel: v for rel, v in folder_digests(folder).items()
+               if not rel.startswith(".") and "/." not in rel}  # the hub clients' own metadata files
         if got != expected:
             raise SystemExit(f"error: {what} gave {sorted(got)} with other bytes than the source {sorted(expected)}")
 
     times: dict[str, list[float]] = {k: [] for k in (
-        "cp", "push", "repush", "repush_cli", "curl", "sha256", "resolve", "pull", "hf",
+        "cp", "push", "repush", "repush_cli",
         "s3_raw_put", "s3_push", "s3_raw_get", "s3_raw_stream", "s3_pull")}
-    s3_skip = s3_available()
+    s3_skip = s3_available() if not args.no_s3 else "--no-s3"
     weights = max(expected, key=lambda rel: expected[rel][0])
     curl = shutil.which("curl")
     hf_skip: str | None = None
+    ms_skip: str | None = None
+    try:
+        from huggingface_hub import snapshot_download as hf_snapshot
+    except ImportError as exc:
+        hf_skip = f"huggingface_hub is not installed: {exc}"
+    try:
+        from modelscope import snapshot_download as ms_snapshot  # seconds of import: done before any timing
+    except ImportError as exc:
+        ms_skip = f"modelscope is not installed: {exc}"
+    downloads = timing.Results()
+    say(timing.load_average())
     for rep in range(args.repeats):
         base = work / f"rep{rep}"
         base.mkdir()
         warm = folder_digests(src)  # the source in the page cache for every side
         assert warm == expected
-        t, _ = timed(lambda: subprocess.run(["cp", "-r", str(src), str(base / "cp")], check=True))
+        timing.sync()
+        t, _ = timed(lambda base=base: subprocess.run(["cp", "-r", str(src), str(base / "cp")], check=True))
         times["cp"].append(t)
-        # The floor of any verified pull: sha256 of every byte on one core, from the page cache.
-        t, _ = timed(lambda: folder_digests(src))
-        times["sha256"].append(t)
         check(base / "cp", "cp -r")
         shutil.rmtree(base / "cp")
 
         with serve(base / "server") as server:
+            timing.sync()
             pusher = RemoteRegistry(server.url, server.write, home=base / "pusher")
-            t, result = timed(lambda: pusher.push(src, REPO, tag=TAG))
+            t, result = timed(lambda pusher=pusher: pusher.push(src, REPO, tag=TAG))
             if not result.created or result.bytes_written != total:
                 raise SystemExit(f"error: the cold push sent {result.bytes_written} of {total} bytes")
             times["push"].append(t)
-            t, again = timed(lambda: pusher.push(src, REPO, tag=TAG))
+            t, again = timed(lambda pusher=pusher: pusher.push(src, REPO, tag=TAG))
             if again.created or again.bytes_written:
                 raise SystemExit("error: the re-push of unchanged content sent bytes or made a revision")
             times["repush"].append(t)
             env = {k: v for k, v in os.environ.items() if not k.startswith("SWIFTREG_")}
             env.update(SWIFTREG_URL=server.url, SWIFTREG_TOKEN=server.write, SWIFTREG_HOME=str(base / "cli"))
-            t, done = timed(lambda: subprocess.run([sys.executable, "-m", "registry.cli", "push", str(src), REPO],
-                                                   env=env, capture_output=True, text=True))
+            t, done = timed(lambda env=env: subprocess.run([swiftreg_command(), "push", str(src), REPO],
+                                                           env=env, capture_output=True, text=True))
             if done.returncode != 0 or not done.stdout.startswith("unchanged"):
                 raise SystemExit(f"error: swiftreg push (unchanged) failed: {done.stdout}{done.stderr}")
             times["repush_cli"].append(t)
-
-            if curl:  # the server's own speed at serving the big blob, with no client work at all
-                t, done = timed(lambda: subprocess.run(
-                    [curl, "-sf", "-o", "/dev/null", "-H", f"Authorization: Bearer {server.read}",
-                     f"{server.url}/api/v1/blobs/{expected[weights][1]}"]))
-                if done.returncode == 0:
-                    times["curl"].append(t)
-
-            puller = RemoteRegistry(server.url, server.read, home=base / "resolver")
-            t, folder = timed(lambda: puller.resolve(f"{REPO}@{TAG}"))
-            times["resolve"].append(t)
-            check(folder, "resolve")
-            shutil.rmtree(base / "resolver", ignore_errors=True)
-
-            puller = RemoteRegistry(server.url, server.read, home=base / "puller")
-            t, out = timed(lambda: puller.pull(f"{REPO}@{TAG}", base / "pulled"))
-            times["pull"].append(t)
-            check(out, "pull -o")
-            shutil.rmtree(base / "puller", ignore_errors=True)
-            shutil.rmtree(base / "pulled", ignore_errors=True)
-
             if hf_skip is None:
                 hf_skip = hf_routes_answer(server)
-            if hf_skip is None:
-                try:
-                    from huggingface_hub import snapshot_download
-
-                    t, got = timed(lambda: snapshot_download(REPO, revision=TAG, endpoint=server.url,
-                                                             token=server.read, cache_dir=str(base / "hf-cache")))
-                    check(Path(got), "huggingface_hub.snapshot_download")
-                    times["hf"].append(t)
-                except Exception as exc:  # noqa: BLE001 - a benchmark: report and go on
-                    hf_skip = f"snapshot_download from our server failed: {type(exc).__name__}: {exc}"
-                shutil.rmtree(base / "hf-cache", ignore_errors=True)
+            cases = download_cases(server, base, src, weights, expected, check, curl,
+                                   None if hf_skip else hf_snapshot, None if ms_skip else ms_snapshot)
+            timing.interleaved(cases, 1, downloads, start=rep)  # one round per fresh server, order alternating
         if s3_skip is None:
             s3_repeat(src, base, check, times, total)
         shutil.rmtree(base, ignore_errors=True)
-        say(f"  repeat {rep + 1}/{args.repeats} done")
+        say(f"  repeat {rep + 1}/{args.repeats} done ({timing.load_average()})")
+    for name, values in downloads.times.items():
+        times[name] = values
 
     med = {k: statistics.median(v) for k, v in times.items() if v}
-    best = {k: min(v) for k, v in times.items() if v}
+    lo = {k: min(v) for k, v in times.items() if v}
+    hi = {k: max(v) for k, v in times.items() if v}
     rows = [
         ("cp", "cp -r (folder copy, source in page cache)"),
-        ("push", "swiftreg push, cold server (API)"),
-        ("repush", "swiftreg push, unchanged content (API)"),
-        ("repush_cli", "swiftreg push, unchanged (whole CLI process)"),
-        ("curl", "curl GET of the weights blob > /dev/null (server)"),
-        ("sha256", "sha256 of the adapter's files (floor of a verified pull)"),
-        ("resolve", "swiftreg resolve, empty cache (API)"),
-        ("pull", "swiftreg pull -o, empty cache (API)"),
+        ("push", "push, cold server (library)"),
+        ("repush", "push, unchanged content (library)"),
+        ("repush_cli", "swiftreg push, unchanged (whole process)"),
+        ("sha256", "sha256 of the adapter's files alone (page cache)"),
+        ("curl", "curl -o FILE of the weights blob (the server)"),
+        ("resolve", "resolve, empty cache (library)"),
+        ("resolve_cli", "swiftreg pull REPO, empty cache (whole process)"),
+        ("pull", "pull -o, empty cache (library)"),
+        ("pull_cli", "swiftreg pull -o, empty cache (whole process)"),
         ("hf", "huggingface_hub snapshot_download (our server)"),
+        ("ms", "modelscope snapshot_download (our server)"),
         ("s3_raw_put", "s3: boto3 upload_file of every file (raw)"),
-        ("s3_push", "s3: swiftreg push, presigned (API)"),
+        ("s3_push", "s3: swiftreg push, presigned (library)"),
         ("s3_raw_get", "s3: boto3 download_file of every file (raw)"),
         ("s3_raw_stream", "s3: boto3 get_object, one stream per file (raw)"),
-        ("s3_pull", "s3: swiftreg pull -o, redirected (API)"),
+        ("s3_pull", "s3: swiftreg pull -o, redirected (library)"),
     ]
     say()
-    say(f"{args.repeats} repeat(s), {mib:.1f} MiB adapter over 127.0.0.1 (median, best; MiB/s of adapter bytes at the "
-        "median)")
-    say(f"{'operation':<50} {'median s':>9} {'best s':>8} {'MiB/s':>8} {'vs cp':>7}")
+    say(f"{args.repeats} repeat(s), {mib:.1f} MiB adapter over 127.0.0.1; the download rows interleaved in alternating "
+        f"order with a sync before each; {timing.load_average()} at the end")
+    say(f"{'operation':<50} {'median s':>9} {'spread (min-max)':>17} {'MiB/s':>7}")
     for key, label in rows:
         if key not in med:
             continue
-        rate = mib / med[key]
-        say(f"{label:<50} {med[key]:>9.3f} {best[key]:>8.3f} {rate:>8.0f} {med['cp'] / med[key]:>6.2f}x")
+        say(f"{label:<50} {med[key]:>9.3f} {lo[key]:>8.3f}-{hi[key]:<8.3f} {mib / med[key]:>7.0f}")
     say()
-    pull_ratio = med["cp"] / med["pull"]
-    resolve_ratio = med["cp"] / med["resolve"]
-    say(f"pull -o throughput / cp throughput: {pull_ratio:.2f} (resolve alone: {resolve_ratio:.2f}); "
-        f"target >= {PULL_VS_CP_TARGET}: {'MET' if pull_ratio >= PULL_VS_CP_TARGET else 'MISSED'}")
-    say(f"re-push of unchanged content: {med['repush']:.3f} s (whole CLI process {med['repush_cli']:.3f} s); "
-        f"target < {REPUSH_TARGET_S} s: {'MET' if med['repush'] < REPUSH_TARGET_S else 'MISSED'}")
+    floor_name = "curl -o FILE" if med.get("curl", 0) >= med["sha256"] else "sha256 alone"
+    floor = max(med["sha256"], med.get("curl", 0.0))
+    say(timing.verdict(f"cold resolve (library) / the slower of sha256 alone and curl -o FILE ({floor_name}, "
+                       f"{floor:.3f} s)", med["resolve"] / floor, RESOLVE_VS_FLOOR))
+    say(f"  as the whole `swiftreg pull` process: {med['resolve_cli'] / floor:.2f}x; `pull -o` (library) "
+        f"{med['pull'] / floor:.2f}x, as a process {med['pull_cli'] / floor:.2f}x")
+    for key, who in (("hf", "huggingface_hub"), ("ms", "modelscope")):
+        if key in med:
+            say(timing.verdict(f"{who} snapshot_download / swiftreg resolve (same server, same bytes, empty caches)",
+                               med[key] / med["resolve"], VS_HUB_CLIENTS, at_most=False))
+        else:
+            say(f"{who} snapshot_download: skipped ({hf_skip if key == 'hf' else ms_skip})")
+    say(timing.verdict("pull -o throughput / cp throughput", med["cp"] / med["pull"], PULL_VS_CP_TARGET,
+                       at_most=False))
+    say(timing.verdict("re-push of unchanged content (library)", med["repush"], REPUSH_TARGET_S, unit=" s")
+        + f"; whole process {med['repush_cli']:.3f} s")
     say(f"push throughput: {mib / med['push']:.0f} MiB/s ({med['cp'] / med['push']:.2f}x cp's)")
-    say(f"sha256 of the adapter's bytes alone (one core, page cache): {med['sha256']:.3f} s, so no verified pull "
-        f"can exceed {med['cp'] / med['sha256']:.2f}x cp's throughput on this machine; pull -o takes "
-        f"{med['pull'] / med['sha256']:.2f}x the hashing time")
-    if "curl" in med:
-        say(f"the server alone serves the weights blob at {expected[weights][0] / 2**20 / med['curl']:.0f} MiB/s "
-            f"(curl to /dev/null): resolve takes {med['resolve'] / med['curl']:.2f}x that time")
-    if "hf" in med:
-        say(f"huggingface_hub snapshot_download / swiftreg resolve (same server, same bytes, both into an empty "
-            f"cache): {med['hf'] / med['resolve']:.2f}x the time")
-    else:
-        say(f"huggingface_hub snapshot_download: skipped ({hf_skip})")
     if s3_skip is not None:
         say(f"object storage rows: skipped ({s3_skip})")
     else:

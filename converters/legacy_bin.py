@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import re
 import warnings
-import zipfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -36,6 +35,8 @@ def load_state_dict(path: Path) -> dict[str, "torch.Tensor"]:
         raise UnsafePickleError("reading a legacy .bin checkpoint needs torch (pip install 'swiftreg[ml]')",
                                 path) from None
     try:
+        import zipfile  # here: it (and shutil under it) would cost every command's start ~3 ms
+
         with warnings.catch_warnings():  # torch's notes on pickle protocols are not the user's business
             warnings.simplefilter("ignore")
             state = torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))

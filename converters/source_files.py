@@ -23,6 +23,7 @@ from __future__ import annotations
 import os
 import re
 import stat
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Iterator
@@ -214,8 +215,30 @@ def copy_file(source: SourceFile, dst: Path) -> int:
 
     with source.open() as fin, open(dst, "wb") as fout:
         size = os.fstat(fin.fileno()).st_size
-        copy_range(fin.fileno(), fout.fileno(), 0, size)
+        if not reflink(fin.fileno(), fout.fileno()):
+            copy_range(fin.fileno(), fout.fileno(), 0, size)
     return size
+
+
+#: The Linux ioctl that makes one file share another's extents (copy on write): FICLONE, _IOW(0x94, 9, int).
+#: Python 3.12's fcntl names it; 3.11 does not.
+_FICLONE = 0x40049409
+
+
+def reflink(src_fd: int, dst_fd: int) -> bool:
+    """Make the empty file `dst_fd` a copy-on-write clone of `src_fd` (btrfs, XFS, bcachefs, OCFS2): no byte
+    is copied, and a later write to either file changes only that file, so a user's edit of a pulled or
+    converted output can never reach the cache or store it came from. False where the filesystem (or OS)
+    cannot: the caller copies (os.copy_file_range, in the kernel)."""
+    if not sys.platform.startswith("linux"):
+        return False
+    import fcntl
+
+    try:
+        fcntl.ioctl(dst_fd, _FICLONE, src_fd)
+    except OSError:
+        return False
+    return True
 
 
 def copy_folder(folder: Path, dst: Path) -> int:

@@ -150,6 +150,8 @@ class GcResult:
     staging_bytes_removed: int = 0
     kept_in_grace: int = 0            # unreferenced blobs spared only because they are younger than the grace
     kept_in_grace_bytes: int = 0
+    xet_removed: int = 0              # xorbs and shards of Xet uploads no revision's blob needs (registry/xet/)
+    xet_bytes_removed: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -166,7 +168,7 @@ class GcResult:
 
 
 _GC_COUNTS = ("partial_uploads_removed", "revisions_deleted", "staging_removed", "staging_bytes_removed",
-              "kept_in_grace", "kept_in_grace_bytes")
+              "kept_in_grace", "kept_in_grace_bytes", "xet_removed", "xet_bytes_removed")
 
 
 @dataclass(frozen=True)

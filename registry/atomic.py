@@ -6,6 +6,7 @@
     new_folder(dst)            build a folder in a temp folder beside `dst`; renamed into place when the
                                block ends, removed when it raises
     publish_folder(tmp, dst)   rename a finished temp folder to `dst`, replacing an existing one
+    secret_key(path)           a 32-byte key kept in a 0600 file, created on first use (the first writer wins)
 
 Everything is written beside its destination (same filesystem, so the rename is atomic), under a
 dot-name that readers and listings skip, cut to fit NAME_MAX whatever the destination's name
@@ -77,3 +78,25 @@ def new_folder(dst: str | os.PathLike[str]) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def secret_key(path: str | os.PathLike[str]) -> bytes:
+    """The 32-byte key kept (hex, mode 0600) at `path`, created on first use. Two processes starting at once
+    agree: each writes its candidate to a temp file and hard-links it into place, so the first link wins
+    and the loser reads the winner's key (signatures one server makes, another sharing the home accepts)."""
+    path = Path(path)
+    try:
+        return bytes.fromhex(path.read_text().strip())
+    except (FileNotFoundError, ValueError):
+        pass
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(secrets.token_hex(32))
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        pass
+    finally:
+        tmp.unlink(missing_ok=True)
+    return bytes.fromhex(path.read_text().strip())

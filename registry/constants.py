@@ -113,6 +113,12 @@ def webhook_key() -> str | None:
     return os.environ.get("SWIFTREG_WEBHOOK_KEY", "").strip() or None
 
 
+def hub_upload_key() -> str | None:
+    """SWIFTREG_HUB_UPLOAD_KEY: the hex key signing hub upload links (registry/service/hub_uploads.py); servers
+    on several machines sharing one database set the same one. Unset: `hub-upload.key` in the home, made once."""
+    return os.environ.get("SWIFTREG_HUB_UPLOAD_KEY", "").strip() or None
+
+
 def webhook_allow_private() -> bool:
     """SWIFTREG_WEBHOOK_ALLOW_PRIVATE: "1" lets webhooks target loopback and private addresses. Default: off."""
     return os.environ.get("SWIFTREG_WEBHOOK_ALLOW_PRIVATE", "").strip().lower() in ("1", "true", "yes", "on")

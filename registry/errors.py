@@ -10,10 +10,14 @@
     ├── UnsafePathError                 400 unsafe_path          a file name escapes the checkpoint
     ├── IntegrityError                  500 integrity_error      stored bytes do not match their digest
     ├── BlobsMissingError               409 blobs_missing        a commit names blobs not uploaded (.missing)
+    ├── StaleParentError                412 stale_parent         a hub commit's parent is not the branch head
     ├── SwiftEnvironmentError           500 swift_environment    no ms-swift interpreter, or its batch failed
     ├── ServingRefusedError             400 serving_refused      vLLM cannot serve the adapter (.verdict)
     ├── UnavailableError                503 unavailable          a dependency (database, store, disk) is down
     ├── InsufficientStorageError        507 insufficient_storage  the disk is full (.writing: what was written)
+    ├── DeviceFailureError              503 device_failure       the GPU failed under tensor work: retry it
+    │   ├── DeviceOutOfMemoryError      503 device_out_of_memory  CUDA out of memory (.shard, .needed_bytes)
+    │   └── DeviceLostError             503 device_lost          a CUDA error: the GPU failed or was lost mid-job
     ├── StoreError                      400 store_error          the blob store (registry/store/errors.py)
     │   ├── InvalidDigest               400 invalid_digest       not "sha256:" + 64 lowercase hex (.value)
     │   ├── BlobNotFound                404 blob_not_found       no such blob (also a NotFoundError)
@@ -29,8 +33,11 @@
     │   ├── NotInvertibleError          400 not_invertible       an unmerge the merged weights cannot undo
     │   ├── DeviceError                 400 device_error         a device or dtype name that cannot be used
     │   ├── MergeError                  400 merge_error          a merge or unmerge that cannot be done
-    │   │   └── MergeOutputError        400 merge_output         the merge's destination cannot be written
+    │   │   ├── MergeOutputError        400 merge_output         the merge's destination cannot be written
+    │   │   └── MergeCheckError         400 merge_check          a merged tensor outside its rounding bound
     │   └── CombineError                400 combine_error        a combination that cannot be done as asked
+    ├── XetError                        400 xet_refused          a Xet xorb or shard refused (registry/xet/)
+    │   └── XetMissingError             400 xet_missing          a shard names a xorb or chunk not uploaded
     ├── WebhookError                    400 webhook_error        a webhook refused: its URL, events or key
     │   └── WebhookNotFoundError        404 webhook_not_found    no webhook or delivery with that id
     ├── JobError                        400 job_error            a job operation refused (registry/jobs/)
@@ -159,6 +166,10 @@ class BlobsMissingError(RegistryError, code="blobs_missing", status=409, fields=
         super().__init__(message)
 
 
+class StaleParentError(RegistryError, code="stale_parent", status=412):
+    """A hub commit was based on a revision that is no longer its branch's head: pull, then commit again."""
+
+
 class SwiftEnvironmentError(RegistryError, code="swift_environment", status=500):
     """ms-swift's interpreter (SWIFTREG_SWIFT_PYTHON) is missing, or a batch could not run at all."""
 
@@ -187,6 +198,15 @@ class HubNotFoundError(HubError, NotFoundError, code="hub_not_found", status=404
 
 class HubNoAdapterError(HubError, code="hub_no_adapter"):
     """The hub repository holds no adapter checkpoint where it was looked for (or only pickle files)."""
+
+
+class XetError(RegistryError, code="xet_refused"):
+    """A Xet upload refused: a xorb whose chunks do not hash to its name, a shard that does not parse, or a
+    file whose reconstruction does not match its Xet hash or sha256 (the message names which)."""
+
+
+class XetMissingError(XetError, code="xet_missing"):
+    """A shard names a xorb that was never uploaded (or that the token may not use), or a chunk past its end."""
 
 
 class WebhookError(RegistryError, code="webhook_error"):
@@ -240,6 +260,30 @@ class InsufficientStorageError(RegistryError, code="insufficient_storage", statu
     def __init__(self, message: str, writing: str) -> None:
         self.writing = writing
         super().__init__(message)
+
+
+class DeviceFailureError(RegistryError, code="device_failure", status=503,
+                         fields=("device", "shard", "needed_bytes", "retryable")):
+    """The accelerator failed under tensor work (registry/tensors/gpu_faults.py): `.device` where, `.shard` the
+    base shard being worked on (None when not known), `.needed_bytes` what the failed allocation asked for.
+    Nothing was pushed or written; the work can be retried (`.retryable`), on another device or with
+    `--device cpu`."""
+
+    retryable = True
+
+    def __init__(self, message: str, device: str | None = None, shard: str | None = None,
+                 needed_bytes: int | None = None, retryable: bool = True) -> None:
+        self.device, self.shard, self.needed_bytes, self.retryable = device, shard, needed_bytes, retryable
+        super().__init__(message)
+
+
+class DeviceOutOfMemoryError(DeviceFailureError, code="device_out_of_memory"):
+    """CUDA ran out of memory; the message names the shard, the memory it needed and what to try."""
+
+
+class DeviceLostError(DeviceFailureError, code="device_lost"):
+    """A CUDA error other than out of memory (the GPU fell off the bus, an illegal address, a reset): the job
+    fails, leaving no partial revision, and another worker or device can run it again."""
 
 
 # ----- what only a registry over HTTP meets -------------------------------------------------------------

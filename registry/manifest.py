@@ -114,11 +114,21 @@ def _hash_regular_file(path: Path) -> tuple[str, int]:
     return format_digest(hasher.hexdigest()), size
 
 
-def build_manifest(files: Iterable[tuple[str, Path]], progress: Callable[[int], None] | None = None) -> Manifest:
+#: Reads one file (its resolved path) and returns (digest, size): `_hash_regular_file`, or a store that keeps the
+#: bytes it hashes (registry/service/blobs.py: StoringHasher), so a local push reads and hashes each byte once.
+HashFile = Callable[[Path], "tuple[str, int]"]
+
+
+def build_manifest(files: Iterable[tuple[str, Path]], progress: Callable[[int], None] | None = None,
+                   hash_file: HashFile | None = None) -> Manifest:
+    """The manifest of `files`. `hash_file` replaces the plain hash pass (it reports its own progress then)."""
     entries = []
     for rel, path in files:
-        digest, size = _hash_regular_file(path)
-        if progress is not None:
-            progress(size)
+        if hash_file is not None:
+            digest, size = hash_file(path)
+        else:
+            digest, size = _hash_regular_file(path)
+            if progress is not None:
+                progress(size)
         entries.append(FileEntry(rel, size, digest))
     return Manifest(tuple(sorted(entries, key=lambda f: f.path)))

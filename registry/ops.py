@@ -7,6 +7,8 @@ library versions, equivalence figures) or writes it to a folder.
 """
 from __future__ import annotations
 
+import errno
+import os
 import tempfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -94,38 +96,94 @@ def _finish(reg: RegistryAPI, result: OpResult, built: Path, *, kind: str, push:
             raise RegistryError(f"{output} already exists; choose a new path")
         output.parent.mkdir(parents=True, exist_ok=True)
         _say(stage, f"writing the result to {output}")
-        with new_folder(output) as tmp:  # whole or not at all; files and folders with the umask's modes
-            copy_folder(built, tmp)
+        _place(built, output)
         result.output = output
     return result
 
 
+def _place(built: Path, output: Path) -> None:
+    """Publish `built` as `output`: renamed when both are on one filesystem (the merge builds its result
+    beside the destination for that), copied whole-or-nothing otherwise (a registry revision, say)."""
+    if built.parent.parent == output.parent and not output.exists():
+        try:
+            os.rename(built, output)  # one directory entry: whole or not at all, no byte copied
+            return
+        except OSError as exc:
+            if exc.errno not in (errno.EXDEV, errno.ENOTEMPTY, errno.EEXIST):
+                raise
+    with new_folder(output) as tmp:  # whole or not at all; files and folders with the umask's modes
+        copy_folder(built, tmp)
+
+
+def _scratch_root(reg: RegistryAPI, output: Path | None) -> Path:
+    """Where an operation builds its result: beside `output` when one is asked for, so that publishing it is a
+    rename (never a copy of gigabytes); in the registry's home otherwise."""
+    if output is None:
+        return Path(reg.home)
+    parent = Path(output).absolute().parent
+    parent.mkdir(parents=True, exist_ok=True)
+    return parent
+
+
 def merge(reg: RegistryAPI, adapter_ref: str, base_ref: str, *, push: str | None = None, output: Path | None = None,
           dtype: str | None = None, device: str = "auto", precision: str = "float32", safe: bool = False,
-          check: bool = True, tag: str | None = None, progress: Callable[[int], None] | None = None,
+          check: bool = True, check_outputs: str = "auto", tag: str | None = None,
+          progress: Callable[[int], None] | None = None,
           before_push: Callable[[], None] | None = None, stage: Stage | None = None) -> OpResult:
+    """Merge, check, then push and/or publish. The check has two halves, both on the merge's device:
+
+    * per tensor, fused into the merge pass, always (with `check`): every LoRA tensor within half a storage
+      ulp (plus the float32 accumulation bound) of W + delta, every module merged once (tensor_check.py);
+    * on outputs (`check_outputs`): the merged model against PEFT's own merge_and_unload() in the storage
+      dtype (equivalence.check_merge_outputs). "auto" runs it when some changed tensor is outside the
+      per-tensor rule (DoRA, SHiRA, other PEFT types, lora_bias, replaced tensors); "full" always; "off" never.
+      For plain LoRA the per-tensor proof is the stronger statement (an output tolerance cannot see a
+      module left out in half precision), and the output check costs what PEFT's own load and merge cost.
+
+    The result is built beside `output` and renamed into place once checked."""
     from .tensors.device import pick_device
     from .tensors.merge import merge_checkpoint
 
-    with tempfile.TemporaryDirectory(prefix="swiftreg-merge-", dir=reg.home) as tmp:
+    with tempfile.TemporaryDirectory(prefix=".swiftreg-merge-", dir=_scratch_root(reg, output)) as tmp:
         scratch = Path(tmp)
         _say(stage, f"fetching the base model {base_ref} and the adapter {adapter_ref}")
         base = source(reg, base_ref, "base", None, scratch)
         adapter = source(reg, adapter_ref, "adapter", "peft", scratch)
         merged = scratch / "merged"
-        _say(stage, "merging, one shard of the base at a time")
+        _say(stage, "merging, one shard of the base at a time" + (", each merged tensor checked" if check else ""))
         report = merge_checkpoint(base.folder, load_adapter(adapter.folder, base_dir=base.folder), merged, dtype=dtype,
-                                  device=device,
-                                  precision=precision, safe=safe, progress=progress)
+                                  device=device, precision=precision, safe=safe, progress=progress, verify=check)
+        comparisons: list[eq.Comparison] = []
         if check:
-            _say(stage, "checking equivalence: the merged model against base + adapter on a probe batch")
-        comparisons = eq.check_merge(base.folder, adapter.folder, merged, device=pick_device(device)) if check else []
+            comparisons.append(_tensor_row(report.verify, report.dtype or _stored_dtype(merged)))
+            if check_outputs == "full" or (check_outputs == "auto" and report.verify and report.verify["not_checked"]):
+                _say(stage, "checking equivalence: the merged model against PEFT's merge on a probe batch")
+                comparisons += eq.check_merge_outputs(base.folder, adapter.folder, merged, device=pick_device(device))
         result = OpResult("merge", comparisons, figures={"params": {"dtype": dtype, "device": device,
                                                                     "precision": precision, "safe": safe},
                                                          "report": _plain(report)})
         return _finish(reg, result, merged, kind="base", push=push, output=output,
                        lineage=[base.record, adapter.record], tag=tag,
                        message=f"merge of {adapter_ref} into {base_ref}", before_push=before_push, stage=stage)
+
+
+def _stored_dtype(folder: Path) -> str:
+    """The dtype config.json states for a checkpoint (torch_dtype or dtype), for labels only."""
+    import json
+
+    try:
+        config = json.loads((folder / "config.json").read_text())
+    except (OSError, ValueError):
+        return "-"
+    return str(config.get("torch_dtype") or config.get("dtype") or "-")
+
+
+def _tensor_row(verify: dict[str, Any] | None, dtype: str) -> eq.Comparison:
+    """The per-tensor check as a row of the equivalence table: worst |error| / bound over every element."""
+    assert verify is not None
+    worst = float(verify["worst_ratio"])
+    return eq.Comparison(f"merged vs base+adapter, per tensor: worst error/rounding bound ({verify['tensors_checked']} "
+                         "tensors)", dtype, worst, worst, None, 1.0)
 
 
 def unmerge(reg: RegistryAPI, merged_ref: str, adapter_ref: str, *, push: str | None = None,

@@ -31,7 +31,7 @@ from converters.validation import Report, validate_checkpoint
 from .api import Kind, RevisionInfo
 from .errors import InvalidCheckpointError, InvalidIdError, NotFoundError, RefExistsError, RegistryError
 from .ids import DEFAULT_REF, RepoId, check_tag, parse_id
-from .manifest import Manifest, build_manifest, collect_files
+from .manifest import HashFile, Manifest, build_manifest, collect_files
 from .params import MAX_PAGE
 from .snapshots import copy_snapshot
 
@@ -131,16 +131,18 @@ def storable_form(checkpoint: Checkpoint, staging: Path, notices: list[str]) -> 
     return result.destination
 
 
-def stored_files(root: Path, notices: list[str]) -> tuple[list[tuple[str, Path]], Manifest]:
-    """The files of `root` that are stored, and their manifest; left-out pickles become a notice."""
+def stored_files(root: Path, notices: list[str], hash_file: HashFile | None = None
+                 ) -> tuple[list[tuple[str, Path]], Manifest]:
+    """The files of `root` that are stored, and their manifest; left-out pickles become a notice.
+    `hash_file`: how each file is hashed (build_manifest), e.g. into the blob store as it is read."""
     files, skipped = collect_files(root)
     if skipped:
         notices.append("left out pickle files (never stored): " + ", ".join(skipped))
-    return files, build_manifest(files)
+    return files, build_manifest(files, hash_file=hash_file)
 
 
 def prepare_adapter(checkpoint: Checkpoint, staging: Path, base: BaseModel | None = None, *,
-                    allow_nonfinite: bool = False) -> PreparedPush:
+                    allow_nonfinite: bool = False, hash_file: HashFile | None = None) -> PreparedPush:
     """Validate a detected checkpoint (against `base` when given) and build what a push stores.
 
     `staging` is an empty folder the caller owns for the duration of the push (a .bin conversion
@@ -149,7 +151,7 @@ def prepare_adapter(checkpoint: Checkpoint, staging: Path, base: BaseModel | Non
     """
     notices = checked(validate_checkpoint(checkpoint, base, allow_nonfinite=allow_nonfinite), str(checkpoint.path))
     root = storable_form(checkpoint, staging, notices)
-    files, manifest = stored_files(root, notices)
+    files, manifest = stored_files(root, notices, hash_file)
     return PreparedPush(checkpoint, root, files, manifest, notices)
 
 
@@ -202,12 +204,12 @@ def base_meta(root: Path) -> tuple[dict[str, Any], dict[str, Any]]:
             "fingerprint": fingerprint}, config
 
 
-def prepare_base(path: Path | str) -> PreparedBase:
+def prepare_base(path: Path | str, hash_file: HashFile | None = None) -> PreparedBase:
     """Check a base-model folder (config.json, safetensors weights) and build what a push stores."""
     root = Path(path)
     meta, config = base_meta(root)
     notices: list[str] = []
-    files, manifest = stored_files(root, notices)
+    files, manifest = stored_files(root, notices, hash_file)
     return PreparedBase(root, meta, config, files, manifest, notices)
 
 

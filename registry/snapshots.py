@@ -82,7 +82,12 @@ class SnapshotCache:
 
 
 def copy_snapshot(snapshot: Path, output: Path, *, overwrite: bool = False) -> Path:
-    """`pull -o`: a writable copy of a snapshot at `output`, appearing whole or not at all."""
+    """`pull -o`: a writable copy of a snapshot at `output`, appearing whole or not at all.
+
+    Each file is a copy-on-write clone of the snapshot's where the filesystem shares extents (FICLONE: btrfs,
+    XFS; no byte is copied), else a copy made in the kernel (os.copy_file_range). Never a hard link: a link is
+    the snapshot's own inode (for a local registry, the store's blob), so a `chmod u+w` and an edit in place,
+    or any write by root, whom the read-only mode does not stop, would change the cache and the store."""
     dst = output.absolute()
     if dst.exists() and not overwrite:
         raise RegistryError(f"{dst} already exists; choose a new path or pass --overwrite")

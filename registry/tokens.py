@@ -101,6 +101,14 @@ def last_used(reg: Registry) -> dict[int, datetime | None]:
                 for i, w in session.execute(select(TokenRecord.id, TokenRecord.last_used_at))}
 
 
+def by_id(reg: Registry, token_id: int) -> TokenInfo | None:
+    """The token with id `token_id` as it stands now (revoked or not), or None: for grants that name a token
+    (the Xet CAS tokens of server/xet.py) to follow its revocation and namespaces."""
+    with reg.db.read() as session:
+        row = session.get(TokenRecord, token_id)
+        return None if row is None else _info(row)
+
+
 def verify(reg: Registry, secret: str) -> TokenInfo | None:
     """The token for `secret`, or None. The lookup is by hash; the final check is constant-time."""
     if not secret.startswith(PREFIX) or len(secret) > 200:

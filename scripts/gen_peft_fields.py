@@ -9,7 +9,6 @@ the default value.
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import subprocess

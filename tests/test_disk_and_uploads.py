@@ -155,7 +155,7 @@ def test_a_local_push_to_a_full_store_raises_insufficient_storage(database_url: 
         try:
             with pytest.raises(InsufficientStorageError) as caught:
                 reg.push(folder, "team/big")
-            assert caught.value.writing.startswith("blob sha256:"), caught.value.writing
+            assert caught.value.writing.startswith(f"blob of {folder}"), caught.value.writing  # the file at fault
             assert "filesystem is full" in str(caught.value)
             assert reg.list("team") == []  # nothing committed
             assert not list((fs / "blobs" / "tmp").iterdir())  # the temp file was dropped

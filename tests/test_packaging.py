@@ -6,7 +6,7 @@
   app, `registry` and `converters`) needs the core alone: no torch, no extra;
 - `slow`: a fresh virtual environment with only `pip install <checkout>` (no extras, so no torch) runs
   `swiftreg convert`, `serve`, `token create`, `push` and `pull` over HTTP, and the pulled files are the
-  pushed ones, byte for byte.
+  pushed ones, byte for byte; then, with `[ml]` added, `scripts/gpu-check --cpu` runs on the installed package.
 """
 from __future__ import annotations
 
@@ -43,6 +43,8 @@ FEATURE_EXTRAS: dict[str, tuple[str, ...]] = {
     "registry.demo": ("ml", "test"),
     "registry.hubs": ("hubs",),
     "registry.jobs.ray_backend": ("ray",),
+    "registry.jobs.devices": ("ml",),  # torch only to see a CUDA device, imported where a device node exists
+    "registry.xet": ("xet",),  # keyed BLAKE3, LZ4 frames, byte grouping (numpy); the server extra includes it
     "registry.store.s3": ("s3",),
     "registry.integrations.vllm": ("vllm",),
 }
@@ -261,3 +263,13 @@ def test_a_fresh_core_install_converts_serves_pushes_and_pulls(tmp_path: Path) -
     # the server's conversion (on pull --format peft) is the one `swiftreg convert` makes here
     _run([swiftreg, "convert", tmp_path / "swift", tmp_path / "peft-again", "--to", "peft"], base_env, tmp_path)
     assert _tree(tmp_path / "pulled-peft") == _tree(tmp_path / "peft-again")
+
+    # the same environment with the tensor extra: the GPU check's CPU run (issue 19) works from the package alone
+    _run([python, "-m", "pip", "install", "-q", f"{tmp_path / 'src'}[ml]"], base_env, tmp_path, timeout=900)
+    report = tmp_path / "gpu-check.json"
+    checked = _run([python, ROOT / "scripts" / "gpu-check", "--cpu", "--no-tests", "--json", report], base_env,
+                   tmp_path, timeout=900)
+    assert checked.splitlines()[-1] == "gpu-check: ok", checked
+    figures = json.loads(report.read_text())["bench"]
+    assert figures["device"]["swiftreg"].startswith(str(venv)), figures["device"]  # the installed package ran
+    assert figures["merge"]["swiftreg_report"]["passed"] is True

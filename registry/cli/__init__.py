@@ -16,11 +16,20 @@ Command modules import `common` and nothing of each other; this module gathers t
 """
 from __future__ import annotations
 
-from . import formats, imports, jobs, repos, server, storage, tensors, webhooks
 from .common import main
 
-for _module in (formats, repos, storage, tensors, server, imports, jobs, webhooks):
-    for _command in _module.COMMANDS:
-        main.add_command(_command)
+#: Each module's commands (its COMMANDS), imported only when one of them runs (SwiftregGroup.lazy): a command's
+#: start pays for its own module alone. tests/test_transfer_once.py checks this table against the modules.
+MODULES = {
+    "formats": ("convert", "inspect", "validate"),
+    "repos": ("push", "pull", "ls", "log", "show", "tag", "branch", "untag", "rm", "gc", "db", "base"),
+    "storage": ("cache", "retention", "store"),
+    "tensors": ("merge", "unmerge", "combine", "check-equivalence"),
+    "server": ("serve", "token"),
+    "imports": ("import",),
+    "jobs": ("worker", "jobs", "validate-all", "validation"),
+    "webhooks": ("webhook",),
+}
+main.lazy = {name: module for module, names in MODULES.items() for name in names}  # type: ignore[attr-defined]
 
 __all__ = ["main"]

@@ -106,6 +106,21 @@ class SwiftregGroup(click.Group):
             click.secho("\ninterrupted: nothing was done", fg="yellow", err=True)
             sys.exit(EXIT_INTERRUPTED)
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.commands: dict[str, click.Command] = _LazyCommands(self.commands)
+
+    @property
+    def lazy(self) -> dict[str, str]:
+        """command name -> the module of registry/cli that defines it (registry/cli/__init__.py fills it)."""
+        assert isinstance(self.commands, _LazyCommands)
+        return self.commands.lazy
+
+    @lazy.setter
+    def lazy(self, table: dict[str, str]) -> None:
+        assert isinstance(self.commands, _LazyCommands)
+        self.commands.lazy = dict(table)
+
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
@@ -128,6 +143,67 @@ class SwiftregGroup(click.Group):
                 if database_fault(exc) is not None:
                     _fail(_database_down(cause_of(exc)))
             raise
+
+
+class _LazyCommands(dict):  # type: ignore[type-arg]
+    """The group's commands, each module of registry/cli imported when one of its commands is first looked up:
+    `swiftreg convert` imports the format commands only, never the server's, the jobs' or the registry's (each
+    costs milliseconds of every start). Listing them all (`--help`, iterating) imports every module."""
+
+    def __init__(self, commands: dict[str, click.Command]) -> None:
+        super().__init__(commands)
+        self.lazy: dict[str, str] = {}
+
+    def _load(self, module: str) -> None:
+        import importlib
+
+        for command in importlib.import_module(f"registry.cli.{module}").COMMANDS:
+            dict.__setitem__(self, command.name, command)
+        self.lazy = {k: v for k, v in self.lazy.items() if v != module}
+
+    def _load_all(self) -> None:
+        for module in sorted(set(self.lazy.values())):
+            self._load(module)
+
+    def _wanted(self, name: object) -> None:
+        if not isinstance(name, str) or dict.__contains__(self, name):
+            return
+        if name in self.lazy:
+            self._load(self.lazy[name])
+        else:  # a command the table misses (tests/test_transfer_once.py flags it) or a typo: look everywhere
+            self._load_all()
+
+    def __getitem__(self, name: str) -> click.Command:
+        self._wanted(name)
+        return dict.__getitem__(self, name)
+
+    def get(self, name: str, default: Any = None) -> Any:  # type: ignore[override]
+        self._wanted(name)
+        return dict.get(self, name, default)
+
+    def __contains__(self, name: object) -> bool:
+        self._wanted(name)
+        return dict.__contains__(self, name)
+
+    def __iter__(self) -> Iterator[str]:
+        self._load_all()
+        return dict.__iter__(self)
+
+    def __len__(self) -> int:
+        self._load_all()
+        return dict.__len__(self)
+
+    def keys(self):  # type: ignore[no-untyped-def, override]
+        self._load_all()
+        return dict.keys(self)
+
+    def values(self):  # type: ignore[no-untyped-def, override]
+        self._load_all()
+        return dict.values(self)
+
+    def items(self):  # type: ignore[no-untyped-def, override]
+        self._load_all()
+        return dict.items(self)
 
 
 def _database_down(cause: str) -> str:

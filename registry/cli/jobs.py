@@ -39,8 +39,9 @@ def _job_line(job: Any) -> str:
                                                                                  if p.get("run_id") else ""),
             "import": lambda p: f"{p.get('source')} -> {p.get('id')}",
             "sleep": lambda p: f"{p.get('seconds')} s"}.get(job.kind, lambda p: "")(job.params)
+    note = f" [{job.waiting}]" if job.waiting else f" [needs {job.device}]" if job.device else ""
     return (f"{job.id:>6}  {job.kind:<8} {job.status:<9} {job.attempts:>2}  {_when(job.created_at)}  "
-            f"{(job.worker or '-'):<24} {what}").rstrip()
+            f"{(job.worker or '-'):<24} {what}{note}").rstrip()
 
 
 def _params(pairs: tuple[str, ...], params_json: str | None) -> dict[str, Any]:
@@ -72,6 +73,10 @@ def _params(pairs: tuple[str, ...], params_json: str | None) -> dict[str, Any]:
 @click.option("--kind", "kinds", multiple=True, type=click.Choice(KINDS),
               help="Only claim jobs of this kind (repeatable). Default: all.")
 @click.option("--worker-id", help="How this worker is named in the jobs table (default: host:pid).")
+@click.option("--device", default="auto", show_default=True, metavar="auto|cpu|cuda|cuda:N",
+              help="The device this worker computes on: jobs that need CUDA are claimed only by a worker with one. "
+                   "auto: the current CUDA device when torch sees one, else the CPU. One worker per GPU "
+                   "(--device cuda:0, --device cuda:1, ...) on a machine with several.")
 @click.option("--heartbeat", type=click.FloatRange(min=0.05), default=10.0, show_default=True,
               help="Seconds between heartbeats of the job in hand.")
 @click.option("--stale-after", type=click.FloatRange(min=0.1), default=60.0, show_default=True,
@@ -85,15 +90,17 @@ def _params(pairs: tuple[str, ...], params_json: str | None) -> dict[str, Any]:
 @click.option("--webhooks/--no-webhooks", default=True, show_default=True,
               help="Also deliver webhook events (a dispatcher thread beside the jobs; `swiftreg webhook dispatch` "
                    "runs it alone).")
-def worker(backend: str, ray_address: str | None, kinds: tuple[str, ...], worker_id: str | None, heartbeat: float,
-           stale_after: float, max_attempts: int, poll: float, max_jobs: int | None, exit_when_idle: bool,
-           webhooks: bool = True) -> None:
+def worker(backend: str, ray_address: str | None, kinds: tuple[str, ...], worker_id: str | None, device: str,
+           heartbeat: float, stale_after: float, max_attempts: int, poll: float, max_jobs: int | None,
+           exit_when_idle: bool, webhooks: bool = True) -> None:
     """Claim jobs from the registry's database and run them until stopped (SIGTERM: finish the job, exit)."""
     import threading
 
     from ..jobs.api import queue_of
+    from ..jobs.devices import worker_device
     from ..jobs.worker import Worker
 
+    computes_on = worker_device(device) if backend != "ray" else None  # refused before the registry is opened
     reg = local_registry("worker")
     queue = queue_of(reg, max_attempts=max_attempts, stale_after=stale_after)
 
@@ -117,9 +124,9 @@ def worker(backend: str, ray_address: str | None, kinds: tuple[str, ...], worker
         stats = driver.run(exit_when_idle=exit_when_idle)
     else:
         runner = Worker(reg, queue, worker_id=worker_id, kinds=kinds or None, heartbeat=heartbeat, poll=poll,
-                        on_event=event)
+                        on_event=event, devices=[computes_on or "cpu"])
         runner.install_signal_handlers()
-        event(f"worker {runner.worker_id} ready (pid {os.getpid()})")
+        event(f"worker {runner.worker_id} ready on {computes_on} (pid {os.getpid()})")
         stats = runner.run(max_jobs=max_jobs, exit_when_idle=exit_when_idle)
     if dispatcher is not None:
         dispatcher.stop()

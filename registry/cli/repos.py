@@ -143,7 +143,8 @@ def pull(repo_id: str, output: Path | None, fmt: str | None, overwrite: bool, as
 def _print_repos(repos: list[RepoInfo]) -> None:
     for r in repos:
         kind = "base" if r.kind == "base" else (r.tuner_type or "adapter")
-        click.echo(f"{r.repo:<40} {kind:<8} {r.revisions:>4} revisions  main=@{r.main}"
+        main = f"main=@{r.main}" if r.main is not None else "no revision yet"  # a hub client's create_repo
+        click.echo(f"{r.repo:<40} {kind:<8} {r.revisions:>4} revisions  {main}"
                    + (f"  base={r.base_model}" if r.base_model else ""))
 
 
@@ -317,6 +318,9 @@ def gc(grace: float, dry_run: bool, as_json: bool) -> None:
                f"{result.temp_files_removed} temp files, {result.partial_uploads_removed} abandoned partial uploads "
                f"and {result.staging_removed} working folders of killed pushes "
                f"({result.staging_bytes_removed / 1e6:.2f} MB); {result.blobs_kept} blobs kept")
+    if result.xet_removed:
+        click.echo(f"{verb} {result.xet_removed} Xet xorbs and shards no revision needs "
+                   f"({result.xet_bytes_removed / 1e6:.2f} MB)")
     if result.kept_in_grace:
         click.echo(f"kept {result.kept_in_grace} unreferenced blobs ({result.kept_in_grace_bytes / 1e6:.2f} MB) "
                    f"younger than the grace period ({grace:g} s: pushes in flight may need them); --grace 0 removes "

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, cast
 
 import click
 
@@ -16,6 +16,19 @@ from .common import F, base_model_option, doing, echo_json, json_option, open_re
 #: What a Ctrl-C during merge, unmerge or combine leaves behind.
 _INTERRUPTED = ("nothing was pushed or written: results are built in a scratch folder and pushed or copied only "
                 "once checked")
+
+
+class _OnFirstUse:
+    """The registry, opened on first use: a merge of two local folders into `-o` never touches it, and opening
+    it (SQLAlchemy, the database, its migrations' check) costs 0.2-0.7 s of a command users time against PEFT."""
+
+    def __init__(self) -> None:
+        self._registry: Any = None
+
+    def __getattr__(self, name: str) -> Any:
+        if self._registry is None:
+            self._registry = open_registry()
+        return getattr(self._registry, name)
 
 
 def _report(result: Any, as_json: bool) -> None:
@@ -66,14 +79,21 @@ def _with(options: list[Any]) -> Callable[[F], F]:
 @click.option("--precision", type=click.Choice(["float32", "float64"]), default="float32", show_default=True,
               help="Precision the arithmetic runs in (the result is stored in the storage dtype).")
 @click.option("--safe", is_flag=True, help="Refuse to write if any merged tensor has NaN or Inf.")
-@click.option("--no-check", is_flag=True, help="Skip the equivalence check (not recommended).")
+@click.option("--no-check", is_flag=True, help="Skip every check (not recommended).")
+@click.option("--check-outputs", type=click.Choice(["auto", "full", "off"]), default="auto", show_default=True,
+              help="Every merged LoRA tensor is always checked against base + delta within its dtype's rounding. "
+                   "The output check (the merged model against PEFT's own merge, on a probe batch) runs when some "
+                   "changed tensor is outside that rule (auto: DoRA, SHiRA, other PEFT types, replaced tensors), "
+                   "always (full) or never (off).")
 @_device_option
 @_with(_output_options)
-def merge(adapter_ref: str, base_model: str, dtype: str | None, precision: str, safe: bool, no_check: bool, device: str,
-          push: str | None, output: Path | None, tag: str | None, as_json: bool) -> None:
+def merge(adapter_ref: str, base_model: str, dtype: str | None, precision: str, safe: bool, no_check: bool,
+          check_outputs: str, device: str, push: str | None, output: Path | None, tag: str | None,
+          as_json: bool) -> None:
     """Merge the adapter ADAPTER_REF into a base model, check the result on the model, push or write it."""
     stage = stages("merge", models=True)  # before the model libraries are imported
     from .. import ops
+    from ..api import RegistryAPI
 
     if not push and not output:
         raise click.UsageError("give --push NS/NAME or -o DIR")
@@ -82,8 +102,10 @@ def merge(adapter_ref: str, base_model: str, dtype: str | None, precision: str, 
 
     with tqdm(unit="B", unit_scale=True, unit_divisor=1024, desc="merge", leave=False, disable=None,
               file=sys.stderr) as bar:
-        result = ops.merge(open_registry(), adapter_ref, base_model, push=push, output=output, dtype=dtype,
-                           device=device, precision=precision, safe=safe, check=not no_check, tag=tag,
+        result = ops.merge(cast(RegistryAPI, _OnFirstUse()), adapter_ref, base_model, push=push, output=output,
+                           dtype=dtype,
+                           device=device, precision=precision, safe=safe, check=not no_check,
+                           check_outputs=check_outputs, tag=tag,
                            progress=bar.update, stage=stage)
     _report(result, as_json)
 

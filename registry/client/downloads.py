@@ -5,8 +5,8 @@ process) hashes what the .part already holds and asks for the rest with `Range`;
 checked against its digest, fsynced and renamed into the snapshot being built. Retries are bounded
 (transport.Budget); a blob the server holds with another size or other bytes is an error naming it,
 not a retry. Bodies are read through urllib3 (see transport.Http.bulk) with `read1`, so bytes that
-arrived before a cut connection are kept; large blobs are written, hashed and flushed on threads of
-their own while the socket is read, with bounded memory.
+arrived before a cut connection are kept; the receiving thread writes what arrives, and a large blob is
+hashed and flushed on threads of their own while the socket is read, with bounded memory (_Sink).
 """
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ from .transport import Budget, Http, as_httpx, error_code, error_from, gave_up, 
 
 #: Read size of local files while hashing a resumed download.
 READ_CHUNK = 8 << 20
-#: Downloads: received bytes are handed to the writer thread in batches of this size, at most
+#: Downloads: received bytes are written, and handed to the hasher thread, in batches of this size, at most
 #: SINK_QUEUE batches ahead of it (bounded memory: SINK_BATCH * SINK_QUEUE).
 SINK_BATCH = 1 << 20
 SINK_QUEUE = 16
@@ -203,18 +203,18 @@ class BlobDownloader:
                 batch.append(chunk)
                 batched += len(chunk)
                 if batched >= SINK_BATCH:
-                    sink.put(b"".join(batch) if len(batch) > 1 else batch[0])
+                    sink.put(batch)
                     batch, batched = [], 0
             if batch:
-                sink.put(b"".join(batch))
+                sink.put(batch)
         except _TooLong:
             sink.close()
             part.restart()
             raise IntegrityError(f"{rel}: the server sent more than the {size} bytes blob {digest} has; "
                                  "nothing was kept") from None
         except BaseException:
-            if batch:
-                sink.put(b"".join(batch))  # keep every byte that arrived: a rerun resumes after it
+            if batch and not sink.failed:
+                sink.put(batch)  # keep every byte that arrived: a rerun resumes after it
             raise
         finally:
             try:
@@ -230,48 +230,37 @@ class _TooLong(Exception):
 
 
 class _Sink:
-    """Appends a download to its .part file and hashes it.
+    """Appends a download to its .part file and hashes it: each byte is copied once out of the socket, written
+    once and hashed once.
 
-    For a large blob the write and the sha256 each run on a thread of their own while the socket is
-    read (at most SINK_QUEUE batches wait for either, so memory stays bounded), and a fourth thread
-    flushes the file every SYNC_EVERY bytes so the fsync before the rename only waits for the tail.
-    A small blob is written inline. `part.size` counts bytes written; the hash is complete after
-    close().
+    The receiving thread writes each batch itself (the pieces as they came off the socket, never joined into
+    a copy; os.write releases the GIL, and a page-cache write costs a fraction of the hash), so what is on disk
+    is always exactly what was received, and a write error surfaces at once. The sha256 — the costliest step —
+    runs on a thread of its own for a large blob (hashlib releases the GIL on large updates: the two run on two
+    cores), at most SINK_QUEUE batches behind, so memory stays bounded; a third thread flushes the file every
+    SYNC_EVERY bytes so the fsync before the rename only waits for the tail. A small blob is hashed inline.
+    Measured on 2 cores (bench/transfer.py): the hasher is the busy thread; the receiving one waits on it only
+    when the hash is slower than the socket. `part.size` counts bytes written; the hash is complete after close().
     """
 
     def __init__(self, part: _Partial, fd: int, threaded: bool) -> None:
         self.part, self.fd, self.threaded = part, fd, threaded
-        self.error: BaseException | None = None  # the first write error; the writer stops writing at it
-        self.reported = False
+        self.failed = False  # a write failed: nothing more is written or hashed
         self.closed = False
         self.unsynced = 0
         if threaded:
-            self.to_write: queue.Queue[bytes | None] = queue.Queue(maxsize=SINK_QUEUE)
-            self.to_hash: queue.Queue[bytes | None] = queue.Queue(maxsize=SINK_QUEUE)
+            self.to_hash: queue.Queue[list[bytes] | None] = queue.Queue(maxsize=SINK_QUEUE)
             self.wake = threading.Event()
             self.threads = [threading.Thread(target=target, name=f"swiftreg-download-{name}", daemon=True)
-                            for name, target in (("writer", self._write), ("hasher", self._hash),
-                                                 ("flusher", self._flush))]
+                            for name, target in (("hasher", self._hash), ("flusher", self._flush))]
             for thread in self.threads:
                 thread.start()
 
-    def _write(self) -> None:
-        while (data := self.to_write.get()) is not None:
-            if self.error is not None:
-                continue  # keep draining so the reader never blocks on a full queue
-            try:
-                _write_all(self.fd, data)  # unbuffered: what is on disk is what a rerun resumes from
-                self.part.size += len(data)
-                self.unsynced += len(data)
-                if self.unsynced >= SYNC_EVERY:
-                    self.unsynced = 0
-                    self.wake.set()
-            except BaseException as exc:  # noqa: BLE001 - handed to the reading thread
-                self.error = exc
-
     def _hash(self) -> None:
-        while (data := self.to_hash.get()) is not None:
-            self.part.hasher.update(data)
+        update = self.part.hasher.update
+        while (pieces := self.to_hash.get()) is not None:
+            for piece in pieces:
+                update(piece)
 
     def _flush(self) -> None:
         while not self.closed:
@@ -282,32 +271,43 @@ class _Sink:
             except OSError:
                 return
 
-    def put(self, data: bytes) -> None:
-        if self.error is not None:
-            self.reported = True  # close() will not raise it a second time
-            raise self.error
+    def put(self, pieces: list[bytes]) -> None:
+        """Write `pieces` (unbuffered: what is on disk is what a rerun resumes from), then hash them."""
+        written: list[bytes] = []
+        try:
+            for piece in pieces:
+                _write_all(self.fd, piece)
+                self.part.size += len(piece)
+                written.append(piece)
+        except BaseException:
+            self.failed = True
+            raise
+        finally:
+            self._hash_later(written)  # what reached the file is hashed, so the hash matches the .part
         if self.threaded:
-            self.to_write.put(data)
-            self.to_hash.put(data)
+            self.unsynced += sum(len(p) for p in pieces)
+            if self.unsynced >= SYNC_EVERY:
+                self.unsynced = 0
+                self.wake.set()
+
+    def _hash_later(self, pieces: list[bytes]) -> None:
+        if not pieces:
+            return
+        if self.threaded:
+            self.to_hash.put(pieces)
         else:
-            _write_all(self.fd, data)
-            self.part.hasher.update(data)
-            self.part.size += len(data)
+            for piece in pieces:
+                self.part.hasher.update(piece)
 
     def close(self) -> None:
-        """Wait until everything handed over is written and hashed; raise what the writer met, if anything."""
+        """Wait until everything handed over is hashed and the flusher has stopped."""
         if not self.closed:
             self.closed = True
             if self.threaded:
-                self.to_write.put(None)
                 self.to_hash.put(None)
                 self.threads[0].join()
-                self.threads[1].join()
                 self.wake.set()
-                self.threads[2].join()
-        if self.error is not None and not self.reported:
-            self.reported = True
-            raise self.error
+                self.threads[1].join()
 
 
 class _Short(Exception):

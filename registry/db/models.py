@@ -184,6 +184,21 @@ class JobRecord(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     started_at: Mapped[Optional[datetime]]
     finished_at: Mapped[Optional[datetime]]
+    #: the kind of device the job needs ("cuda"), or None for any worker; set at submission (migration 0008)
+    device: Mapped[Optional[str]] = mapped_column(String(16))
+
+
+class WorkerRecord(Base):
+    """A running `swiftreg worker` and the devices it declared (migration 0008): a job that needs "cuda" is
+    claimed only by a worker whose devices include one, and `jobs ls` says when none is running."""
+
+    __tablename__ = "workers"
+
+    id: Mapped[str] = mapped_column(String(200), primary_key=True)
+    devices: Mapped[list[Any]]
+    kinds: Mapped[Optional[list[Any]]]
+    started_at: Mapped[datetime] = mapped_column(default=utcnow)
+    seen_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
 class ValidationRunRecord(Base):

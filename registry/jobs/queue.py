@@ -15,6 +15,11 @@ time) and the UPDATE is a compare-and-set on `status = 'queued'`. Finishing and 
 compare-and-sets on (status = 'running', worker = me): a worker that lost its job (requeued after a
 stall, or cancelled) cannot overwrite what happened since.
 
+Devices (migration 0008): a job whose `device` parameter names CUDA needs a CUDA worker (`jobs.device` =
+"cuda"); `claim(devices=...)` hands it only to a worker that declared one, and a worker that has one takes
+such jobs before jobs any worker can run. Each `swiftreg worker` keeps a row in `workers` (its devices, seen
+at every heartbeat), so a listing can say that a CUDA job waits because no CUDA worker is running.
+
 Times are stored in UTC. Submission takes an idempotency key: the same key again returns the first
 job instead of queueing a second one (a retried HTTP request does not run twice). A key is unique
 within its scope (`key_scope`: the namespace the job writes to, else the namespaces it reads), so one
@@ -26,15 +31,15 @@ import builtins
 import hashlib
 import os
 import socket
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta, timezone
 from typing import Any, Iterable, Literal, overload
 
-from sqlalchemy import CursorResult, Engine, select, update
+from sqlalchemy import CursorResult, Engine, case, delete, or_, select, update
 from sqlalchemy.orm import Session
 
 from ..db import engine as db
-from ..db.models import JobRecord
+from ..db.models import JobRecord, WorkerRecord
 from ..errors import InvalidJobError, JobConflictError, JobNotFoundError, JobStateError
 from ..webhooks import outbox
 from .kinds import KINDS
@@ -55,6 +60,21 @@ def key_scope(namespace: str | None, reads: Iterable[str] = ()) -> str:
         return namespace
     joined = "+".join(sorted(set(reads)))
     return joined if len(joined) <= 96 else "sha256:" + hashlib.sha256(joined.encode()).hexdigest()
+
+
+def device_requirement(params: dict[str, Any]) -> str | None:
+    """The kind of device a job needs: "cuda" when its `device` parameter names CUDA ("cuda", "cuda:1"), else
+    None (any worker; "auto" runs on the GPU of a worker that has one). The index in "cuda:N" is the worker's
+    business: one worker per GPU, each runs the job on its own device."""
+    device = params.get("device")
+    if isinstance(device, str) and device.strip().lower().split(":", 1)[0] == "cuda":
+        return "cuda"
+    return None
+
+
+def device_types(devices: Iterable[str]) -> builtins.set[str]:
+    """{"cpu", "cuda"} from ["cpu", "cuda:0"]: what a worker's declared devices can serve."""
+    return {str(d).strip().lower().split(":", 1)[0] for d in devices}
 
 
 def utcnow() -> datetime:
@@ -98,6 +118,8 @@ class JobInfo:
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
+    device: str | None = None    # the kind of device the job needs ("cuda"), None for any worker
+    waiting: str | None = None   # why a queued job is not being claimed ("waiting for a cuda worker")
 
     @property
     def finished(self) -> bool:
@@ -123,7 +145,7 @@ def _info(row: JobRecord) -> JobInfo:
                    worker=row.worker, heartbeat_at=_aware(row.heartbeat_at), result=row.result, log=row.log,
                    idempotency_key=row.idempotency_key, namespace=row.namespace,
                    created_at=_aware(row.created_at), started_at=_aware(row.started_at),
-                   finished_at=_aware(row.finished_at))
+                   finished_at=_aware(row.finished_at), device=row.device)
 
 
 def _tail(text: str | None) -> str | None:
@@ -180,7 +202,8 @@ class JobQueue:
             raise InvalidJobError("an idempotency key must have 1 to 200 characters")
         scope = key_scope(namespace) if scope is None else scope
         values = dict(kind=kind, params=params, status="queued", attempts=0, idempotency_key=key,
-                      idempotency_scope=scope, namespace=namespace, created_at=utcnow())
+                      idempotency_scope=scope, namespace=namespace, created_at=utcnow(),
+                      device=device_requirement(params))
         with db.write_session(self.engine) as session:
             if key is None:
                 row = JobRecord(**values)
@@ -202,7 +225,7 @@ class JobQueue:
             row = session.get(JobRecord, job_id)
             if row is None:
                 raise JobNotFoundError(f"no job {job_id} in this registry (swiftreg jobs ls lists them)")
-            return _info(row)
+            return self._noted(session, [_info(row)])[0]
 
     def list(self, *, status: str | None = None, kind: str | None = None, namespaces: Iterable[str] | None = None,
              ids: Iterable[int] | None = None, limit: int = 100) -> list[JobInfo]:
@@ -219,14 +242,67 @@ class JobQueue:
         if ids is not None:
             query = query.where(JobRecord.id.in_(list(ids)))
         with db.read_session(self.engine) as session:
-            return [_info(r) for r in session.scalars(query.limit(limit)).all()]
+            return self._noted(session, [_info(r) for r in session.scalars(query.limit(limit)).all()])
+
+    def _noted(self, session: Session, jobs: builtins.list[JobInfo]) -> builtins.list[JobInfo]:
+        """Say why a queued job that needs a device is not claimed: no live worker has that device (one query,
+        only when such a job is on the page)."""
+        needs = {j.device for j in jobs if j.status == "queued" and j.device}
+        if not needs:
+            return jobs
+        have = builtins.set().union(*(device_types(w.devices) for w in self.live_workers(session)))
+        return [replace(j, waiting=f"waiting for a {j.device} worker (none is running)")
+                if j.status == "queued" and j.device and j.device not in have else j for j in jobs]
+
+    # ----- workers ------------------------------------------------------------------------------------
+
+    def live_workers(self, session: Session | None = None) -> builtins.list[WorkerRecord]:
+        """Workers seen within `stale_after` seconds (at start, at each look at the queue, at each heartbeat)."""
+        cutoff = utcnow() - timedelta(seconds=self.stale_after)
+        query = select(WorkerRecord).where(WorkerRecord.seen_at >= cutoff).order_by(WorkerRecord.id)
+        if session is not None:
+            return list(session.scalars(query).all())
+        with db.read_session(self.engine) as own:
+            return list(own.scalars(query).all())
+
+    def register_worker(self, worker: str, devices: Iterable[str], kinds: Iterable[str] | None = None) -> None:
+        """Record (or refresh) a worker and the devices it declared; called at its start."""
+        now = utcnow()
+        with db.write_session(self.engine) as session:
+            row = session.get(WorkerRecord, worker)
+            if row is None:
+                session.add(WorkerRecord(id=worker, devices=list(devices), kinds=list(kinds) if kinds else None,
+                                         started_at=now, seen_at=now))
+            else:
+                row.devices, row.kinds, row.seen_at = list(devices), list(kinds) if kinds else None, now
+
+    def touch_worker(self, worker: str) -> None:
+        """The worker is alive (its loop looked at the queue)."""
+        with db.write_session(self.engine) as session:
+            session.execute(update(WorkerRecord).where(WorkerRecord.id == worker).values(seen_at=utcnow()))
+
+    def forget_worker(self, worker: str) -> None:
+        """The worker stopped; a killed one's row simply goes stale (and is replaced by the next of its id)."""
+        with db.write_session(self.engine) as session:
+            session.execute(delete(WorkerRecord).where(WorkerRecord.id == worker))
 
     # ----- working ------------------------------------------------------------------------------------
 
     def claim(self, worker: str, *, kinds: Iterable[str] | None = None,
-              ids: Iterable[int] | None = None) -> JobInfo | None:
-        """Take the oldest queued job (of `kinds`, among `ids`) for `worker`; None when there is none."""
-        query = select(JobRecord.id).where(JobRecord.status == "queued").order_by(JobRecord.id).limit(1)
+              ids: Iterable[int] | None = None, devices: Iterable[str] | None = None) -> JobInfo | None:
+        """Take the oldest queued job (of `kinds`, among `ids`) for `worker`; None when there is none.
+
+        With `devices` (the worker's, e.g. ["cuda:0"] or ["cpu"]) only jobs those devices can run: a job that
+        needs "cuda" is left to a worker with one, and such a worker takes them before jobs any worker can run
+        (its GPU is the scarce thing). Without `devices` (the inline backend, running the caller's own jobs)
+        any job."""
+        query = select(JobRecord.id).where(JobRecord.status == "queued").limit(1)
+        if devices is not None:
+            types = sorted(device_types(devices))
+            query = query.where(or_(JobRecord.device.is_(None), JobRecord.device.in_(types)))
+            query = query.order_by(case((JobRecord.device.is_(None), 1), else_=0), JobRecord.id)
+        else:
+            query = query.order_by(JobRecord.id)
         if kinds is not None:
             query = query.where(JobRecord.kind.in_(list(kinds)))
         if ids is not None:
@@ -247,10 +323,12 @@ class JobQueue:
 
     def heartbeat(self, job_id: int, worker: str) -> bool:
         """Say the job is alive; False when it is no longer this worker's (cancelled or requeued)."""
+        now = utcnow()
         with db.write_session(self.engine) as session:
+            session.execute(update(WorkerRecord).where(WorkerRecord.id == worker).values(seen_at=now))
             return _updated(session, update(JobRecord).where(JobRecord.id == job_id, JobRecord.status == "running",
                                                              JobRecord.worker == worker)
-                            .values(heartbeat_at=utcnow())) == 1
+                            .values(heartbeat_at=now)) == 1
 
     def finish(self, job_id: int, worker: str, *, succeeded: bool, result: dict[str, Any] | None,
                log: str | None = None) -> bool:

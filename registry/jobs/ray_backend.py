@@ -5,7 +5,8 @@ queue's guarantees hold whatever mix of backends serves it; it then dispatches e
 Ray task, heartbeats for every job in flight, and keeps as many in flight as the cluster has CPUs.
 The task runs the job with the same runner as every other backend and writes its result to the
 database itself (a compare-and-set on the driver's claim). Work on a model (merge, unmerge,
-combine) asks for `num_gpus=1` when the cluster has GPUs.
+combine) asks for `num_gpus=1` when the cluster has GPUs, and runs on the GPU Ray gives it; a job that needs
+CUDA (`device: cuda`) is claimed only when the cluster has GPUs, and waits in the queue otherwise.
 
 Every node needs the registry's database and blob store: PostgreSQL for the database and the
 registry home on shared storage (the same path on each node). A task that dies with its node is
@@ -40,9 +41,15 @@ def _task(config: dict[str, Any], job: JobInfo, worker_id: str) -> dict[str, Any
         os.environ.setdefault(key, value)
     reg = Registry(home=config["home"], database_url=config["database_url"])
     try:
-        queue = JobQueue(reg.db.engine, max_attempts=config["max_attempts"])
-        ok, result, text = run_job(reg, job, still_ours=lambda: queue.heartbeat(job.id, worker_id))
         import ray
+
+        queue = JobQueue(reg.db.engine, max_attempts=config["max_attempts"])
+        from .devices import worker_device
+
+        # Ray gave this task a GPU (num_gpus=1, CUDA_VISIBLE_DEVICES set to it): the job runs there, if torch sees
+        # it (a cluster can declare GPUs it has not got; then "auto" runs on the CPU and "cuda" fails clearly)
+        gpu = worker_device("auto") if ray.get_gpu_ids() else None
+        ok, result, text = run_job(reg, job, still_ours=lambda: queue.heartbeat(job.id, worker_id), device=gpu)
 
         result["ray_node"] = socket.gethostname()
         result["ray_pid"] = os.getpid()
@@ -126,7 +133,8 @@ class RayDriver:
                         self.stats.requeued += 1
                         log.info("job %s: %s after its worker stopped heartbeating", stale.id, stale.status)
                     while len(in_flight) < limit:
-                        job = self.queue.claim(self.worker_id, kinds=self.kinds, ids=ids)
+                        job = self.queue.claim(self.worker_id, kinds=self.kinds, ids=ids,
+                                               devices=["cuda"] if gpus else ["cpu"])
                         if job is None:
                             break
                         options: dict[str, Any] = {"num_cpus": 1, "max_retries": 0}

@@ -40,7 +40,7 @@ PARAMS: dict[str, tuple[frozenset[str], frozenset[str]]] = {
     "validate": (frozenset({"revisions"}), frozenset({"run_id", "checks", "swift"})),
     "import": (frozenset({"source", "id"}),
                frozenset({"tag", "base_model", "subfolder", "message", "allow_nonfinite"})),
-    "sleep": (frozenset({"seconds"}), frozenset({"record", "fail"})),
+    "sleep": (frozenset({"seconds"}), frozenset({"record", "fail", "device"})),
 }
 assert tuple(PARAMS) == KINDS, "registry/jobs/kinds.py and PARAMS name the same kinds"
 #: kinds that do tensor work on a model: a Ray task for them asks for a GPU when the cluster has one
@@ -253,12 +253,26 @@ RUNNERS: dict[str, Callable[["Registry", dict[str, Any], "JobInfo", Callable[[],
 }
 
 
-def run_job(reg: "Registry", job: "JobInfo", still_ours: Callable[[], bool] | None = None
-            ) -> tuple[bool, dict[str, Any], str]:
+def on_worker_device(job: "JobInfo", device: str | None) -> dict[str, Any]:
+    """The job's parameters with the worker's device in place: a worker declared one device (`cuda:1`) and
+    computes there, check included, when the job said "auto" or "cuda[:N]" (the index names no GPU of this
+    machine; one worker per GPU). A job that asked for the CPU keeps it; inline runs (no device) change nothing."""
+    params = dict(job.params)
+    if device is None or not ("device" in PARAMS[job.kind][1] or "device" in PARAMS[job.kind][0]):
+        return params
+    asked = str(params.get("device", "auto")).strip().lower()
+    if asked == "auto" or (asked.split(":", 1)[0] == "cuda" and device.startswith("cuda")):
+        params["device"] = device
+    return params
+
+
+def run_job(reg: "Registry", job: "JobInfo", still_ours: Callable[[], bool] | None = None,
+            device: str | None = None) -> tuple[bool, dict[str, Any], str]:
     """Run `job` here; never raises for a job's own failure (that is the job's result).
 
     `still_ours` is asked right before a result is pushed: False (the job was cancelled or given
-    to another worker meanwhile) fails the job with nothing pushed.
+    to another worker meanwhile) fails the job with nothing pushed. `device` is the worker's own
+    (`on_worker_device`); the result records where the job ran.
     """
     def guard() -> None:
         if still_ours is not None and not still_ours():
@@ -269,12 +283,19 @@ def run_job(reg: "Registry", job: "JobInfo", still_ours: Callable[[], bool] | No
     with _captured() as buffer:
         try:
             check_params(job.kind, job.params)
-            ok, result, lines = _retrying(lambda: RUNNERS[job.kind](reg, job.params, job, guard), job)
+            params = on_worker_device(job, device)
+            ok, result, lines = _retrying(lambda: RUNNERS[job.kind](reg, params, job, guard), job)
+            if "device" in params:
+                result.setdefault("device", params["device"])
         except (RegistryError, FormatError) as exc:  # a refusal: its message already says what and what to do
             ok, result, lines = False, _refusal(exc), [f"error: {exc}"]
         except Exception as exc:  # noqa: BLE001 - a crash of the job, kept with its traceback
-            ok, result = False, {"error": f"{type(exc).__name__}: {exc}", "type": type(exc).__name__}
-            lines = [traceback.format_exc()]
+            gpu = _device_failure(exc, job.params.get("device") if device is None else device)
+            if gpu is not None:  # a GPU failure outside a shard's guard: the same clear, retryable error
+                ok, result, lines = False, _refusal(gpu), [f"error: {gpu}"]
+            else:
+                ok, result = False, {"error": f"{type(exc).__name__}: {exc}", "type": type(exc).__name__}
+                lines = [traceback.format_exc()]
     result["seconds"] = round(time.monotonic() - started, 3)
     log = buffer.getvalue() + "\n".join(lines)
     return ok, result, log
@@ -301,10 +322,28 @@ def _retrying(body: Callable[[], tuple[bool, dict[str, Any], list[str]]], job: "
             time.sleep(wait)
 
 
+def _device_failure(exc: Exception, device: Any) -> RegistryError | None:
+    """CUDA out of memory or a CUDA error that reached the runner un-named (registry/tensors/gpu_faults.py names
+    the shard where it wraps the work): the registry's DeviceFailureError, or None for any other crash."""
+    import sys
+
+    if "torch" not in sys.modules:  # no torch loaded, no CUDA failure
+        return None
+    from ..tensors import gpu_faults
+
+    where = str(device) if isinstance(device, str) and device.startswith("cuda") else "cuda"
+    if isinstance(exc, sys.modules["torch"].cuda.OutOfMemoryError):
+        return gpu_faults.out_of_memory(exc, where, None)
+    if gpu_faults.is_device_lost(exc):
+        return gpu_faults.device_lost(exc, where, None)
+    return None
+
+
 def _refusal(exc: RegistryError | FormatError) -> dict[str, Any]:
     """A refused job's result: the message, and the error's wire code and extra fields (registry/errors.py),
     from which a client rebuilds the same class (RemoteRegistry.import_from)."""
     error = to_payload(exc)[1]["error"]
     details = {k: v for k, v in error.items() if k not in ("code", "message")}
     return {"error": str(exc), "type": type(exc).__name__, "code": error["code"],
-            **({"details": details} if details else {})}
+            **({"details": details} if details else {}),
+            **({"retryable": True} if getattr(exc, "retryable", False) else {})}

@@ -10,7 +10,12 @@ database and the blob store). It
 - on SIGTERM / SIGINT finishes the job in hand and exits (a second signal exits at once, and the
   job is then requeued by the others like any other stall).
 
-The inline backend is the same loop, run in the calling process over the caller's own jobs.
+A worker declares the device it computes on (`devices`, e.g. ["cuda:0"]; registry/jobs/devices.py): it
+claims only jobs that device can run, records itself in `workers` while it runs (so `jobs ls` can tell a
+CUDA job that waits for a CUDA worker), and runs merge / unmerge / combine on that device, check included.
+
+The inline backend is the same loop, run in the calling process over the caller's own jobs (no devices
+declared: it runs any of them, each on the device its parameters name).
 """
 from __future__ import annotations
 
@@ -63,10 +68,11 @@ class _Heartbeat(threading.Thread):
 class Worker:
     def __init__(self, reg: "Registry", queue: JobQueue, *, worker_id: str | None = None,
                  kinds: Iterable[str] | None = None, heartbeat: float = 10.0, poll: float = 2.0,
-                 on_event: Callable[[str], None] | None = None) -> None:
+                 on_event: Callable[[str], None] | None = None, devices: Iterable[str] | None = None) -> None:
         self.reg, self.queue = reg, queue
         self.worker_id = worker_id or default_worker_id()
         self.kinds = list(kinds) if kinds else None
+        self.devices = list(devices) if devices is not None else None
         self.heartbeat, self.poll = heartbeat, poll
         self.on_event = on_event or (lambda line: log.info("%s", line))
         self.stopping = threading.Event()
@@ -93,7 +99,8 @@ class Worker:
         beat.start()
         try:
             ok, result, text = run_job(self.reg, job,
-                                       still_ours=lambda: self.queue.heartbeat(job.id, self.worker_id))
+                                       still_ours=lambda: self.queue.heartbeat(job.id, self.worker_id),
+                                       device=self.devices[0] if self.devices else None)
         finally:
             beat.done.set()
             beat.join()
@@ -117,6 +124,18 @@ class Worker:
             ids: Iterable[int] | None = None) -> WorkerStats:
         """Claim and run jobs until stopped (or `max_jobs` ran, or the queue is empty with exit_when_idle)."""
         ids = list(ids) if ids is not None else None
+        if self.devices is not None:
+            self.queue.register_worker(self.worker_id, self.devices, self.kinds)
+        try:
+            return self._loop(max_jobs, exit_when_idle, ids)
+        finally:
+            if self.devices is not None:
+                try:
+                    self.queue.forget_worker(self.worker_id)
+                except Exception:  # noqa: BLE001 - the database went away: the row goes stale by itself
+                    log.exception("could not remove worker %s from the workers table", self.worker_id)
+
+    def _loop(self, max_jobs: int | None, exit_when_idle: bool, ids: list[int] | None) -> WorkerStats:
         # looking for stalled jobs is a write transaction: often enough to notice within stale_after, no more
         every, next_look = min(self.queue.stale_after / 4, 10.0), 0.0
         while not self.stopping.is_set():
@@ -125,10 +144,12 @@ class Worker:
             requeued: list[JobInfo] = []
             if time.monotonic() >= next_look:
                 requeued, next_look = self.queue.requeue_stale(), time.monotonic() + every
+                if self.devices is not None:
+                    self.queue.touch_worker(self.worker_id)
             for stale in requeued:
                 self.stats.requeued += 1
                 self.on_event(f"job {stale.id}: {stale.status} after its worker stopped heartbeating")
-            job = self.queue.claim(self.worker_id, kinds=self.kinds, ids=ids)
+            job = self.queue.claim(self.worker_id, kinds=self.kinds, ids=ids, devices=self.devices)
             if job is None:
                 if exit_when_idle and not self._others_running(ids):
                     break

@@ -24,7 +24,9 @@ import converters
 from .. import errors as E
 from ..service import Registry
 from ..store.uploads import UploadArea
-from . import api_v1, direct_uploads, hf, jobs, modelscope, web, webhooks
+from . import api_v1, direct_uploads, hf, jobs, modelscope, web, webhooks, xet
+from . import modelscope_upload
+from . import hf_upload
 from .access_log import AccessLogMiddleware
 from .errors import answer, routing_error, scrub_for
 from .health import Dependencies, Failures, crash_response
@@ -116,10 +118,13 @@ def create_app(registry: Registry, settings: ServerSettings | None = None) -> Fa
     app.include_router(api_v1.router)
     app.include_router(direct_uploads.router)  # presigned uploads straight to object storage
     app.include_router(hf.router)
+    app.include_router(hf_upload.router)  # the Hugging Face upload protocol: LFS, commits, refs
     app.include_router(modelscope.router)  # the ModelScope read API (MODELSCOPE.md)
+    app.include_router(modelscope_upload.router)  # the ModelScope write API: create, LFS, commit, tag
     app.include_router(jobs.router)  # jobs and validation history (registry/jobs/)
     web.mount(app)  # the web pages under /ui (registry/server/web/)
     app.include_router(webhooks.router)  # webhooks of a namespace's events (registry/webhooks/)
+    app.include_router(xet.router)  # the Xet upload protocol: token and CAS routes (registry/xet/)
     app.add_middleware(AbortGuard)  # outside the others: a cut file response stays unfinished (responses.py)
     # Host, framing, a token before any body is read, body timeouts, Connection: close (hygiene.py)
     app.add_middleware(HygieneMiddleware, public_url=settings.public_url, body_timeout=settings.body_timeout)

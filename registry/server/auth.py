@@ -15,7 +15,7 @@ import hashlib
 from fastapi import Request
 
 from .. import tokens
-from ..errors import ForbiddenError, InvalidIdError, UnauthorizedError
+from ..errors import ForbiddenError, InvalidIdError, NotFoundError, UnauthorizedError
 from ..ids import check_name
 from .schemas import NS
 
@@ -116,6 +116,19 @@ def visible(request: Request, caller: Caller, digest: str) -> bool:
     if digest in request.app.state.proven.get(caller.id, ()):
         return True
     return bool(request.app.state.registry.blob_in_namespaces(digest, caller.namespaces))
+
+
+def present_to(request: Request, caller: Caller, digest: str, size: int) -> bool:
+    """Whether a hub upload of `digest` can be skipped: stored, of this size, and the caller's to name
+    (`visible`); touched, so gc's grace period starts again before the commit that follows."""
+    store = request.app.state.registry.store
+    try:
+        if not store.exists(digest) or store.size(digest) != size or not visible(request, caller, digest):
+            return False
+        store.touch(digest)
+        return True
+    except NotFoundError:  # gone between two calls (gc)
+        return False
 
 
 def prove(request: Request, caller: Caller, digest: str) -> None:

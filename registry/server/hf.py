@@ -52,7 +52,7 @@ from fastapi.responses import JSONResponse, Response
 from ..manifest import FileEntry
 from ..params import flag, natural
 from .errors import HubRefusal, hub_errors
-from .lookup import Served, file_response, listing, lookup, sha256_hex
+from .lookup import Served, empty_repo, file_response, listing, lookup, sha256_hex
 
 log = logging.getLogger("swiftreg.server.hf")
 
@@ -177,7 +177,13 @@ def tree(request: Request, namespace: str, name: str, rev: str, path: str = "",
 @router.api_route("/{namespace}/{name}/resolve/{rev}/{path:path}", methods=["GET", "HEAD"])
 @_hf_errors
 def resolve_file(request: Request, namespace: str, name: str, rev: str, path: str) -> Response:
-    served = lookup(request, namespace, name, rev)
+    try:
+        served = lookup(request, namespace, name, rev)
+    except HubRefusal as exc:  # a repository with no revision yet: every file of `main` is absent
+        if exc.code == "RevisionNotFound" and rev == "main" and empty_repo(request, namespace, name):
+            raise HubRefusal(404, "EntryNotFound", f"{path} is not a file of {namespace}/{name}: it has no "
+                             "revision yet") from None
+        raise
     entry = served.files.get(path)
     if entry is None:
         raise HubRefusal(404, "EntryNotFound", f"{path} is not a file of {served.repo} at {served.commit}",

@@ -47,7 +47,9 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from .. import errors as E
 from .. import tokens
+from . import modelscope_upload
 from .errors import answer
+from .hf_upload import signed_write
 from .web import session as web_session
 
 log = logging.getLogger("swiftreg.server.hygiene")
@@ -59,6 +61,8 @@ KEEP_ALIVE_TIMEOUT = 5.0
 #: Methods that write: each needs a token, checked before the body is read.
 WRITES = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 _CLOSE = (b"connection", b"close")
+#: The Xet CAS routes (server/xet.py): their tokens are not rows of `tokens`; the routes check them first.
+XET_CAS_PREFIX = "/xet/cas/"
 
 
 # ----- the protocol: a deadline for the request head ------------------------------------------------------
@@ -197,21 +201,31 @@ class HygieneMiddleware:
     async def _unauthenticated(self, scope: Scope) -> Any:
         """A 401 response for a write without a token the server knows; None when the token is known (or
         cannot be checked now: the route then answers as it would, 503 when the database is down)."""
+        if scope["path"].startswith(XET_CAS_PREFIX):  # short-lived Xet CAS tokens: xet.py checks them before any body
+            return None
         secret = _bearer(scope) or web_session.session_secret(scope)  # web forms: the session cookie's token
         if secret is None:
             if scope["path"] in web_session.OPEN_WRITES:  # the login form carries its token in its small body
                 return None
-            return answer(E.UnauthorizedError("this route needs a bearer token (swiftreg token create)",
-                                              headers={"WWW-Authenticate": "Bearer"}))
+            if signed_write(scope):  # a signed hub upload href, or the card check the HF client sends bare
+                return None
+            return _refusal(scope, E.UnauthorizedError("this route needs a bearer token (swiftreg token create)",
+                                                       headers={"WWW-Authenticate": "Bearer"}))
         registry = scope["app"].state.registry
         try:
             token = await anyio.to_thread.run_sync(tokens.verify, registry, secret)
         except Exception:  # noqa: BLE001 - the route's own check meets it again and answers it
             return None
         if token is None or token.revoked:
-            return answer(E.UnauthorizedError("the token is unknown or revoked",
-                                              headers={"WWW-Authenticate": "Bearer"}))
+            return _refusal(scope, E.UnauthorizedError("the token is unknown or revoked",
+                                                       headers={"WWW-Authenticate": "Bearer"}))
         return None
+
+
+def _refusal(scope: Scope, exc: E.RegistryError) -> Any:
+    """`exc` as the route's dialect answers it: ModelScope's envelope on its write routes (its client reads the
+    message only from there), else swiftreg's `{"error": ...}`."""
+    return modelscope_upload.refusal_before_body(scope["path"], exc) or answer(exc)
 
 
 def _bearer(scope: Scope) -> str | None:

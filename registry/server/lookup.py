@@ -152,6 +152,16 @@ def lookup(request: Request, namespace: str, name: str, rev: str, *, swift_fallb
     return _served(registry, state, info, swift_fallback=swift_fallback)
 
 
+def empty_repo(request: Request, namespace: str, name: str) -> bool:
+    """Whether `namespace/name` is a repository with no revision yet (made by a hub client's `create_repo`,
+    service/commits.py): its `main` names nothing, so each of its files is absent (EntryNotFound), which is
+    what transformers' and PEFT's `push_to_hub` ask about its README before the first commit."""
+    try:
+        return not registry_of(request).log(f"{namespace}/{name}", limit=1)
+    except (NotFoundError, InvalidIdError):
+        return False
+
+
 def _state(request: Request) -> HubState:
     state: HubState = request.app.state.hub
     return state

@@ -75,8 +75,9 @@ def _describe(errors: Any) -> str:
     return "invalid request: " + "; ".join(parts)
 
 
-async def _capped(request: Request, limit: int) -> Request:
-    """The request with its body read into memory, refused (413) past `limit` bytes."""
+async def read_capped(request: Request, limit: int) -> bytes:
+    """The request's body, read into memory: 413 past `limit` bytes (declared or sent), a clear error when the
+    client goes away before its end."""
     declared = request.headers.get("content-length")
     if declared is not None and natural(declared, "Content-Length") > limit:
         raise E.RequestTooLargeError(f"the request body is {int(declared)} bytes; this route takes at most {limit}")
@@ -90,7 +91,12 @@ async def _capped(request: Request, limit: int) -> Request:
             chunks.append(chunk)
     except ClientDisconnect:
         raise E.ClientDisconnectedError("the client went away before the request body ended") from None
-    body = b"".join(chunks)
+    return b"".join(chunks)
+
+
+async def _capped(request: Request, limit: int) -> Request:
+    """The request with its body read into memory, refused (413) past `limit` bytes."""
+    body = await read_capped(request, limit)
     await run_in_threadpool(_refuse_unstorable_json, body)
     sent = False
 
@@ -295,6 +301,8 @@ class GcOut(BaseModel):
     staging_bytes_removed: int = 0
     kept_in_grace: int = 0
     kept_in_grace_bytes: int = 0
+    xet_removed: int = 0
+    xet_bytes_removed: int = 0
 
 
 class StatsOut(BaseModel):

@@ -14,6 +14,7 @@ from ..api import GcResult
 from ..db.models import DerivedRecord, RevisionRecord
 from ..store.errors import StoreError
 from ..store.uploads import UploadArea
+from ..xet import root_beside
 from .retention import RetentionMixin
 
 
@@ -55,10 +56,15 @@ class GcMixin(RetentionMixin):
             removed += 1
             removed_bytes += size
         temps = [] if dry_run else self.store.remove_temp_files(grace_seconds)
+        xet_removed = xet_bytes = 0
+        if root_beside(self.store, self.home).exists():  # xorbs and shards of Xet uploads (registry/xet/)
+            from ..xet.store import XetStore
+            xet_removed, xet_bytes = XetStore.beside(self.store, self.home).sweep(referenced, grace_seconds,
+                                                                                 dry_run=dry_run)
         partials = UploadArea.beside(self.store, self.home).sweep(grace_seconds, dry_run=dry_run)
         staging, staging_bytes = self._sweep_staging(grace_seconds, dry_run)
         return GcResult(removed, removed_bytes, len(temps), kept, partials, len(retired.deleted), staging,
-                        staging_bytes, young, young_bytes)
+                        staging_bytes, young, young_bytes, xet_removed, xet_bytes)
 
     def _sweep_staging(self, grace_seconds: float, dry_run: bool) -> tuple[int, int]:
         """The working folders of killed pushes, commits, conversions and tensor jobs (`HOME/swiftreg-*`)

@@ -11,7 +11,7 @@ import os
 import tempfile
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -27,6 +27,7 @@ from ..db.models import ProvenanceRecord, RevisionRecord
 from ..errors import BlobsMissingError, IntegrityError, InvalidCheckpointError, NotFoundError
 from ..ids import DEFAULT_REF, RepoId, parse_id, parse_ref
 from ..manifest import Manifest
+from .blobs import StoringHasher
 from .events import ref_fields, repo_event, revision_fields
 from .reading import ReadingMixin
 from .refs import RefsMixin
@@ -58,15 +59,17 @@ class PushMixin(RefsMixin, ReadingMixin):
             base_rev_id, base_folder = self._base_for_validation(base_model)
         with tempfile.TemporaryDirectory(prefix="swiftreg-push-", dir=self.home) as staging:
             base = BaseModel.open(Path(base_folder)) if base_folder else None
-            prepared = rules.prepare_adapter(checkpoint, Path(staging), base, allow_nonfinite=allow_nonfinite)
+            one_pass = self._one_pass_unless_refusable(rid, "adapter", tag, force, progress)
+            prepared = rules.prepare_adapter(checkpoint, Path(staging), base, allow_nonfinite=allow_nonfinite,
+                                             hash_file=one_pass)
             manifest, notices = prepared.manifest, prepared.notices
             meta = adapter_meta(converters.inspect(prepared.root).to_dict(), checkpoint)
             existing = None if provenance else self._existing(rid, "adapter", manifest.digest, tag, force)
             if existing is not None:  # its blobs stored again if any went missing (quarantined) since
-                written, written_bytes = self._store_files(prepared.files, manifest, progress)
+                written, written_bytes = self._store_files(prepared.files, manifest, progress, one_pass)
                 return PushResult(existing, created=False, blobs_written=written, bytes_written=written_bytes,
                                   notices=notices + rules.repush_notices(rid.repo, existing))
-            written, written_bytes = self._store_files(prepared.files, manifest, progress)
+            written, written_bytes = self._store_files(prepared.files, manifest, progress, one_pass)
         failpoints.hit("push:after-blobs")
         info, created = self._commit_revision(
             "adapter", rid, manifest, checkpoint.format, meta, tag=tag, force=force, message=message, author=author,
@@ -80,13 +83,14 @@ class PushMixin(RefsMixin, ReadingMixin):
                   progress: Progress | None = None) -> PushResult:
         """Store a transformers model folder (config.json + safetensors) as a base-model revision."""
         rid = rules.push_target(repo_id, tag)
-        prepared = rules.prepare_base(path)
+        one_pass = self._one_pass_unless_refusable(rid, "base", tag, force, progress)
+        prepared = rules.prepare_base(path, hash_file=one_pass)
         existing = self._existing(rid, "base", prepared.manifest.digest, tag, force)
         if existing is not None:  # its blobs stored again if any went missing (quarantined) since
-            written, written_bytes = self._store_files(prepared.files, prepared.manifest, progress)
+            written, written_bytes = self._store_files(prepared.files, prepared.manifest, progress, one_pass)
             return PushResult(existing, False, written, written_bytes,
                               prepared.notices + rules.repush_notices(rid.repo, existing))
-        written, written_bytes = self._store_files(prepared.files, prepared.manifest, progress)
+        written, written_bytes = self._store_files(prepared.files, prepared.manifest, progress, one_pass)
         info, created = self._commit_base(rid, prepared.manifest, prepared.meta, prepared.config, tag=tag, force=force,
                                           message=message, author=None, parents=parents)
         return PushResult(info, created, written, written_bytes, prepared.notices)
@@ -151,6 +155,16 @@ class PushMixin(RefsMixin, ReadingMixin):
             rev_id = self._revision(session, "base", repo, rid).id
         return rev_id, self.resolve(base_id)
 
+    def _one_pass_unless_refusable(self, rid: RepoId, kind: Kind, tag: str | None, force: bool,
+                                   progress: Progress | None) -> StoringHasher | None:
+        """The hash pass that stores the files as it reads them (blobs.StoringHasher), unless this push may be
+        refused by its content: a tag that already exists (not forced) is refused unless it holds this very
+        content, which only the digest tells, and a refused push writes nothing (rules.existing_revision). Then
+        the files are hashed first and stored after the check, a second read of each."""
+        if tag is not None and not force and self._find_revision(kind, rid, tag) is not None:
+            return None
+        return self._one_pass(progress)
+
     def _existing(self, rid: RepoId, kind: Kind, digest: str, tag: str | None, force: bool) -> RevisionInfo | None:
         """The revision already holding this content (tagged if asked), by the shared re-push rule."""
         return rules.existing_revision(rid, kind, digest, tag, force,
@@ -182,14 +196,19 @@ class PushMixin(RefsMixin, ReadingMixin):
                          tag: str | None, force: bool, message: str | None, author: str | None,
                          base_rev_id: int | None, repo_values: dict[str, Any],
                          parents: list[dict[str, Any]] | None = None,
-                         provenance: dict[str, Any] | None = None) -> tuple[RevisionInfo, bool]:
+                         provenance: dict[str, Any] | None = None, branch: str = DEFAULT_REF,
+                         expect_head: Callable[[Session, Any], None] | None = None) -> tuple[RevisionInfo, bool]:
         """Number the revision and move the refs, in one transaction under the repository's lock.
 
         Returns the revision and whether this call created it (False when a concurrent push of the
-        same content got there first).
+        same content got there first). `branch`: the branch a new revision moves (a hub commit's; else
+        `main`). `expect_head(session, repo)`: a check run under the lock before anything is written
+        (a hub commit's parent, registry/service/commits.py), raising to refuse.
         """
         with self.db.write() as session:
             repo = self._lock_or_create(session, kind, rid, **repo_values)
+            if expect_head is not None:
+                expect_head(session, repo)
             rev = session.scalars(select(RevisionRecord).where(
                 self._repo_filter(kind, repo.id), RevisionRecord.digest == manifest.digest)).one_or_none()
             created = rev is None
@@ -210,7 +229,7 @@ class PushMixin(RefsMixin, ReadingMixin):
                     author=author or os.environ.get("USER"))
                 session.add(rev)
                 session.flush()
-                main_change = self._set_ref(session, kind, repo, DEFAULT_REF, "branch", rev, force=True)
+                main_change = self._set_ref(session, kind, repo, branch, "branch", rev, force=True)
                 if kind == "adapter":
                     for key, value in repo_values.items():
                         setattr(repo, key, value)
@@ -223,14 +242,14 @@ class PushMixin(RefsMixin, ReadingMixin):
             session.flush()
             info = self._info(session, kind, repo, rev)
             self._announce(session, kind, repo, rev, info, new_repo=new_repo, created=created,
-                           main_change=main_change, tag=tag, tag_change=tag_change,
+                           main_change=main_change, tag=tag, tag_change=tag_change, branch=branch,
                            provenance=provenance if imported else None)
             failpoints.hit("push:before-commit")
             session.flush()
             return info, created
 
     def _announce(self, session: Session, kind: Kind, repo: Any, rev: RevisionRecord, info: RevisionInfo, *,
-                  new_repo: bool, created: bool, main_change: Any, tag: str | None, tag_change: Any,
+                  new_repo: bool, created: bool, main_change: Any, tag: str | None, tag_change: Any, branch: str,
                   provenance: dict[str, Any] | None) -> None:
         """The events of a commit, in the commit's transaction (service/events.py): repo.created,
         revision.created (with the refs it moved), tag.created / tag.moved, import.completed."""
@@ -241,7 +260,7 @@ class PushMixin(RefsMixin, ReadingMixin):
         if created:
             refs = []
             if main_change is not None:
-                refs += ref_fields(DEFAULT_REF, "branch", main_change[1], rev)["updated_refs"]
+                refs += ref_fields(branch, "branch", main_change[1], rev)["updated_refs"]
             if tag_change is not None and tag is not None:
                 refs += ref_fields(tag, "tag", tag_change[1], rev)["updated_refs"]
             repo_event(session, "revision.created", kind, repo, {**fields, "updated_refs": refs})

@@ -232,8 +232,9 @@ class ReadingMixin(BlobsMixin):
             self._materialise(source, original)
             converted = converters.convert(original, Path(tmp) / "converted", target).destination  # type: ignore[arg-type]
             files, _ = collect_files(converted)
-            manifest = build_manifest(files)
-            self._store_files(files, manifest, None)
+            one_pass = self._one_pass(None)
+            manifest = build_manifest(files, hash_file=one_pass)
+            self._store_files(files, manifest, None, one_pass)
         with self.db.write() as session:
             self.db.insert_ignore(session, DerivedRecord, revision_id=rev_id, target_format=target,
                                   converter_version=CONVERTER_VERSION, digest=manifest.digest,

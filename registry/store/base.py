@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 import secrets
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO, Callable, Iterable, Iterator
 
@@ -31,10 +31,12 @@ Progress = Callable[[int], None]
 
 @dataclass(frozen=True)
 class BlobInfo:
-    """What a put returns: the blob's name and its length in bytes."""
+    """What a put returns: the blob's name, its length in bytes, and whether this put stored it (False: the
+    store held it already)."""
 
     digest: Digest
     size: int
+    created: bool = field(default=True, compare=False)  # how this put went, not what the blob is
 
 
 def file_fingerprint(st: os.stat_result) -> str:
@@ -135,6 +137,11 @@ class BlobStore(ABC):
                 pass  # gc removed it between exists() and touch(): store it after all
         with open(path, "rb") as f:
             return self._put_stream_from(read_chunks(f), expected, progress, source=path)
+
+    def put_reader(self, source: BinaryIO, progress: Progress | None = None) -> BlobInfo:
+        """Store what `source` holds from its position on, named by the digest of the bytes stored (one read
+        pass: the hash is of what was written, never of an earlier read). Backends may read it faster."""
+        return self.put_stream(read_chunks(source), None, progress)
 
     def adopt(self, path: Path, expected: str) -> BlobInfo:
         """Store the file at `path` as blob `expected`, taking the file over: `path` is gone afterwards,

@@ -25,14 +25,17 @@ import os
 import secrets
 import time
 from pathlib import Path
-from typing import BinaryIO, Iterable, Iterator
+from typing import TYPE_CHECKING, BinaryIO, Callable, Iterable, Iterator
 
-from registry.atomic import fsync
+from registry.atomic import fsync, write_all
 from registry.errors import InsufficientStorageError
 from registry.store.base import BlobInfo, BlobStore, Progress, file_fingerprint
 from registry.store.digests import (ALGORITHM, CHUNK_SIZE, Digest, digest_hex, format_digest, new_hasher,
                                     validate_digest)
 from registry.store.errors import BlobDigestMismatch, BlobNotFound, StoreError
+
+if TYPE_CHECKING:
+    from hashlib import _Hash as Hasher
 
 TEMP_PREFIX = ".tmp-"
 BLOB_MODE = 0o444
@@ -41,6 +44,22 @@ _HEX = frozenset("0123456789abcdef")
 _NO_LINK = {errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK, errno.ENOSYS}
 #: errno values meaning "this filesystem is full" (no space left, or the writer's disk quota).
 FULL = frozenset({errno.ENOSPC, errno.EDQUOT})
+
+
+#: Bytes copied by the kernel between two hash steps of put_reader: large enough to amortise the calls, small
+#: enough that the copied run is still in the page cache when it is hashed.
+COPY_RUN = 32 << 20
+
+
+def _copy_run(src: int, dst: int, src_offset: int, dst_offset: int) -> int:
+    """Copy up to COPY_RUN bytes from `src` at `src_offset` to `dst` at `dst_offset` in the kernel; 0 at the end."""
+    copied = 0
+    while copied < COPY_RUN:
+        n = os.copy_file_range(src, dst, COPY_RUN - copied, src_offset + copied, dst_offset + copied)
+        if n == 0:
+            break
+        copied += n
+    return copied
 
 
 def free_bytes(folder: Path) -> int:
@@ -94,34 +113,99 @@ class LocalBlobStore(BlobStore):
 
     def put_stream(self, chunks: Iterable[bytes], expected: str | None = None,
                    progress: Progress | None = None) -> BlobInfo:
+        def fill(fd: int, hasher: Hasher) -> int:
+            size = 0
+            for chunk in chunks:
+                if not chunk:
+                    continue
+                hasher.update(chunk)
+                write_all(fd, chunk)
+                size += len(chunk)
+                if progress is not None:
+                    progress(len(chunk))
+            return size
+        return self._store(fill, expected)
+
+    def put_reader(self, source: BinaryIO, progress: Progress | None = None) -> BlobInfo:
+        """Store what `source` (a regular file) holds from its position on, hashing each byte once: COPY_RUN bytes
+        at a time are copied into the temp file by the kernel (os.copy_file_range: no pass through Python, a
+        reflink where the filesystem shares extents) and then hashed from the temp file while its pages are
+        still in memory. The digest is of the bytes the temp file holds, so the blob is named by exactly what is
+        stored even if the source changes under the copy. Where the kernel cannot copy (another filesystem on
+        an old kernel, a special file), the bytes are read, hashed and written by hand (same guarantee)."""
+        def fill(fd: int, hasher: Hasher) -> int:
+            src = source.fileno()
+            start = os.lseek(src, 0, os.SEEK_CUR)
+            buffer = bytearray(CHUNK_SIZE)
+            view = memoryview(buffer)
+            size = 0
+            kernel = True
+            while True:
+                if kernel:
+                    try:
+                        copied = _copy_run(src, fd, start + size, size)
+                    except OSError as exc:
+                        if exc.errno in FULL or size:
+                            raise
+                        kernel = False  # nothing copied yet: the hand copy below takes over
+                        continue
+                    if copied == 0:
+                        return size
+                    done = 0
+                    while done < copied:  # hash what the temp file now holds (in the page cache)
+                        n = os.preadv(fd, [view[:min(CHUNK_SIZE, copied - done)]], size + done)
+                        if n <= 0:
+                            raise StoreError("the store's temp file ended early while it was being hashed")
+                        hasher.update(view[:n])
+                        done += n
+                    size += copied
+                    if progress is not None:
+                        progress(copied)
+                else:
+                    n = os.preadv(src, [view], start + size)
+                    if n == 0:
+                        return size
+                    chunk = view[:n]
+                    hasher.update(chunk)
+                    os.lseek(fd, size, os.SEEK_SET)
+                    write_all(fd, chunk)
+                    size += n
+                    if progress is not None:
+                        progress(n)
+        return self._store(fill, None)
+
+    def _store(self, fill: "Callable[[int, Hasher], int]", expected: str | None) -> BlobInfo:
+        """Write a temp file with `fill` (it hashes what it writes, returns the bytes written), check it against
+        `expected`, and publish it under the digest of exactly those bytes. Content already stored is not
+        fsynced or linked again: the temp file is dropped and the stored blob touched (created=False)."""
         if expected is not None:
             validate_digest(expected)  # before consuming a byte of the stream
         tmp = self.tmp_dir / f"{TEMP_PREFIX}{secrets.token_hex(12)}"
         size = 0
         try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)  # read back: put_reader hashes it
         except OSError as exc:
             if exc.errno not in FULL:
                 raise
             raise self._full(expected, size) from None
         try:
             hasher = new_hasher()
-            with open(fd, "wb") as f:
-                for chunk in chunks:
-                    if not chunk:
-                        continue
-                    hasher.update(chunk)
-                    f.write(chunk)
-                    size += len(chunk)
-                    if progress is not None:
-                        progress(len(chunk))
-                f.flush()
-                os.fchmod(f.fileno(), BLOB_MODE)
-                os.fsync(f.fileno())
-            actual = format_digest(hasher.hexdigest())
-            if expected is not None and actual != expected:
-                raise BlobDigestMismatch(expected, actual, size)
-            self._publish(tmp, actual)
+            try:
+                size = fill(fd, hasher)
+                actual = format_digest(hasher.hexdigest())
+                if expected is not None and actual != expected:
+                    raise BlobDigestMismatch(expected, actual, size)
+                if self.exists(actual):
+                    try:
+                        self.touch(actual)  # stored before: these bytes are not needed (no fsync, no link)
+                        return BlobInfo(actual, size, created=False)
+                    except BlobNotFound:
+                        pass  # gc removed it between exists() and touch(): publish ours
+                os.fchmod(fd, BLOB_MODE)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            created = self._publish(tmp, actual)
         except OSError as exc:
             if exc.errno not in FULL:
                 raise
@@ -129,7 +213,7 @@ class LocalBlobStore(BlobStore):
             raise self._full(expected, size) from None
         finally:
             tmp.unlink(missing_ok=True)  # published blobs are a second link: this drops only the temp name
-        return BlobInfo(actual, size)
+        return BlobInfo(actual, size, created=created)
 
     def _full(self, digest: str | None, written: int) -> InsufficientStorageError:
         """The refusal for a write of `digest` that found the store's filesystem full."""
@@ -186,8 +270,9 @@ class LocalBlobStore(BlobStore):
             if not keep:
                 path.unlink(missing_ok=True)  # after a link this drops only the upload's name
 
-    def _publish(self, tmp: Path, digest: Digest) -> None:
-        """Give a fully written, fsynced, checked temp file its final name, atomically."""
+    def _publish(self, tmp: Path, digest: Digest) -> bool:
+        """Give a fully written, fsynced, checked temp file its final name, atomically; False when the blob was
+        already there (then it is touched and `tmp` is not used)."""
         final = self._blob_path(digest)
         self._ensure_dir(final.parent)
         while True:
@@ -196,7 +281,7 @@ class LocalBlobStore(BlobStore):
             except FileExistsError:
                 try:
                     self.touch(digest)  # already stored (maybe by a concurrent writer): keep it, mark it used
-                    return
+                    return False
                 except BlobNotFound:
                     continue  # gc removed it between our link and touch: link ours instead
             except FileNotFoundError:
@@ -212,10 +297,11 @@ class LocalBlobStore(BlobStore):
                 # rename identical, complete files, so the result is still one correct blob.
                 if final.exists():
                     self.touch(digest)
-                    return
+                    return False
                 os.replace(tmp, final)
             break
         fsync(final.parent)
+        return True
 
     def _ensure_dir(self, shard: Path) -> None:
         """Create a blob's two-hex-char folder, durably, if it is new."""

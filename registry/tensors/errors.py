@@ -8,7 +8,8 @@
         ├── NotInvertibleError      400 not_invertible    an unmerge the merged weights alone cannot undo
         ├── DeviceError             400 device_error      a device or dtype name the tensor code cannot use
         ├── MergeError              400 merge_error       a merge (or unmerge) that cannot be done as asked
-        │   └── MergeOutputError    400 merge_output      the destination folder cannot be written as asked
+        │   ├── MergeOutputError    400 merge_output      the destination folder cannot be written as asked
+        │   └── MergeCheckError     400 merge_check       a merged tensor outside its rounding bound (tensor named)
         └── CombineError            400 combine_error     a weighted combination that cannot be done as asked
 
 No torch here: a client rebuilding one of these from a server's answer imports only this module.
@@ -48,6 +49,10 @@ class MergeError(TensorError, code="merge_error"):
 
 class MergeOutputError(MergeError, code="merge_output"):
     """The destination folder cannot be written as asked."""
+
+
+class MergeCheckError(MergeError, code="merge_check"):
+    """A merged tensor is not base + delta within its storage dtype's rounding (tensor_check.py); nothing written."""
 
 
 class CombineError(TensorError, code="combine_error"):
