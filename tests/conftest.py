@@ -39,12 +39,34 @@ def pytest_configure(config: pytest.Config) -> None:
 TIER_OF_FIXTURE = {"server": "server", "fresh_server": "server", "swift_python": "oracle"}
 
 
+def _gpu_tier_runs_here() -> bool:
+    """Whether the `gpu` tier can run: a CUDA device, or the CPU stand-in (SWIFTREG_GPU_TEST_DEVICE=cpu, set by
+    `scripts/gpu-check --cpu`)."""
+    if os.environ.get("SWIFTREG_GPU_TEST_DEVICE", "cuda").startswith("cpu"):
+        return True
+    import torch
+
+    return bool(torch.cuda.is_available())
+
+
+def pytest_report_header(config: pytest.Config) -> str | None:
+    if _gpu_tier_runs_here():
+        return None
+    return ("gpu tier: deselected (no CUDA device); tests/test_gpu_check.py runs it on the CPU stand-in through "
+            "`scripts/gpu-check --cpu`, and `scripts/gpu-check` on a GPU machine")
+
+
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
         for fixture in getattr(item, "fixturenames", ()):
             if fixture in TIER_OF_FIXTURE:
                 item.add_marker(TIER_OF_FIXTURE[fixture])
+    if not _gpu_tier_runs_here():  # deselected, not skipped: the suite reports no skips (issue 19's one exception)
+        gpu = [item for item in items if item.get_closest_marker("gpu") is not None]
+        if gpu:
+            config.hook.pytest_deselected(items=gpu)
+            items[:] = [item for item in items if item.get_closest_marker("gpu") is None]
 
 
 @pytest.fixture(scope="session")

@@ -1,7 +1,7 @@
 """The `gpu` tier (issue 19, item 2): merge, unmerge, combination and the equivalence check on a CUDA device.
 
-Skipped without CUDA: the one skip the suite allows (a CI machine has no GPU; `scripts/gpu-check` runs this tier
-on one). `SWIFTREG_GPU_TEST_DEVICE=cpu` (set by `scripts/gpu-check --cpu`) runs the same tests with the CPU in
+Deselected without CUDA by tests/conftest.py (a CI machine has no GPU; `scripts/gpu-check` runs this tier on
+one). `SWIFTREG_GPU_TEST_DEVICE=cpu` (set by `scripts/gpu-check --cpu`) runs the same tests with the CPU in
 the GPU's place, so their code is proven in CI even though only a GPU run proves what they claim.
 
 The rules held here:
