@@ -458,8 +458,8 @@ def validate_revisions(reg: "Registry", refs: Iterable[str], *, run_id: str | No
     python = _use_swift(swift) if "swift_load" in wanted else None
     with tempfile.TemporaryDirectory(prefix="swiftreg-validate-", dir=reg.home) as tmp:
         revs: list[_Revision] = []
-        for i, ref in enumerate(refs):
-            info = reg.show(ref)
+        refs = list(refs)
+        for i, (ref, info) in enumerate(zip(refs, reg.show_many(refs))):
             if info.kind != "adapter":
                 raise RegistryError(f"{ref} is a base model; validation checks adapter revisions")
             ref = f"{info.repo}@{info.number}"
