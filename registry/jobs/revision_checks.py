@@ -132,18 +132,26 @@ def select_revisions(reg: "Registry", *, since: datetime | None = None, namespac
     return [f"{r.namespace}/{r.name}@{r.number}" for r in rows]
 
 
-def _row_id(reg: "Registry", info: "RevisionInfo") -> int:
-    """The database id of the revision `info` describes (read by `show` already: no second `show`)."""
+def _row_ids(reg: "Registry", infos: "list[RevisionInfo]") -> list[int]:
+    """The database ids of the revisions `infos` describe (read by `show_many` already), one query per
+    repository in the batch rather than one per revision."""
     from sqlalchemy import select
 
     from ..db.models import AdapterRecord, RevisionRecord
 
-    namespace, name = info.repo.split("/", 1)
+    ids: dict[tuple[str, int], int] = {}
+    by_repo: dict[str, set[int]] = {}
+    for info in infos:
+        by_repo.setdefault(info.repo, set()).add(info.number)
     with reg.db.read() as session:
-        return session.execute(select(RevisionRecord.id)
-                               .join(AdapterRecord, RevisionRecord.adapter_id == AdapterRecord.id)
-                               .where(AdapterRecord.namespace == namespace, AdapterRecord.name == name,
-                                      RevisionRecord.number == info.number)).scalar_one()
+        for repo, numbers in by_repo.items():
+            namespace, name = repo.split("/", 1)
+            rows = session.execute(select(RevisionRecord.number, RevisionRecord.id)
+                                   .join(AdapterRecord, RevisionRecord.adapter_id == AdapterRecord.id)
+                                   .where(AdapterRecord.namespace == namespace, AdapterRecord.name == name,
+                                          RevisionRecord.number.in_(numbers)))
+            ids.update({(repo, row.number): row.id for row in rows})
+    return [ids[(info.repo, info.number)] for info in infos]
 
 
 # ----- the checks -----------------------------------------------------------------------------------------
@@ -459,13 +467,15 @@ def validate_revisions(reg: "Registry", refs: Iterable[str], *, run_id: str | No
     with tempfile.TemporaryDirectory(prefix="swiftreg-validate-", dir=reg.home) as tmp:
         revs: list[_Revision] = []
         refs = list(refs)
-        for i, (ref, info) in enumerate(zip(refs, reg.show_many(refs))):
+        infos = reg.show_many(refs)
+        for ref, info in zip(refs, infos):
             if info.kind != "adapter":
                 raise RegistryError(f"{ref} is a base model; validation checks adapter revisions")
+        for i, (ref, info, row_id) in enumerate(zip(refs, infos, _row_ids(reg, infos))):
             ref = f"{info.repo}@{info.number}"
             scratch = Path(tmp) / f"r{i}"
             base = reg.resolve(info.base_model) if info.base_model else None
-            rev = _Revision(ref, info, _row_id(reg, info), scratch, scratch / "stored", base)
+            rev = _Revision(ref, info, row_id, scratch, scratch / "stored", base)
             rev.stored.mkdir(parents=True)
             revs.append(rev)
             _materialise_unverified(reg, rev, copy=wanted != {"integrity"})  # every other check reads these bytes
