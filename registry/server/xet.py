@@ -44,9 +44,8 @@ from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect
 
+from .. import atomic, tokens
 from .. import errors as E
-from .. import tokens
-from .. import atomic
 from ..atomic import write_all
 from ..ids import check_name
 from . import auth
