@@ -17,6 +17,8 @@ What it measures
       push flatness   at the end, per database: `swiftreg push` into a deep repository of the smallest and of the
                       largest size, interleaved in alternating order: the push target's verdict that load drift
                       between the sizes (measured one after another above) cannot decide
+      validate ratio  last: `swiftreg validate-all --check integrity` over a deep registry of the largest size on
+                      SQLite and on PostgreSQL, interleaved, per revision: the validate-all target's verdict
     The machine's load average is printed before each database; every figure is a median with its spread
     (min-max) where it is repeated.
 
@@ -204,6 +206,31 @@ def main() -> None:
     verdicts(table, databases, args.shapes.split(","), sizes)
     for db in databases:
         push_flatness(db, sizes[0], sizes[-1], max(args.runs, timing.MIN_RUNS), seeds)
+    if "postgresql" in databases and sizes[-1] <= args.validate_max:
+        validate_ratio(sizes[-1], max(args.runs, timing.MIN_RUNS))
+
+
+@contextmanager
+def deep_registries(db: str, sizes: tuple[int, ...], work: Path) -> Iterator[dict[int, dict[str, str]]]:
+    """One registry per size on `db`, each a deep repository `deep/x` grown to that many revisions; the
+    environment a `swiftreg` process needs to use each (SWIFTREG_HOME, SWIFTREG_DATABASE_URL)."""
+    envs: dict[int, dict[str, str]] = {}
+    urls: list[str] = []
+    try:
+        for size in sizes:
+            home = work / f"home-{db}-{size}"
+            url = f"sqlite:///{home / 'registry.db'}" if db == "sqlite" else create_postgres_database()
+            if db != "sqlite":
+                urls.append(url)
+            reg = Registry(home=home, database_url=url)
+            reg.push(write_peft_lora(work / f"first-{db}-{size}", seed=0), "deep/x")
+            grow_deep(reg, "deep/x", size)
+            reg.close()
+            envs[size] = registry_env(home, url)
+        yield envs
+    finally:
+        for url in urls:
+            drop_postgres_database(url)
 
 
 def push_flatness(db: str, small: int, large: int, runs: int, seeds: Iterator[int]) -> None:
@@ -211,33 +238,44 @@ def push_flatness(db: str, small: int, large: int, runs: int, seeds: Iterator[in
     interleaved in alternating order (bench/timing.py), so load drift between the sizes above cannot decide it."""
     work = Path(tempfile.mkdtemp(prefix=f"swiftreg-scale-flat-{db}-"))
     try:
-        envs: dict[int, dict[str, str]] = {}
-        urls: list[str] = []
-        for size in (small, large):
-            home = work / f"home-{size}"
-            url = f"sqlite:///{home / 'registry.db'}" if db == "sqlite" else create_postgres_database()
-            if db != "sqlite":
-                urls.append(url)
-            reg = Registry(home=home, database_url=url)
-            reg.push(write_peft_lora(work / f"first-{size}", seed=0), "deep/x")
-            grow_deep(reg, "deep/x", size)
-            reg.close()
-            envs[size] = registry_env(home, url)
+        with deep_registries(db, (small, large), work) as envs:
+            def push(size: int) -> None:
+                folder = write_peft_lora(work / f"push-{next(seeds)}", seed=next(seeds))
+                timing.run_process([sys.executable, "-m", "registry.cli", "push", str(folder), "deep/x"], envs[size])
 
-        def push(size: int) -> None:
-            folder = write_peft_lora(work / f"push-{next(seeds)}", seed=next(seeds))
-            timing.run_process([sys.executable, "-m", "registry.cli", "push", str(folder), "deep/x"], envs[size])
-
-        cases = [timing.Case(f"push into {n}", lambda n=n: push(n)) for n in (small, large)]
-        results = timing.interleaved(cases, runs)
+            cases = [timing.Case(f"push into {n}", lambda n=n: push(n)) for n in (small, large)]
+            results = timing.interleaved(cases, runs)
         print(f"\n== push flatness, {db}, interleaved ({timing.load_average()})")
         for case in cases:
             print(f"  {case.name:<20} {results.spread(case.name)}")
         print("  " + timing.verdict(f"push command {db} deep, {large} / {small} revisions",
                                     results.median(cases[1].name) / results.median(cases[0].name), 1.5))
     finally:
-        for url in urls:
-            drop_postgres_database(url)
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def validate_ratio(size: int, runs: int) -> None:
+    """The validate-all target judged fairly: `swiftreg validate-all --check integrity` as a whole process over
+    the same deep registry of `size` revisions on SQLite and on PostgreSQL, interleaved in alternating order,
+    per revision checked, so load drift between the two databases' halves above cannot decide it."""
+    work = Path(tempfile.mkdtemp(prefix="swiftreg-scale-validate-"))
+    try:
+        with deep_registries("sqlite", (size,), work) as lite, deep_registries("postgresql", (size,), work) as pg:
+            envs = {"sqlite": lite[size], "postgresql": pg[size]}
+
+            def validate(db: str) -> None:
+                timing.run_process([sys.executable, "-m", "registry.cli", "validate-all", "--check", "integrity",
+                                    "--fail-on", "regression"], envs[db])
+
+            cases = [timing.Case(f"validate-all {db}", lambda db=db: validate(db)) for db in envs]
+            results = timing.interleaved(cases, runs)
+        print(f"\n== validate-all --check integrity, {size} revisions, interleaved ({timing.load_average()})")
+        for case in cases:
+            med = results.median(case.name)
+            print(f"  {case.name:<26} {results.spread(case.name)}  = {med / size * 1e3:.3f} ms per revision")
+        print("  " + timing.verdict(f"validate-all per revision PostgreSQL / SQLite, {size} revisions",
+                                    results.median(cases[1].name) / results.median(cases[0].name), 1.3))
+    finally:
         shutil.rmtree(work, ignore_errors=True)
 
 

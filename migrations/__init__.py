@@ -3,4 +3,4 @@
 HEAD names the newest migration so a registry can check its schema without importing Alembic
 (tests/test_migrations.py keeps it equal to the scripts' real head).
 """
-HEAD = "0008"
+HEAD = "0009"

@@ -90,6 +90,28 @@ def test_ls_costs_the_same_queries_for_10_and_200_repositories(reg: Registry, ad
     assert len(reg.list("many")) == 200
 
 
+def test_validate_all_integrity_costs_the_same_queries_for_10_and_250_revisions(reg: Registry,
+                                                                                 adapter_folder: Path) -> None:
+    """validate-all reads a job's revisions in bulk and writes their results in one statement: a file-check run
+    is one job up to 256 revisions (kinds.BATCH_SIZE_FILES), whose statements do not grow with them."""
+    reg.push(adapter_folder, "few/x")
+    reg.push(adapter_folder, "many/x")
+    grow_deep(reg, "few/x", 10)
+    grow_deep(reg, "many/x", 250)
+    counts = {}
+    for ns, size in (("few", 10), ("many", 250)):
+        with _counting(reg) as statements:
+            report = reg.validate_all(namespace=ns, checks=["integrity"])
+        counts[ns] = len(statements)
+        assert len(report.jobs) == 1 and [j["status"] for j in report.jobs] == ["succeeded"]
+        assert len(report.results) == size and all(r.passed and r.check == "integrity" for r in report.results)
+    assert counts["few"] == counts["many"], counts
+    with _counting(reg) as statements:
+        report = reg.validate_all(namespace="many", checks=["integrity"], batch_size=50)
+    assert len(report.jobs) == 5 and len(report.results) == 250 and not report.failures
+    assert len(statements) > counts["many"]  # a job's own statements (claim, finish, its event) are per job
+
+
 # ----- keyset pages ----------------------------------------------------------------------------------------
 
 def test_pages_walk_every_revision_and_repository_once(reg: Registry, adapter_folder: Path, llama_base: Path) -> None:

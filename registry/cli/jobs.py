@@ -232,8 +232,9 @@ def jobs_logs(job_id: int) -> None:
 @click.option("--backend", type=click.Choice(BACKENDS), default="inline", show_default=True,
               help="inline: here; worker: queue for `swiftreg worker` processes and wait; ray: on a Ray cluster.")
 @click.option("--ray-address", metavar="ADDR", help=_RAY_ADDRESS_HELP)
-@click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True,
-              help="Revisions per validate job (one ms-swift process per job).")
+@click.option("--batch-size", type=click.IntRange(min=1),
+              help="Revisions per validate job (one ms-swift process per job). Default: 8 when a check loads a "
+                   "model (peft_load, swift_load, outputs), 256 when the checks only read files.")
 @click.option("--check", "checks", multiple=True,
               type=click.Choice(CHECKS),
               help="Only these checks (repeatable). Default: all.")
@@ -247,7 +248,8 @@ def jobs_logs(job_id: int) -> None:
               help="any: exit 1 when any check fails, on the first run too (a nightly on a broken registry goes "
                    "red). regression: only when a check that passed before fails now.")
 @json_option("Print the report as JSON instead of the table.")
-def validate_all(since: str | None, namespace: str | None, backend: str, ray_address: str | None, batch_size: int,
+def validate_all(since: str | None, namespace: str | None, backend: str, ray_address: str | None,
+                 batch_size: int | None,
                  checks: tuple[str, ...], swift: bool | None, json_report: Path | None, junit: Path | None,
                  timeout: float | None, fail_on: str, as_json: bool) -> None:
     """Check every adapter revision (integrity, config, round trip, peft and ms-swift loads, outputs) and record

@@ -203,9 +203,11 @@ class WorkerRecord(Base):
 
 class ValidationRunRecord(Base):
     __tablename__ = "validation_runs"
+    #: a revision's previous result for a check is the top of one range of this index (migration 0009)
+    __table_args__ = (Index("ix_validation_runs_revision_check", "revision_id", "check_kind", "id"),)
 
     id: Mapped[int] = mapped_column(primary_key=True)
-    revision_id: Mapped[int] = mapped_column(ForeignKey("revisions.id"), index=True)
+    revision_id: Mapped[int] = mapped_column(ForeignKey("revisions.id"))
     check_kind: Mapped[str] = mapped_column(String(64))
     metrics: Mapped[dict[str, Any]]
     passed: Mapped[bool] = mapped_column(Boolean)

@@ -12,7 +12,7 @@ from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 from ..errors import InvalidJobError
-from .kinds import BACKENDS, CHECKS
+from .kinds import BACKENDS, CHECKS, default_batch_size
 from .queue import JobInfo, JobQueue, default_worker_id, key_scope
 from .runner import check_params, job_namespaces
 
@@ -78,7 +78,7 @@ def parse_since(text: str | None) -> datetime | None:
 
 
 def validate_all(reg: "Registry", *, since: str | datetime | None = None, namespace: str | None = None,
-                 backend: str = "inline", batch_size: int = 4, swift: bool | None = None,
+                 backend: str = "inline", batch_size: int | None = None, swift: bool | None = None,
                  checks: Iterable[str] | None = None, ray_address: str | None = None, timeout: float | None = None,
                  revisions: list[str] | None = None,
                  on_event: Callable[[str], None] | None = None) -> "ValidationReport":
@@ -87,12 +87,14 @@ def validate_all(reg: "Registry", *, since: str | datetime | None = None, namesp
     from .revision_checks import select_revisions
 
     _check_backend(backend)
-    if batch_size < 1:
-        raise InvalidJobError("--batch-size must be at least 1")
     wanted = list(checks) if checks else list(CHECKS)
     unknown = set(wanted) - set(CHECKS)
     if unknown:
         raise InvalidJobError(f"unknown check(s) {', '.join(sorted(unknown))}; checks: {', '.join(CHECKS)}")
+    if batch_size is None:
+        batch_size = default_batch_size(wanted)
+    if batch_size < 1:
+        raise InvalidJobError("--batch-size must be at least 1")
     started = time.monotonic()
     moment = parse_since(since) if isinstance(since, str) or since is None else since
     refs = revisions if revisions is not None else select_revisions(reg, since=moment, namespace=namespace)

@@ -20,8 +20,9 @@ import converters
 from .. import rules
 from ..api import Kind, RepoInfo, RevisionInfo
 from ..db.models import BaseModelRecord, DerivedRecord, RefRecord, RevisionRecord
+from ..db.queries import numbers_in
 from ..errors import NotFoundError
-from ..ids import DEFAULT_REF, parse_id
+from ..ids import DEFAULT_REF, RepoId, parse_id
 from ..manifest import Manifest, build_manifest, collect_files
 from ..snapshots import mark_used
 from .blobs import BlobsMixin
@@ -54,20 +55,25 @@ class ReadingMixin(BlobsMixin):
             rid = parse_id(repo_id)
             if rid.ref.kind == "number":
                 groups.setdefault((rid.namespace, rid.name), []).append(i)
-        for indexes in groups.values():
-            rid = parse_id(repo_ids[indexes[0]])
-            kind = self._kind_of(rid)
-            numbers = {parse_id(repo_ids[i]).ref.number for i in indexes}
-            with self.db.read() as session:
-                repo = self._repo_or_fail(session, kind, rid)
-                revs = session.scalars(select(RevisionRecord).where(
-                    self._repo_filter(kind, repo.id), RevisionRecord.number.in_(numbers))).all()
-                by_number = {info.number: info for info in self._infos(session, kind, repo, revs)}
-            for i in indexes:
-                number = parse_id(repo_ids[i]).ref.number
-                if number in by_number:
-                    found[i] = by_number[number]
+        with self.db.read() as session:  # one transaction for the batch: a round trip saved per repository
+            for indexes in groups.values():
+                numbers = {parse_id(repo_ids[i]).ref.number for i in indexes}
+                by_number = self._numbered(session, parse_id(repo_ids[indexes[0]]), numbers)
+                found.update({i: by_number[n] for i in indexes if (n := parse_id(repo_ids[i]).ref.number) in by_number})
         return [found[i] if i in found else self.show(repo_id) for i, repo_id in enumerate(repo_ids)]
+
+    def _numbered(self, session: Session, rid: RepoId, numbers: set[int]) -> dict[int, RevisionInfo]:
+        """The revisions numbered `numbers` of the adapter or base model `rid` names, by number (those that exist)."""
+        kind: Kind = "adapter"
+        repo = self._find_repo(session, kind, rid)
+        if repo is None:
+            kind = "base"
+            repo = self._find_repo(session, kind, rid)
+        if repo is None:
+            return {}  # `show` says what is missing
+        revs = [rev for rev in session.scalars(select(RevisionRecord).where(
+            self._repo_filter(kind, repo.id), numbers_in(RevisionRecord.number, numbers))) if rev.number in numbers]
+        return {info.number: info for info in self._infos(session, kind, repo, revs)}
 
     def log(self, repo_id: str, *, limit: int | None = None, after: int | None = None) -> builtins.list[RevisionInfo]:
         """The revisions of a repository, newest first: all of them, or the `limit` numbered below `after`

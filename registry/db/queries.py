@@ -1,0 +1,22 @@
+"""Query fragments the service and the jobs share, written for what both databases' planners do with them."""
+from __future__ import annotations
+
+from collections.abc import Collection
+from typing import Any
+
+from sqlalchemy import and_
+from sqlalchemy.sql.elements import ColumnElement
+
+
+def numbers_in(column: Any, numbers: Collection[int]) -> ColumnElement[bool]:
+    """`column IN numbers`, read as a range of the (repository, number) index whatever the statistics say.
+
+    A dense set (validate-all's batches: consecutive revisions) is its range alone, one bound pair instead of a
+    list of hundreds of parameters (2.5 ms a query on PostgreSQL for 256 of them, 0.4 ms for the range); the
+    caller drops the few rows of the range outside the set. A sparse set keeps its list, bounded by its range.
+    """
+    low, high = min(numbers), max(numbers)
+    window = column.between(low, high)
+    if high - low + 1 <= 2 * len(numbers):
+        return window  # type: ignore[no-any-return]
+    return and_(column.in_(numbers), window)
