@@ -35,13 +35,11 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "bench"))
 
 import timing  # noqa: E402
+from timing import say  # noqa: E402  (bench/timing.py)
 
 REPO = "team/sql-lora-7b"
 TAG = "v1"
 
-
-def say(msg: str = "") -> None:
-    print(msg, flush=True)
 
 
 def main() -> int:

@@ -35,7 +35,6 @@ Run (from the repository root; on a quiet machine for figures worth quoting)
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import shutil
@@ -49,23 +48,13 @@ from pathlib import Path
 from typing import Any, Callable
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "bench"))
+from timing import load_bench, say  # noqa: E402  (bench/timing.py)
 REPO = "team/sql-lora-7b"
 COLD_TARGET = 1.5            # a hub client's cold push / swiftreg push's, at most
 UNCHANGED_TARGET_S = 1.0     # an unchanged re-push, at most
 
 
-def say(msg: str = "") -> None:
-    print(msg, flush=True)
-
-
-def load_bench(name: str) -> Any:
-    spec = importlib.util.spec_from_file_location(f"_swiftreg_bench_{name}", ROOT / "bench" / f"{name}.py")
-    if spec is None or spec.loader is None:
-        raise ImportError(f"bench/{name}.py not found")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 # ----- the cases ---------------------------------------------------------------------------------------------

@@ -29,7 +29,6 @@ Run (from the repository root; on a quiet machine for figures worth quoting)
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import itertools
 import json
 import os
@@ -41,23 +40,12 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "bench"))
+from timing import load_bench, say  # noqa: E402  (bench/timing.py)
+
 COLD_TARGET = 2.0       # Xet cold / swiftreg push cold, at most
 CHANGE_TARGET = 5.0     # Xet cold / Xet one-tensor push, at least
 SENT_TARGET = 0.05      # bytes received for the one-tensor push / adapter bytes, under
-
-
-def say(msg: str = "") -> None:
-    print(msg, flush=True)
-
-
-def load_push_bench() -> Any:
-    spec = importlib.util.spec_from_file_location("_swiftreg_bench_push", ROOT / "bench" / "push.py")
-    if spec is None or spec.loader is None:
-        raise ImportError("bench/push.py not found")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 def flip_one_tensor(src: Path, dst: Path) -> str:
@@ -100,8 +88,8 @@ def main() -> int:
 
 
 def run(args: argparse.Namespace, work: Path) -> int:
-    push = load_push_bench()
-    transfer = push.load_bench("transfer")
+    push = load_bench("push")
+    transfer = load_bench("transfer")
     resolve_bench = transfer.load_bench("resolve")
     gen = resolve_bench.load_convert_bench()
     tiny, src = work / "src" / "tiny-peft", work / "src" / "large-peft"

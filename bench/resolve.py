@@ -93,6 +93,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 ROOT = Path(__file__).resolve().parent.parent
+from timing import say  # noqa: E402  (bench/timing.py)
 sys.path.insert(0, str(ROOT / "bench"))
 SPEEDUP_TARGET = 10.0
 WARM_TAG_US = 10.0  # a warm tag resolve on either database, at most (issue 18)
@@ -103,9 +104,6 @@ TAG = "v1"
 #: Tracked by LFS in the Hub's default .gitattributes (the cache names their blobs by sha256).
 LFS_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf")
 
-
-def say(msg: str = "") -> None:
-    print(msg, flush=True)
 
 
 # --------------------------------------------------------------------------- checkpoints

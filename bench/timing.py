@@ -9,17 +9,39 @@ same way, so a ratio means the same thing in every bench:
     library call, and output always goes to a file (never /dev/null);
   - results are the median with the min-max spread of at least five rounds, and the machine's load average is
     printed with them (numbers taken under load say so).
+Beside them, what every bench script needs: `say` (a line out at once, as a long bench goes) and `load_bench`
+(another bench script as a module: the transfer benches share their sources and servers).
 """
 from __future__ import annotations
 
+import importlib.util
 import os
 import statistics
 import subprocess
+import sys
 import time
+from pathlib import Path
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
 MIN_RUNS = 5
+BENCH = Path(__file__).resolve().parent
+
+
+def say(message: str = "") -> None:
+    """Print a line now (a bench's output is read while it runs, often through a pipe)."""
+    print(message, flush=True)
+
+
+def load_bench(name: str) -> Any:
+    """bench/NAME.py as a module (the bench folder is not a package)."""
+    spec = importlib.util.spec_from_file_location(f"_swiftreg_bench_{name}", BENCH / f"{name}.py")
+    if spec is None or spec.loader is None:
+        raise ImportError(f"bench/{name}.py not found")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up while being built
+    spec.loader.exec_module(module)
+    return module
 
 
 def load_average() -> str:

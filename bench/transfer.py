@@ -77,6 +77,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "bench"))
 
 import timing  # noqa: E402  (bench/timing.py: the interleaving every bench shares)
+from timing import load_bench, say  # noqa: E402  (bench/timing.py)
 REPO = "team/sql-lora-7b"
 TAG = "v1"
 PULL_VS_CP_TARGET = 0.5      # pull throughput / cp throughput, at least
@@ -87,18 +88,6 @@ S3_TARGET = 1.3              # s3 push / raw put and s3 pull / raw get, at most
 BUCKET = "swiftreg-bench"
 
 
-def say(msg: str = "") -> None:
-    print(msg, flush=True)
-
-
-def load_bench(name: str) -> Any:
-    spec = importlib.util.spec_from_file_location(f"_swiftreg_bench_{name}", ROOT / "bench" / f"{name}.py")
-    if spec is None or spec.loader is None:
-        raise ImportError(f"bench/{name}.py not found")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclasses look their module up while being built
-    spec.loader.exec_module(module)
-    return module
 
 
 def folder_digests(root: Path) -> dict[str, tuple[int, str]]:

@@ -14,7 +14,8 @@ What it measures
                         base_model_name_or_path vLLM's resolver insists on)
       swiftreg cold     "team/cold<i>@v1": a revision pushed in Swift format and never resolved (it is
                         converted to PEFT and materialised from verified blobs on the way), for information
-    Requests alternate between the sides (which goes first alternates too); the table gives the median and best per side and the ratio.
+    Requests alternate between the sides (which goes first alternates too); the table gives the median and best
+    per side and the ratio.
     It also times, in this process, the cost of a cached resolve in the plugin's own `Resolver`: an
     immutable id it already answered (no database, no network) and a tag (the embedded registry's ref
     memo, valid while its refs stamp file is unchanged).
@@ -40,13 +41,12 @@ import timeit
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "bench"))
+from timing import say  # noqa: E402  (bench/timing.py)
 sys.path.insert(0, str(ROOT))
 
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
-
-def say(message: str) -> None:
-    print(message, flush=True)
 
 
 def first_token_seconds(server, name: str) -> float:  # type: ignore[no-untyped-def]
@@ -100,7 +100,8 @@ def run(args: argparse.Namespace, work: Path) -> int:
         config["base_model_name_or_path"] = str(base)
         (folder / "adapter_config.json").write_text(json.dumps(config))
     size = sum(p.stat().st_size for p in peft_dir.iterdir())
-    say(f"adapter: r=16 on 7 projections of a 2-layer, 256-wide Llama, {size / 1e6:.2f} MB; {n} first requests per side")
+    say(f"adapter: r=16 on 7 projections of a 2-layer, 256-wide Llama, {size / 1e6:.2f} MB; "
+        f"{n} first requests per side")
 
     env = {"SWIFTREG_HOME": str(home), "VLLM_LORA_RESOLVER_CACHE_DIR": str(fs_dir)}
     started = time.perf_counter()
