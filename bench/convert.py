@@ -529,6 +529,7 @@ def main() -> int:
                                                        "--fsync"],
         "(ref) cp -r + sync of the copy": lambda out: [
             "sh", "-c", 'cp -r "$0" "$1" && find "$1" -exec sync -- {} +', str(src), str(out)],
+        "(ref) python -c pass": lambda out: [py, "-c", "pass"],  # the interpreter's start: the floor's first part
     }
     names = list(methods)
     library = "converters.convert (library, in process)"
@@ -582,6 +583,10 @@ def main() -> int:
     print(f"  library call / cp -r: {med[library] / med[copy]:.2f}x; ms-swift / library call: "
           f"{med[swift] / med[library]:.1f}x; start-up and exit of a swiftreg process: about "
           f"{fmt_s(med[ours] - med[library])}")
+    floor = med["(ref) python -c pass"] + med[library]
+    print(f"  floor of any Python process that converts (python -c pass + the library call, no import): "
+          f"{fmt_s(floor)} = {floor / med[copy]:.2f}x cp -r; the target leaves "
+          f"{(MAX_RATIO_VS_CP * med[copy] - floor) * 1e3:.0f} ms for every import (click and the converters)")
     print()
     print("where a swiftreg process spends its time (medians):")
     print(f"  convert, whole process                   {fmt_s(med[ours])}")
