@@ -17,8 +17,9 @@ What it measures
       push flatness   at the end, per database: `swiftreg push` into a deep repository of the smallest and of the
                       largest size, interleaved in alternating order: the push target's verdict that load drift
                       between the sizes (measured one after another above) cannot decide
-      validate ratio  last: `swiftreg validate-all --check integrity` over a deep registry of the largest size on
-                      SQLite and on PostgreSQL, interleaved, per revision: the validate-all target's verdict
+      validate ratio  last, per size from 1,000: `swiftreg validate-all --check integrity` over a deep registry of
+                      that size on SQLite and on PostgreSQL, interleaved, per revision: the validate-all target's
+                      verdict
     The machine's load average is printed before each database; every figure is a median with its spread
     (min-max) where it is repeated.
 
@@ -206,8 +207,10 @@ def main() -> None:
     verdicts(table, databases, args.shapes.split(","), sizes)
     for db in databases:
         push_flatness(db, sizes[0], sizes[-1], max(args.runs, timing.MIN_RUNS), seeds)
-    if "postgresql" in databases and sizes[-1] <= args.validate_max:
-        validate_ratio(sizes[-1], max(args.runs, timing.MIN_RUNS))
+    if "postgresql" in databases:
+        for size in sizes:
+            if 1000 <= size <= args.validate_max:  # below, a run is mostly the process's start, the same on both
+                validate_ratio(size, max(args.runs, timing.MIN_RUNS))
 
 
 @contextmanager
@@ -303,8 +306,8 @@ def verdicts(table: dict[tuple[str, str, int], dict[str, list[float]]], database
                 if "validate-all / revision" in table.get(("sqlite", shape, size), {}):
                     ratio = med(("postgresql", shape, size), "validate-all / revision") / \
                         med(("sqlite", shape, size), "validate-all / revision")
-                    print(f"  validate-all per revision PostgreSQL/SQLite {shape} {size}: {ratio:.2f}x "
-                          f"(target <= 1.3x): {'MET' if ratio <= 1.3 else 'MISSED'}")
+                    print(f"  validate-all per revision PostgreSQL/SQLite {shape} {size}, one run each, minutes "
+                          f"apart: {ratio:.2f}x (the target is judged interleaved, below)")
 
 
 if __name__ == "__main__":
