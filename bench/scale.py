@@ -46,7 +46,6 @@ import argparse
 import os
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -108,30 +107,26 @@ def measure(work: Path, database_url: str, shape: str, size: int, args: argparse
         grow_wide(reg, "wide", target, size)
     grown = sum(r.revisions for r in reg.list())
 
-    def cli_push() -> None:
+    def new_push() -> tuple[Path, str]:  # a new adapter and where it goes, written before the timer starts
         folder = write_peft_lora(work / f"push-{next(seeds)}", seed=next(seeds))
-        repo = "deep/x" if shape == "deep" else f"wide/new{next(seeds)}"
-        done = subprocess.run([sys.executable, "-m", "registry.cli", "push", str(folder), repo], env=env,
-                              capture_output=True, text=True)
-        if done.returncode != 0:
-            raise SystemExit(f"error: swiftreg push {repo} failed:\n{done.stdout}{done.stderr}")
-
-    def lib_push() -> None:
-        folder = write_peft_lora(work / f"push-{next(seeds)}", seed=next(seeds))
-        reg.push(folder, "deep/x" if shape == "deep" else f"wide/new{next(seeds)}")
+        return folder, "deep/x" if shape == "deep" else f"wide/new{next(seeds)}"
 
     cli, lib = [], []
     for _ in range(args.runs):  # interleaved: the command, then the library call
-        cli += timed(cli_push, 1)
-        lib += timed(lib_push, 1)
+        folder, repo = new_push()
+        timing.sync()
+        cli.append(timing.run_process([sys.executable, "-m", "registry.cli", "push", str(folder), repo], env))
+        folder, repo = new_push()
+        timing.sync()
+        lib += timed(lambda folder=folder, repo=repo: reg.push(folder, repo), 1)
     out["push (command)"], out["push (library)"] = cli, lib
 
     number = reg.show(target).number
     reg.resolve(f"{target}@{number}")
     reg.resolve(f"{target}@prod")
     for label, ref in (("resolve cold @N", f"{target}@{number}"), ("resolve cold @prod", f"{target}@prod")):
-        out[label] = timed(lambda ref=ref: subprocess.run(
-            [sys.executable, "-c", f"import registry; registry.resolve({ref!r})"], env=env, check=True), args.runs)
+        out[label] = [timing.run_process([sys.executable, "-c", f"import registry; registry.resolve({ref!r})"], env)
+                      for _ in range(args.runs)]
     for label, ref in (("resolve warm @N", f"{target}@{number}"), ("resolve warm @prod", f"{target}@prod")):
         calls = 2000
         out[label] = [t / calls for t in timeit.repeat(lambda ref=ref: reg.resolve(ref), number=calls,
@@ -148,10 +143,9 @@ def measure(work: Path, database_url: str, shape: str, size: int, args: argparse
     out["gc dry run"] = timed(lambda: reg.gc(dry_run=True), max(1, args.runs // 2))
     if size <= args.validate_max:
         checked = sum(r.revisions for r in reg.list())
-        start = time.perf_counter()
-        subprocess.run([sys.executable, "-m", "registry.cli", "validate-all", "--check", "integrity",
-                        "--fail-on", "regression"], env=env, check=False, capture_output=True)
-        out["validate-all / revision"] = [(time.perf_counter() - start) / checked]
+        seconds = timing.run_process([sys.executable, "-m", "registry.cli", "validate-all", "--check", "integrity",
+                                      "--fail-on", "regression"], env)
+        out["validate-all / revision"] = [seconds / checked]
     reg.close()
     print(f"    ({shape} registry grown to {grown} revisions)")
     return out
@@ -242,11 +236,17 @@ def push_flatness(db: str, small: int, large: int, runs: int, seeds: Iterator[in
     work = Path(tempfile.mkdtemp(prefix=f"swiftreg-scale-flat-{db}-"))
     try:
         with deep_registries(db, (small, large), work) as envs:
-            def push(size: int) -> None:
-                folder = write_peft_lora(work / f"push-{next(seeds)}", seed=next(seeds))
-                timing.run_process([sys.executable, "-m", "registry.cli", "push", str(folder), "deep/x"], envs[size])
+            folders: dict[int, Path] = {}
 
-            cases = [timing.Case(f"push into {n}", lambda n=n: push(n)) for n in (small, large)]
+            def prepare(size: int) -> None:  # the adapter is written before the timer starts
+                folders[size] = write_peft_lora(work / f"push-{next(seeds)}", seed=next(seeds))
+
+            def push(size: int) -> None:
+                timing.run_process([sys.executable, "-m", "registry.cli", "push", str(folders[size]), "deep/x"],
+                                   envs[size])
+
+            cases = [timing.Case(f"push into {n}", lambda n=n: push(n), before=lambda n=n: prepare(n))
+                     for n in (small, large)]
             results = timing.interleaved(cases, runs)
         print(f"\n== push flatness, {db}, interleaved ({timing.load_average()})")
         for case in cases:
