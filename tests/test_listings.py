@@ -90,10 +90,11 @@ def test_ls_costs_the_same_queries_for_10_and_200_repositories(reg: Registry, ad
     assert len(reg.list("many")) == 200
 
 
-def test_validate_all_integrity_costs_the_same_queries_for_10_and_250_revisions(reg: Registry,
-                                                                                 adapter_folder: Path) -> None:
-    """validate-all reads a job's revisions in bulk and writes their results in one statement: a file-check run
-    is one job up to 256 revisions (kinds.BATCH_SIZE_FILES), whose statements do not grow with them."""
+def test_validate_all_integrity_costs_the_same_queries_for_10_and_250_revisions_deep_or_wide(
+        reg: Registry, adapter_folder: Path) -> None:
+    """validate-all reads a job's revisions in bulk, from one repository or from 250, and writes their results in
+    one statement: a file-check run is one job up to 256 revisions (kinds.BATCH_SIZE_FILES), whose statements do
+    not grow with them."""
     reg.push(adapter_folder, "few/x")
     reg.push(adapter_folder, "many/x")
     grow_deep(reg, "few/x", 10)
@@ -106,6 +107,11 @@ def test_validate_all_integrity_costs_the_same_queries_for_10_and_250_revisions(
         assert len(report.jobs) == 1 and [j["status"] for j in report.jobs] == ["succeeded"]
         assert len(report.results) == size and all(r.passed and r.check == "integrity" for r in report.results)
     assert counts["few"] == counts["many"], counts
+    reg.push(adapter_folder, "wide/a00000")
+    grow_wide(reg, "wide", "wide/a00000", 250)  # 250 repositories of one revision: one job still
+    with _counting(reg) as statements:
+        report = reg.validate_all(namespace="wide", checks=["integrity"])
+    assert len(report.results) == 250 and not report.failures and len(statements) == counts["few"], counts
     with _counting(reg) as statements:
         report = reg.validate_all(namespace="many", checks=["integrity"], batch_size=50)
     assert len(report.jobs) == 5 and len(report.results) == 250 and not report.failures

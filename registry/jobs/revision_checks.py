@@ -135,24 +135,22 @@ def select_revisions(reg: "Registry", *, since: datetime | None = None, namespac
 
 
 def _row_ids(session: Any, infos: "list[RevisionInfo]") -> list[int]:
-    """The database ids of the revisions `infos` describe (read by `show_many` already), one query per
-    repository in the batch rather than one per revision, in the caller's transaction."""
+    """The database ids of the revisions `infos` describe (read by `show_many` already), in one query for the
+    whole batch however many repositories it spans, in the caller's transaction."""
     from sqlalchemy import select
 
     from ..db.models import AdapterRecord, RevisionRecord
     from ..db.queries import numbers_in
 
-    ids: dict[tuple[str, int], int] = {}
-    by_repo: dict[str, set[int]] = {}
-    for info in infos:
-        by_repo.setdefault(info.repo, set()).add(info.number)
-    for repo, numbers in by_repo.items():
-        namespace, name = repo.split("/", 1)
-        rows = session.execute(select(RevisionRecord.number, RevisionRecord.id)
-                               .join(AdapterRecord, RevisionRecord.adapter_id == AdapterRecord.id)
-                               .where(AdapterRecord.namespace == namespace, AdapterRecord.name == name,
-                                      numbers_in(RevisionRecord.number, numbers)))
-        ids.update({(repo, row.number): row.id for row in rows if row.number in numbers})
+    if not infos:
+        return []
+    repos = [info.repo.split("/", 1) for info in infos]
+    rows = session.execute(select(AdapterRecord.namespace, AdapterRecord.name, RevisionRecord.number, RevisionRecord.id)
+                           .join(RevisionRecord, RevisionRecord.adapter_id == AdapterRecord.id)
+                           .where(AdapterRecord.namespace.in_({ns for ns, _ in repos}),
+                                  AdapterRecord.name.in_({name for _, name in repos}),
+                                  numbers_in(RevisionRecord.number, {info.number for info in infos})))
+    ids = {(f"{row.namespace}/{row.name}", row.number): row.id for row in rows}
     return [ids[(info.repo, info.number)] for info in infos]
 
 

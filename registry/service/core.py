@@ -12,7 +12,7 @@ import time
 from collections import defaultdict
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Sequence, cast
+from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence, cast
 
 from sqlalchemy import ColumnElement, select
 from sqlalchemy.orm import Session
@@ -186,6 +186,12 @@ class RegistryCore:
     def _infos(self, session: Session, kind: Kind, repo: Any, revs: Sequence[RevisionRecord]) -> list[RevisionInfo]:
         """Revisions of one repository as `RevisionInfo`s in three queries whatever their number (refs, base
         revisions, provenance), so a page of `log` costs the same for 10 revisions as for 10,000."""
+        return self._infos_of(session, kind, {repo.id: repo}, revs)
+
+    def _infos_of(self, session: Session, kind: Kind, repos: Mapping[int, Any],
+                  revs: Sequence[RevisionRecord]) -> list[RevisionInfo]:
+        """`_infos` of revisions of several repositories of one kind (`repos`: by id, every one `revs` belong to),
+        in the same three queries."""
         ids = [rev.id for rev in revs]
         refs: dict[int, list[RefRecord]] = defaultdict(list)
         for ref in session.scalars(select(RefRecord).where(RefRecord.revision_id.in_(ids))) if ids else ():
@@ -200,8 +206,10 @@ class RegistryCore:
                 .where(RevisionRecord.id.in_(base_ids)))
             bases = {row.id: f"{row.namespace}/{row.name}@{row.number}" for row in rows}
         sources = provenances(session, ids)
+        names = {repo_id: f"{repo.namespace}/{repo.name}" for repo_id, repo in repos.items()}
+        owner = (lambda rev: rev.adapter_id) if kind == "adapter" else (lambda rev: rev.base_model_id)
         return [RevisionInfo(
-            repo=f"{repo.namespace}/{repo.name}", kind=kind, number=rev.number, digest=rev.digest, format=rev.format,
+            repo=names[owner(rev)], kind=kind, number=rev.number, digest=rev.digest, format=rev.format,
             tags=sorted(r.name for r in refs[rev.id] if r.kind == "tag"),
             branches=sorted(r.name for r in refs[rev.id] if r.kind == "branch"),
             created_at=aware(rev.created_at), message=rev.message, author=rev.author, meta=rev.meta,

@@ -22,7 +22,7 @@ from ..api import Kind, RepoInfo, RevisionInfo
 from ..db.models import BaseModelRecord, DerivedRecord, RefRecord, RevisionRecord
 from ..db.queries import numbers_in
 from ..errors import NotFoundError
-from ..ids import DEFAULT_REF, RepoId, parse_id
+from ..ids import DEFAULT_REF, parse_id
 from ..manifest import Manifest, build_manifest, collect_files
 from ..snapshots import mark_used
 from .blobs import BlobsMixin
@@ -45,35 +45,47 @@ class ReadingMixin(BlobsMixin):
             return self._info(session, kind, repo, self._revision(session, kind, repo, rid))
 
     def show_many(self, repo_ids: Sequence[str]) -> builtins.list[RevisionInfo]:
-        """`show` of many ids, in order: the numbered revisions of one repository are read together (the three
-        queries of `_infos` per repository, not a `show` each: what validate-all's batches need on PostgreSQL,
+        """`show` of many ids, in order: the numbered revisions are read together, in a fixed number of queries
+        for the whole batch however many repositories it spans (what validate-all's batches need on PostgreSQL,
         where every query is a round trip); tags, branches and missing numbers go through `show` itself, so
         every refusal is `show`'s."""
-        found: dict[int, RevisionInfo] = {}
-        groups: dict[tuple[str, str], builtins.list[int]] = {}
-        for i, repo_id in enumerate(repo_ids):
-            rid = parse_id(repo_id)
+        wanted: dict[tuple[str, str], set[int]] = {}
+        parsed = [parse_id(repo_id) for repo_id in repo_ids]
+        for rid in parsed:
             if rid.ref.kind == "number":
-                groups.setdefault((rid.namespace, rid.name), []).append(i)
-        with self.db.read() as session:  # one transaction for the batch: a round trip saved per repository
-            for indexes in groups.values():
-                numbers = {parse_id(repo_ids[i]).ref.number for i in indexes}
-                by_number = self._numbered(session, parse_id(repo_ids[indexes[0]]), numbers)
-                found.update({i: by_number[n] for i in indexes if (n := parse_id(repo_ids[i]).ref.number) in by_number})
-        return [found[i] if i in found else self.show(repo_id) for i, repo_id in enumerate(repo_ids)]
+                wanted.setdefault((rid.namespace, rid.name), set()).add(rid.ref.number)
+        found: dict[tuple[str, int], RevisionInfo] = {}
+        if wanted:
+            with self.db.read() as session:  # one transaction for the batch
+                for kind in ("adapter", "base"):
+                    pending = {key: numbers for key, numbers in wanted.items()
+                               if not any((f"{key[0]}/{key[1]}", n) in found for n in numbers)}
+                    if pending:
+                        found.update(self._numbered(session, kind, pending))
+        return [found.get((f"{rid.namespace}/{rid.name}", rid.ref.number)) or self.show(repo_id)
+                if rid.ref.kind == "number" else self.show(repo_id) for rid, repo_id in zip(parsed, repo_ids)]
 
-    def _numbered(self, session: Session, rid: RepoId, numbers: set[int]) -> dict[int, RevisionInfo]:
-        """The revisions numbered `numbers` of the adapter or base model `rid` names, by number (those that exist)."""
-        kind: Kind = "adapter"
-        repo = self._find_repo(session, kind, rid)
-        if repo is None:
-            kind = "base"
-            repo = self._find_repo(session, kind, rid)
-        if repo is None:
-            return {}  # `show` says what is missing
+    def _numbered(self, session: Session, kind: Kind,
+                  wanted: dict[tuple[str, str], set[int]]) -> dict[tuple[str, int], RevisionInfo]:
+        """The revisions `wanted` names ((namespace, name) -> numbers) that exist among repositories of `kind`, by
+        (`ns/name`, number): the repositories in one query, their revisions in one, then `_infos_of`'s three."""
+        model = self._model(kind)
+        named = select(model).where(model.namespace.in_({ns for ns, _ in wanted}),
+                                    model.name.in_({name for _, name in wanted}))
+        rows: Sequence[Any] = session.scalars(named).all()
+        repos = {repo.id: repo for repo in rows if (repo.namespace, repo.name) in wanted}
+        if not repos:
+            return {}
+        numbers = set().union(*wanted.values())
+        column = RevisionRecord.adapter_id if kind == "adapter" else RevisionRecord.base_model_id
+
+        def asked(rev: RevisionRecord) -> bool:
+            repo = repos[rev.adapter_id if kind == "adapter" else rev.base_model_id]
+            return rev.number in wanted[(repo.namespace, repo.name)]
+
         revs = [rev for rev in session.scalars(select(RevisionRecord).where(
-            self._repo_filter(kind, repo.id), numbers_in(RevisionRecord.number, numbers))) if rev.number in numbers]
-        return {info.number: info for info in self._infos(session, kind, repo, revs)}
+            column.in_(repos), numbers_in(RevisionRecord.number, numbers))) if asked(rev)]
+        return {(info.repo, info.number): info for info in self._infos_of(session, kind, repos, revs)}
 
     def log(self, repo_id: str, *, limit: int | None = None, after: int | None = None) -> builtins.list[RevisionInfo]:
         """The revisions of a repository, newest first: all of them, or the `limit` numbered below `after`
