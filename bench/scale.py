@@ -204,24 +204,31 @@ def main() -> None:
     if "postgresql" in databases:
         for size in sizes:
             if 1000 <= size <= args.validate_max:  # below, a run is mostly the process's start, the same on both
-                validate_ratio(size, max(args.runs, timing.MIN_RUNS))
+                for shape in args.shapes.split(","):
+                    validate_ratio(size, max(args.runs, timing.MIN_RUNS), shape)
 
 
 @contextmanager
-def deep_registries(db: str, sizes: tuple[int, ...], work: Path) -> Iterator[dict[int, dict[str, str]]]:
-    """One registry per size on `db`, each a deep repository `deep/x` grown to that many revisions; the
-    environment a `swiftreg` process needs to use each (SWIFTREG_HOME, SWIFTREG_DATABASE_URL)."""
+def grown_registries(db: str, sizes: tuple[int, ...], work: Path,
+                     shape: str = "deep") -> Iterator[dict[int, dict[str, str]]]:
+    """One registry per size on `db`, grown to that many revisions (deep: one repository `deep/x`; wide: that many
+    one-revision repositories `wide/a00000`...); the environment a `swiftreg` process needs to use each
+    (SWIFTREG_HOME, SWIFTREG_DATABASE_URL)."""
     envs: dict[int, dict[str, str]] = {}
     urls: list[str] = []
     try:
         for size in sizes:
-            home = work / f"home-{db}-{size}"
+            home = work / f"home-{db}-{shape}-{size}"
             url = f"sqlite:///{home / 'registry.db'}" if db == "sqlite" else create_postgres_database()
             if db != "sqlite":
                 urls.append(url)
             reg = Registry(home=home, database_url=url)
-            reg.push(write_peft_lora(work / f"first-{db}-{size}", seed=0), "deep/x")
-            grow_deep(reg, "deep/x", size)
+            first = "deep/x" if shape == "deep" else "wide/a00000"
+            reg.push(write_peft_lora(work / f"first-{db}-{shape}-{size}", seed=0), first)
+            if shape == "deep":
+                grow_deep(reg, first, size)
+            else:
+                grow_wide(reg, "wide", first, size)
             reg.close()
             envs[size] = registry_env(home, url)
         yield envs
@@ -235,7 +242,7 @@ def push_flatness(db: str, small: int, large: int, runs: int, seeds: Iterator[in
     interleaved in alternating order (bench/timing.py), so load drift between the sizes above cannot decide it."""
     work = Path(tempfile.mkdtemp(prefix=f"swiftreg-scale-flat-{db}-"))
     try:
-        with deep_registries(db, (small, large), work) as envs:
+        with grown_registries(db, (small, large), work) as envs:
             folders: dict[int, Path] = {}
 
             def prepare(size: int) -> None:  # the adapter is written before the timer starts
@@ -257,13 +264,14 @@ def push_flatness(db: str, small: int, large: int, runs: int, seeds: Iterator[in
         shutil.rmtree(work, ignore_errors=True)
 
 
-def validate_ratio(size: int, runs: int) -> None:
+def validate_ratio(size: int, runs: int, shape: str) -> None:
     """The validate-all target judged fairly: `swiftreg validate-all --check integrity` as a whole process over
-    the same deep registry of `size` revisions on SQLite and on PostgreSQL, interleaved in alternating order,
-    per revision checked, so load drift between the two databases' halves above cannot decide it."""
+    the same registry of `size` revisions (deep or wide) on SQLite and on PostgreSQL, interleaved in alternating
+    order, per revision checked, so load drift between the two databases' halves above cannot decide it."""
     work = Path(tempfile.mkdtemp(prefix="swiftreg-scale-validate-"))
     try:
-        with deep_registries("sqlite", (size,), work) as lite, deep_registries("postgresql", (size,), work) as pg:
+        with grown_registries("sqlite", (size,), work, shape) as lite, \
+                grown_registries("postgresql", (size,), work, shape) as pg:
             envs = {"sqlite": lite[size], "postgresql": pg[size]}
 
             def validate(db: str) -> None:
@@ -272,11 +280,11 @@ def validate_ratio(size: int, runs: int) -> None:
 
             cases = [timing.Case(f"validate-all {db}", lambda db=db: validate(db)) for db in envs]
             results = timing.interleaved(cases, runs)
-        print(f"\n== validate-all --check integrity, {size} revisions, interleaved ({timing.load_average()})")
+        print(f"\n== validate-all --check integrity, {shape}, {size} revisions, interleaved ({timing.load_average()})")
         for case in cases:
             med = results.median(case.name)
             print(f"  {case.name:<26} {results.spread(case.name)}  = {med / size * 1e3:.3f} ms per revision")
-        print("  " + timing.verdict(f"validate-all per revision PostgreSQL / SQLite, {size} revisions",
+        print("  " + timing.verdict(f"validate-all per revision PostgreSQL / SQLite, {shape}, {size} revisions",
                                     results.median(cases[1].name) / results.median(cases[0].name), 1.3))
     finally:
         shutil.rmtree(work, ignore_errors=True)

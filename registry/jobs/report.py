@@ -145,19 +145,22 @@ def build(reg: "Registry", run_id: str, revisions: list[str]) -> ValidationRepor
                           earlier.id < run.id, (earlier.run_id != run_id) | earlier.run_id.is_(None))
                    .correlate(run).scalar_subquery())
     with reg.db.read() as session:
-        rows = session.execute(
-            select(run, AdapterRecord.namespace, AdapterRecord.name, RevisionRecord.number, before)
+        rows = session.execute(  # of the previous result, only what the report shows (not its metrics)
+            select(run, AdapterRecord.namespace, AdapterRecord.name, RevisionRecord.number, before.id,
+                   before.passed, before.run_id, before.library_versions, before.finished_at)
             .join(RevisionRecord, run.revision_id == RevisionRecord.id)
             .join(AdapterRecord, RevisionRecord.adapter_id == AdapterRecord.id)
             .outerjoin(before, before.id == previous_id)
             .where(run.run_id == run_id).order_by(run.id)).all()
         results = []
-        for row, ns, name, number, prior in rows:
+        for found in rows:
+            row: ValidationRunRecord = found[0]
+            ns, name, number, prior_id, passed, prior_run, prior_versions, finished = found[1:]
             metrics = dict(row.metrics or {})
             reason = str(metrics.pop("reason", ""))
-            previous = None if prior is None else {"passed": prior.passed, "run_id": prior.run_id,
-                                                   "library_versions": prior.library_versions,
-                                                   "finished_at": str(prior.finished_at)}
+            previous = None if prior_id is None else {"passed": passed, "run_id": prior_run,
+                                                      "library_versions": prior_versions,
+                                                      "finished_at": str(finished)}
             results.append(CheckResult(f"{ns}/{name}@{number}", row.check_kind, row.passed, reason, metrics,
                                        row.library_versions or {}, previous))
     order = {rev: i for i, rev in enumerate(revisions)}

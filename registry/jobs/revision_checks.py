@@ -140,15 +140,15 @@ def _row_ids(session: Any, infos: "list[RevisionInfo]") -> list[int]:
     from sqlalchemy import select
 
     from ..db.models import AdapterRecord, RevisionRecord
-    from ..db.queries import numbers_in
+    from ..db.queries import any_of, numbers_in
 
     if not infos:
         return []
     repos = [info.repo.split("/", 1) for info in infos]
     rows = session.execute(select(AdapterRecord.namespace, AdapterRecord.name, RevisionRecord.number, RevisionRecord.id)
                            .join(RevisionRecord, RevisionRecord.adapter_id == AdapterRecord.id)
-                           .where(AdapterRecord.namespace.in_({ns for ns, _ in repos}),
-                                  AdapterRecord.name.in_({name for _, name in repos}),
+                           .where(any_of(session, AdapterRecord.namespace, {ns for ns, _ in repos}),
+                                  any_of(session, AdapterRecord.name, {name for _, name in repos}),
                                   numbers_in(RevisionRecord.number, {info.number for info in infos})))
     ids = {(f"{row.namespace}/{row.name}", row.number): row.id for row in rows}
     return [ids[(info.repo, info.number)] for info in infos]

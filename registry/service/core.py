@@ -30,6 +30,7 @@ from ..db.models import (
     RevisionDeletionRecord,
     RevisionRecord,
 )
+from ..db.queries import any_of
 from ..errors import AmbiguousRefError, NotFoundError
 from ..ids import RepoId
 from ..snapshots import SnapshotCache
@@ -194,7 +195,7 @@ class RegistryCore:
         in the same three queries."""
         ids = [rev.id for rev in revs]
         refs: dict[int, list[RefRecord]] = defaultdict(list)
-        for ref in session.scalars(select(RefRecord).where(RefRecord.revision_id.in_(ids))) if ids else ():
+        for ref in session.scalars(select(RefRecord).where(any_of(session, RefRecord.revision_id, ids))) if ids else ():
             refs[ref.revision_id].append(ref)
         bases: dict[int, str] = {}
         base_ids = {rev.base_revision_id for rev in revs if rev.base_revision_id is not None} if kind == "adapter" \
@@ -238,7 +239,7 @@ def provenances(session: Session, revision_ids: Iterable[int]) -> dict[int, list
     out: dict[int, list[dict[str, Any]]] = defaultdict(list)
     if not ids:
         return out
-    rows = session.scalars(select(ProvenanceRecord).where(ProvenanceRecord.revision_id.in_(ids))
+    rows = session.scalars(select(ProvenanceRecord).where(any_of(session, ProvenanceRecord.revision_id, ids))
                            .order_by(ProvenanceRecord.id)).all()
     for r in rows:
         out[r.revision_id].append({

@@ -20,7 +20,7 @@ import converters
 from .. import rules
 from ..api import Kind, RepoInfo, RevisionInfo
 from ..db.models import BaseModelRecord, DerivedRecord, RefRecord, RevisionRecord
-from ..db.queries import numbers_in
+from ..db.queries import any_of, numbers_in
 from ..errors import NotFoundError
 from ..ids import DEFAULT_REF, parse_id
 from ..manifest import Manifest, build_manifest, collect_files
@@ -70,8 +70,8 @@ class ReadingMixin(BlobsMixin):
         """The revisions `wanted` names ((namespace, name) -> numbers) that exist among repositories of `kind`, by
         (`ns/name`, number): the repositories in one query, their revisions in one, then `_infos_of`'s three."""
         model = self._model(kind)
-        named = select(model).where(model.namespace.in_({ns for ns, _ in wanted}),
-                                    model.name.in_({name for _, name in wanted}))
+        named = select(model).where(any_of(session, model.namespace, {ns for ns, _ in wanted}),
+                                    any_of(session, model.name, {name for _, name in wanted}))
         rows: Sequence[Any] = session.scalars(named).all()
         repos = {repo.id: repo for repo in rows if (repo.namespace, repo.name) in wanted}
         if not repos:
@@ -84,7 +84,7 @@ class ReadingMixin(BlobsMixin):
             return rev.number in wanted[(repo.namespace, repo.name)]
 
         revs = [rev for rev in session.scalars(select(RevisionRecord).where(
-            column.in_(repos), numbers_in(RevisionRecord.number, numbers))) if asked(rev)]
+            any_of(session, column, repos), numbers_in(RevisionRecord.number, numbers))) if asked(rev)]
         return {(info.repo, info.number): info for info in self._infos_of(session, kind, repos, revs)}
 
     def log(self, repo_id: str, *, limit: int | None = None, after: int | None = None) -> builtins.list[RevisionInfo]:
