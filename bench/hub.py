@@ -67,11 +67,7 @@ def run(args: argparse.Namespace, work: Path) -> int:
     import transfer
 
     resolve_bench = transfer.load_bench("resolve")
-    gen = resolve_bench.load_convert_bench()
-    tiny, src = work / "src" / "tiny-peft", work / "src" / "large-peft"
-    resolve_bench.build_tiny_peft(tiny)
-    resolve_bench.build_large_peft(src, tiny, args.layers, gen)
-    resolve_bench.check_large_against_tiny(src, tiny, args.layers, gen)
+    src = resolve_bench.build_large_source(work, args.layers)
     expected = transfer.folder_digests(src)
     mib = sum(size for size, _ in expected.values()) / 2**20
     weights = max(expected, key=lambda rel: expected[rel][0])

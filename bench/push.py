@@ -192,11 +192,7 @@ def main() -> int:
 def run(args: argparse.Namespace, cases: list[Case], work: Path) -> int:
     transfer = load_bench("transfer")
     resolve_bench = transfer.load_bench("resolve")
-    gen = resolve_bench.load_convert_bench()
-    tiny, src = work / "src" / "tiny-peft", work / "src" / "large-peft"
-    resolve_bench.build_tiny_peft(tiny)
-    resolve_bench.build_large_peft(src, tiny, args.layers, gen)
-    resolve_bench.check_large_against_tiny(src, tiny, args.layers, gen)
+    src = resolve_bench.build_large_source(work, args.layers)
     expected = transfer.folder_digests(src)
     total = sum(size for size, _ in expected.values())
     largest = max(size for size, _ in expected.values())

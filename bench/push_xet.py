@@ -91,10 +91,7 @@ def run(args: argparse.Namespace, work: Path) -> int:
     push = load_bench("push")
     transfer = load_bench("transfer")
     resolve_bench = transfer.load_bench("resolve")
-    gen = resolve_bench.load_convert_bench()
-    tiny, src = work / "src" / "tiny-peft", work / "src" / "large-peft"
-    resolve_bench.build_tiny_peft(tiny)
-    resolve_bench.build_large_peft(src, tiny, args.layers, gen)
+    src = resolve_bench.build_large_source(work, args.layers, checked=False)
     changed = work / "src" / "one-tensor"
     tensor = flip_one_tensor(src, changed)
     total = sum(p.stat().st_size for p in src.rglob("*") if p.is_file())

@@ -178,6 +178,18 @@ def safetensors_header(path: Path) -> dict[str, Any]:
     return header
 
 
+def build_large_source(work: Path, layers: int, *, checked: bool = True) -> Path:
+    """work/src/large-peft: the 7B-scale PEFT adapter the transfer benches move, built after the tiny one a real
+    PEFT save wrote (work/src/tiny-peft) and, when `checked`, compared with it key for key."""
+    gen = load_convert_bench()
+    tiny, src = work / "src" / "tiny-peft", work / "src" / "large-peft"
+    build_tiny_peft(tiny)
+    build_large_peft(src, tiny, layers, gen)
+    if checked:
+        check_large_against_tiny(src, tiny, layers, gen)
+    return src
+
+
 def check_large_against_tiny(large: Path, tiny: Path, layers: int, gen: Any) -> None:
     problems = []
     files = lambda d: sorted(str(p.relative_to(d)) for p in d.rglob("*") if p.is_file())  # noqa: E731

@@ -333,11 +333,7 @@ def run(args: argparse.Namespace, work: Path) -> int:
     say(f"work dir {work}")
     t0 = time.perf_counter()
     resolve_bench = load_bench("resolve")
-    gen = resolve_bench.load_convert_bench()
-    tiny, src = work / "src" / "tiny-peft", work / "src" / "large-peft"
-    resolve_bench.build_tiny_peft(tiny)
-    resolve_bench.build_large_peft(src, tiny, args.layers, gen)
-    resolve_bench.check_large_against_tiny(src, tiny, args.layers, gen)
+    src = resolve_bench.build_large_source(work, args.layers)
     expected = folder_digests(src)
     total = sum(size for size, _ in expected.values())
     mib = total / 2**20
